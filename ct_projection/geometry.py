@@ -1,0 +1,125 @@
+"""Chest radiograph acquisition geometry (PA, AP, lateral) and seeded pose jitter.
+
+World frame: RAS+ millimetres of the CT, shifted so that the isocentre (by default the centre of the lungs) is the
+origin. DiffDRR 0.6.1 conventions, verified by ``tests/test_render.py``:
+
+* ``orientation="PA"`` with the *identity* pose and the usual ``+y`` source offset puts the source anterior and
+  renders the chest upside down. The correct PA pose is the identity rotation with translation ``(0, -SID, 0)``:
+  the source sits ``SID`` mm posterior of the isocentre, the detector ``SDD - SID`` mm anterior, and the image comes
+  out in radiological display (apices at the top, patient's right on the image's left, so the heart is on the
+  image's right).
+* AP uses DiffDRR's ``orientation="AP"`` with translation ``(0, +SID, 0)`` (source anterior), displayed the same way.
+* Left lateral (LAT): the PA frame rotated +90° about the superior axis; source on the patient's right, detector on
+  the left, anterior on the image's left.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+VIEWS = ("PA", "AP", "LAT")
+
+
+@dataclass(frozen=True)
+class ProjectionGeometry:
+    """A radiographic setup.
+
+    Args:
+        view: one of PA, AP, LAT.
+        sdd_mm: source-to-detector distance (PA chest standard: 1800 mm).
+        object_detector_mm: isocentre-to-detector distance (patient against the detector: ~150 mm).
+        detector_mm: side of the square detector (a 43 x 43 cm flat panel).
+        size_px: detector pixels per side (1024 → 0.42 mm pixels).
+        jitter_rotation_deg: max |angle| of the uniform per-axis rotation jitter.
+        jitter_translation_mm: max |offset| of the uniform per-axis isocentre jitter.
+    """
+
+    view: str = "PA"
+    sdd_mm: float = 1800.0
+    object_detector_mm: float = 150.0
+    detector_mm: float = 430.0
+    size_px: int = 1024
+    jitter_rotation_deg: float = 2.0
+    jitter_translation_mm: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"unknown view {self.view!r}: expected one of {', '.join(VIEWS)}")
+        if not 0 < self.object_detector_mm < self.sdd_mm:
+            raise ValueError(f"object_detector_mm must lie in (0, sdd_mm={self.sdd_mm}), got {self.object_detector_mm}")
+        if self.size_px < 8:
+            raise ValueError(f"size_px must be >= 8, got {self.size_px}")
+
+    @property
+    def sid_mm(self) -> float:
+        """Source-to-isocentre distance."""
+        return self.sdd_mm - self.object_detector_mm
+
+    @property
+    def pixel_mm(self) -> float:
+        """Detector pixel pitch (mm)."""
+        return self.detector_mm / self.size_px
+
+    @property
+    def magnification(self) -> float:
+        """Geometric magnification at the isocentre."""
+        return self.sdd_mm / self.sid_mm
+
+    @property
+    def diffdrr_orientation(self) -> str:
+        """DiffDRR ``orientation`` (frame-of-reference change) for this view."""
+        return "AP" if self.view == "AP" else "PA"
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Pose:
+    """A sampled pose: base view pose plus jitter (recorded in the labels).
+
+    Args:
+        rotation_rad: DiffDRR ``euler_angles`` (convention ZXY), radians.
+        translation_mm: DiffDRR translation (mm).
+        jitter_rotation_deg: the sampled rotation jitter (deg) that went into ``rotation_rad``.
+        jitter_translation_mm: the sampled isocentre shift (mm) that went into ``translation_mm``.
+    """
+
+    rotation_rad: tuple[float, float, float]
+    translation_mm: tuple[float, float, float]
+    jitter_rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    jitter_translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    convention: str = field(default="ZXY")
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def base_pose(geometry: ProjectionGeometry) -> Pose:
+    """The un-jittered pose for ``geometry.view`` (see module docstring for the derivation)."""
+    sid = geometry.sid_mm
+    if geometry.view == "PA":
+        return Pose((0.0, 0.0, 0.0), (0.0, -sid, 0.0))
+    if geometry.view == "AP":
+        return Pose((0.0, 0.0, 0.0), (0.0, sid, 0.0))
+    return Pose((math.pi / 2, 0.0, 0.0), (0.0, -sid, 0.0))
+
+
+def get_pose_params(rng: np.random.Generator, geometry: ProjectionGeometry) -> Pose:
+    """Sample a jittered pose: uniform rotation (deg) and translation (mm) jitter around the base pose."""
+    base = base_pose(geometry)
+    rot_j = rng.uniform(-1.0, 1.0, 3) * geometry.jitter_rotation_deg
+    trans_j = rng.uniform(-1.0, 1.0, 3) * geometry.jitter_translation_mm
+    rotation = tuple(float(r + math.radians(j)) for r, j in zip(base.rotation_rad, rot_j))
+    translation = tuple(float(t + j) for t, j in zip(base.translation_mm, trans_j))
+    return Pose(
+        rotation,  # type: ignore[arg-type]
+        translation,  # type: ignore[arg-type]
+        tuple(float(v) for v in rot_j),  # type: ignore[arg-type]
+        tuple(float(v) for v in trans_j),  # type: ignore[arg-type]
+    )

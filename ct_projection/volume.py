@@ -1,0 +1,91 @@
+"""The one internal CT volume type: Hounsfield units on a RAS+ grid with a world-mm affine."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CTInputError(ValueError):
+    """A CT input that cannot be used; ``str(err)`` is a one-line message naming the file."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class CTVolume:
+    """A chest CT in HU.
+
+    Attributes:
+        hu: float32 array (I, J, K) in Hounsfield units, axes reordered/flipped to RAS+ canonical order
+            (i increases toward the patient's Right, j toward Anterior, k toward Superior).
+        affine: 4x4 float64 mapping voxel index (i, j, k, 1) to RAS+ world millimetres (nibabel convention).
+        source: the path the volume was read from (for messages; never written to outputs).
+        checksum: sha256 of the input file bytes (or of the sorted DICOM files) — the CT's identity in outputs.
+        labels: optional integer label map on the same grid (e.g. TotalSegmentator ids).
+        info: non-identifying acquisition facts (modality, manufacturer, kernel, spacing, what ingest did).
+    """
+
+    hu: np.ndarray
+    affine: np.ndarray
+    source: str = ""
+    checksum: str = ""
+    labels: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hu = np.asarray(self.hu, dtype=np.float32)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.hu.ndim != 3:
+            raise CTInputError(self.source or "<array>", f"expected a 3D volume, got shape {self.hu.shape}")
+        if self.affine.shape != (4, 4):
+            raise CTInputError(self.source or "<array>", f"affine must be 4x4, got {self.affine.shape}")
+        if self.labels is not None and self.labels.shape != self.hu.shape:
+            raise CTInputError(
+                self.source or "<array>",
+                f"label map shape {self.labels.shape} does not match CT grid {self.hu.shape}",
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Grid size (I, J, K)."""
+        return tuple(int(s) for s in self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along each array axis."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    def voxel_to_world(self, ijk: np.ndarray) -> np.ndarray:
+        """Map (N, 3) voxel indices to (N, 3) RAS world mm."""
+        ijk = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def world_to_voxel(self, xyz: np.ndarray) -> np.ndarray:
+        """Map (N, 3) RAS world mm to (N, 3) fractional voxel indices."""
+        xyz = np.atleast_2d(np.asarray(xyz, dtype=np.float64))
+        inv = np.linalg.inv(self.affine)
+        return xyz @ inv[:3, :3].T + inv[:3, 3]
+
+    def center_world(self) -> np.ndarray:
+        """World position (mm) of the grid's geometric centre."""
+        return self.voxel_to_world((np.array(self.shape, dtype=np.float64) - 1) / 2)[0]
+
+    def with_hu(self, hu: np.ndarray) -> CTVolume:
+        """A copy sharing geometry and metadata with new HU values."""
+        return replace(self, hu=hu, info=dict(self.info))
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """Content checksum of one or more files (order-independent for a DICOM series)."""
+    digests = sorted(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths)
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
