@@ -11,6 +11,11 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays.")
 
 
+@app.callback()
+def _root() -> None:
+    """DiffusionXRay: chest CT → labeled synthetic chest X-rays (run a subcommand with --help for details)."""
+
+
 def _fail(message: str) -> None:
     """Print a one-line error and exit non-zero (no traceback)."""
     typer.echo(f"error: {message}", err=True)
@@ -54,13 +59,11 @@ def generate(
         geometry = ProjectionGeometry(
             view=view.upper(), size_px=size_px, jitter_rotation_deg=jitter_deg, jitter_translation_mm=jitter_mm
         )
-        nodules = NoduleConfig(
-            count_min=nodules_min, count_max=nodules_max, diameter_min_mm=diameter_min, diameter_max_mm=diameter_max
-        )
+        nodules = NoduleConfig(count_range=(nodules_min, nodules_max), diameter_range_mm=(diameter_min, diameter_max))
         config = cfg.GenerateConfig(
             images_per_ct=n_images, seed=seed, geometry=geometry, nodules=nodules, write_nodule_free=not no_nodule_free
         )
-    except ValueError as err:
+    except ValueError as err:  # NoduleConfigError is a ValueError
         _fail(str(err))
     inputs = [EXAMPLE_CT]
     if ct:
