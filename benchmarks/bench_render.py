@@ -126,6 +126,7 @@ def main() -> None:
                 np.asarray(n.params.centre_world_mm),
                 nodule_surface_points(n.params),
                 background,
+                contrast_hu=abs(n.params.hu_target - n.local_lung_mean_hu),
             )
             for n in inserted
         ]

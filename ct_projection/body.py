@@ -10,16 +10,21 @@ import numpy as np
 from scipy import ndimage
 
 
-def body_mask(hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
+def body_mask(
+    hu: np.ndarray, spacing: tuple[float, float, float] | np.ndarray = (1.0, 1.0, 1.0), threshold_hu: float = -500.0
+) -> np.ndarray:
     """Largest connected component above ``threshold_hu``, holes (lungs, airways) filled slice by slice.
 
     Args:
         hu: (I, J, K) CT in HU with k the superior–inferior axis (RAS+ canonical).
+        spacing: voxel size (mm) along each axis; the table-separating opening is sized in mm, not voxels.
         threshold_hu: soft tissue / air boundary.
     """
     fg = hu > threshold_hu
-    # Open lightly so the table, touching the back only through a thin pad or blanket, separates from the body.
-    fg = ndimage.binary_opening(fg, structure=np.ones((3, 3, 1), bool), iterations=2)
+    # Open lightly (~1.5 mm radius in-plane) so the table, touching the back only through a thin pad or blanket,
+    # separates from the body; never more than the chest wall could lose.
+    iterations = int(np.clip(round(1.5 / float(min(spacing[0], spacing[1]))), 1, 3))
+    fg = ndimage.binary_opening(fg, structure=np.ones((3, 3, 1), bool), iterations=iterations)
     labels, n = ndimage.label(fg)
     if n == 0:
         return np.zeros_like(fg)

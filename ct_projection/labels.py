@@ -93,6 +93,7 @@ def project_nodule(
     surface_world_mm: np.ndarray,
     background: np.ndarray,
     config: LabelConfig | None = None,
+    contrast_hu: float | None = None,
 ) -> NoduleProjection | None:
     """Render one nodule alone and derive its 2D label; None when it falls off the detector.
 
@@ -105,14 +106,18 @@ def project_nodule(
         surface_world_mm: (N, 3) points on the nodule's surface, world mm.
         background: nodule-free line-integral image (H, W).
         config: footprint/visibility settings.
+        contrast_hu: HU difference between the nodule's outer material and the lung it replaced (sets the
+            footprint threshold); default: the largest |ΔHU| in the sub-box.
     """
     config = config or LabelConfig()
     window = renderer.window_for(pose, box_world_mm)
     if window is None:
         return None
     delta_l = renderer.render_delta(pose, delta_hu, offset_ijk, window)
-    # Threshold: the line integral of `min_chord_mm` of the nodule at its own peak contrast.
-    contrast_mu = float(renderer.attenuation.delta_mu(np.abs(delta_hu)).max())
+    # Threshold: the line integral of `min_chord_mm` of the nodule's outer material (the halo of a part-solid one).
+    if contrast_hu is None:
+        contrast_hu = float(np.abs(delta_hu).max())
+    contrast_mu = float(renderer.attenuation.delta_mu(np.array([abs(contrast_hu)]))[0])
     threshold = config.min_chord_mm * contrast_mu
     size = renderer.geometry.size_px
     footprint = np.zeros((size, size), dtype=bool)

@@ -109,7 +109,7 @@ class DRRRenderer:
         mu = self.attenuation.mu(vol.hu)
         affine = self.affine
         if body_only:
-            body = body_mask(vol.hu)
+            body = body_mask(vol.hu, vol.spacing)
             crop = bounding_slices(body)
             mu = np.where(body, mu, 0.0).astype(np.float32)[crop]
             affine = self.affine.copy()

@@ -124,6 +124,7 @@ def generate_for_ct(
                 nodule_surface_points(nodule.params),
                 background,
                 config.labels,
+                contrast_hu=abs(nodule.params.hu_target - nodule.local_lung_mean_hu),
             )
             if proj is None:
                 continue
@@ -132,6 +133,7 @@ def generate_for_ct(
             attrs = {
                 **nodule.params.to_dict(),
                 "mean_hu": round(float(nodule.mean_hu), 2),
+                "local_lung_mean_hu": round(float(nodule.local_lung_mean_hu), 2),
                 "volume_mm3": round(float(nodule.volume_mm3), 3),
                 "diameter_measured_mm": round(float(nodule.diameter_measured_mm), 3),
                 **proj.attributes(),

