@@ -134,8 +134,9 @@ def project_nodule(
     inside = delta_l[footprint[window.r0 : window.r1, window.c0 : window.c1]]
     peak = float(delta_l.max())
     mean = float(inside.mean()) if inside.size else 0.0
-    bg_std = _background_std(background, footprint, bbox)
-    conspicuity = mean / bg_std if bg_std > 0 else float("inf")
+    # Floor at one 16-bit grey level: a perfectly flat background cannot make contrast infinitely visible.
+    bg_std = max(_background_std(background, footprint, bbox), renderer.attenuation.l_max / 65535.0)
+    conspicuity = mean / bg_std
     return NoduleProjection(
         window=window,
         delta_l=delta_l,
@@ -157,7 +158,7 @@ def _background_std(background: np.ndarray, footprint: np.ndarray, bbox: tuple[f
     if w == 0 or h == 0:
         return 0.0
     scale = max(w, h)
-    pad = int(np.ceil(scale))
+    pad = max(int(np.ceil(scale)), 6)  # enough ring pixels for a stable estimate even for tiny footprints
     r0, r1 = max(int(y) - pad, 0), min(int(y + h) + pad, background.shape[0])
     c0, c1 = max(int(x) - pad, 0), min(int(x + w) + pad, background.shape[1])
     patch = background[r0:r1, c0:c1].astype(np.float64)
