@@ -13,9 +13,16 @@ Geometry (all in world mm, in the nodule's local frame ``p = R.T @ (x - centre)`
     * spicules: straight cones starting half-way inside the body along a local direction ``d``, protruding
       ``length`` mm past the body surface, radius tapering linearly from ``width`` mm to 0 at the tip.
 
-Placement (see :meth:`NoduleSampler.get_params`): the whole nodule (maximum extent incl. spicules, plus the voxels its
-partial-volume rim touches) lies inside the lung mask; the tissue under it is parenchyma; it keeps ``margin_mm`` away
-from thick dense structures (vessels ≥ ``dense_min_size_mm``, hila, real tumours) and from other nodules.
+Placement (see :meth:`NoduleSampler.get_params`), all decided from distance maps computed once per CT
+(:meth:`NoduleSampler.prepare`) and thresholded with ``np.flatnonzero``:
+    * inside the lung: every voxel whose cell the nodule (max extent incl. spicules) can touch is lung — the lung EDT
+      at the centre ≥ extent + half voxel diagonal + sub-voxel jitter (+ ``margin_mm`` unless juxtapleural);
+    * juxtapleural: the farthest point (long axis or a spicule tip) is turned toward the nearest non-lung voxel and
+      put within ~1 mm of the cell-safe distance; an exact cell test keeps the rest inside;
+    * parenchyma: ≥ ``parenchyma_min_fraction`` of the lung voxels within the extent are below −500 HU;
+    * thick dense structures (dense lung voxels that hold a ball of ``dense_min_size_mm`` diameter: large vessels,
+      hila, real tumours) stay ``margin_mm`` away; thinner vessels only count against the parenchyma fraction;
+    * other nodules: centre distance ≥ extent1 + extent2 + ``margin_mm``.
 """
 
 from __future__ import annotations
@@ -387,11 +394,6 @@ class _Geometry:
         return float(self.semi.max() * (1.0 + self.amplitude))
 
     @property
-    def body_min(self) -> float:
-        """Lower bound of the body's radius (a ball this size is entirely inside)."""
-        return float(self.semi.min() * max(0.0, 1.0 - self.amplitude))
-
-    @property
     def max_extent(self) -> float:
         ext = self.body_max
         if len(self.sp_dirs):
@@ -538,7 +540,11 @@ class NoduleSampler:
     # -- per-CT preparation ------------------------------------------------------------------------------------------
 
     def prepare(self, vol: CTVolume, lung_mask: np.ndarray) -> PlacementMap:
-        """Compute (and cache on the sampler) the distance maps; a few seconds on a 512×512×~130 CT."""
+        """Compute (and cache on the sampler) the distance maps; a few seconds on a 512×512×~130 CT.
+
+        The map depends on this sampler's ``dense_min_size_mm``; the cache is keyed on a hash of the grid, mask and
+        the HU under the mask's box (~0.1 s), so a changed CT or mask is never served a stale map.
+        """
         lung_mask = np.asarray(lung_mask, dtype=bool)
         if lung_mask.shape != vol.shape:
             raise ValueError(f"lung mask shape {lung_mask.shape} does not match CT grid {vol.shape}")
@@ -1027,7 +1033,9 @@ def nodule_occupancy(
     return occ, core, start
 
 
-def _local_lung_mean(hu: np.ndarray, vol: CTVolume, params: NoduleParams, occ: np.ndarray, occ_start: np.ndarray) -> float:
+def _local_lung_mean(
+    hu: np.ndarray, vol: CTVolume, params: NoduleParams, occ: np.ndarray, occ_start: np.ndarray
+) -> float:
     """Mean HU of parenchyma voxels in a shell of SHELL_MM just outside the nodule body (original CT)."""
     g = _Geometry.of(params)
     c_vox = np.asarray(params.centre_voxel, dtype=np.float64)
@@ -1101,10 +1109,9 @@ def insert_nodules(
         full = occ > 0.99
         core_mean = float(sub[full].mean()) if full.any() else float("nan")
         # World extent of all touched cells: the 8 corners of the sub-box's outer cell boundary.
-        corners = np.array(
-            [[offset[0] - 0.5 + a * occ.shape[0], offset[1] - 0.5 + b * occ.shape[1], offset[2] - 0.5 + c * occ.shape[2]]
-             for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-        )
+        corners = np.array(offset, dtype=np.float64) - 0.5 + np.array(
+            [[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64
+        ) * np.array(occ.shape)
         # Union with the analytic surface (spicule tips thinner than the sub-sampling leave no occupancy).
         cw = np.concatenate([vol.voxel_to_world(corners), nodule_surface_points(p, 1024)], axis=0)
         out.append(
