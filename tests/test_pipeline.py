@@ -82,7 +82,7 @@ def test_nodule_is_where_the_image_changed(dataset: Path) -> None:
     from data.records import ImageRecord
 
     for line in (dataset / "manifest.jsonl").read_text().splitlines():
-        rec = ImageRecord.from_json(json.loads(line))
+        rec = ImageRecord.from_json(json.loads(line)["record"])
         with_n = read_png16(dataset / rec.file_name).astype(np.int64)
         without = read_png16(dataset / rec.attributes["nodule_free_file"]).astype(np.int64)
         diff = with_n - without

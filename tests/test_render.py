@@ -161,3 +161,18 @@ def test_body_mask_removes_table_and_keeps_lungs() -> None:
     mask = body_mask(hu)
     assert mask[24, 22, 3] and mask[45, 24, 3] == False  # noqa: E712  (lung inside, table out)
     assert ndimage.label(mask[:, :, 3])[1] == 1
+
+
+def test_one_voxel_thin_nodule_box_renders() -> None:
+    """A ΔHU box one voxel thick along an axis (small nodule, thick slices) still renders (DiffDRR squeezes axes)."""
+    base = phantom([])
+    pose = base_pose(GEOM)
+    _, r = render(base, GEOM, pose)
+    delta = np.full((2, 1, 2), 500.0, np.float32)
+    offset = np.array([20, 16, 18])
+    lo = base.voxel_to_world(offset - 0.5)[0]
+    hi = base.voxel_to_world(offset + np.array(delta.shape) - 0.5)[0]
+    window = r.window_for(pose, np.stack([lo, hi]))
+    part = r.render_delta(pose, delta, offset, window)
+    # Rays cross the 4 mm thick (along y) box: L ≈ Δμ * 4 mm at the centre.
+    assert part.max() == pytest.approx(AttenuationModel().delta_mu(np.array([500.0]))[0] * 4.0, rel=0.05)
