@@ -43,6 +43,9 @@ def generate(
     no_nodule_free: bool = typer.Option(False, "--no-nodule-free", help="Do not write the paired nodule-free DRRs."),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
+    backend: str = typer.Option("serial", "--backend", help="serial or ray (pip install 'diffusionxray[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: one per GPU, else per CPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Render nodule-bearing DRRs from chest CTs and write a detector-ready dataset (COCO, YOLO, NODE21 csv)."""
@@ -84,11 +87,17 @@ def generate(
     from data.atomic import DatasetWriteError
     from pipeline.generate import RunMismatchError
 
+    if backend not in ("serial", "ray"):
+        _fail(f"unknown backend {backend!r}: expected one of serial, ray")
+    kwargs = dict(device=str(dev), series_uid=series_uid, progress=progress, restart=restart, dicom=dicom)
     try:
-        result = run_generate(
-            inputs, out, config, device=str(dev), series_uid=series_uid, progress=progress, restart=restart, dicom=dicom
-        )
-    except (RunMismatchError, DatasetWriteError) as err:
+        if backend == "ray":
+            from pipeline.ray_backend import generate_ray
+
+            result = generate_ray(inputs, out, config, address=ray_address, num_workers=workers, **kwargs)
+        else:
+            result = run_generate(inputs, out, config, **kwargs)
+    except (RunMismatchError, DatasetWriteError, RuntimeError) as err:
         _fail(str(err))
     if result.skipped_done:
         typer.echo(f"resumed: {result.skipped_done} finished images verified and kept", err=True)

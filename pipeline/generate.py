@@ -223,6 +223,44 @@ def generate_for_ct(
     return records
 
 
+@dataclass
+class CTOutcome:
+    """What processing one CT input gave: its provenance entry, or a one-line error."""
+
+    source: dict[str, Any] | None = None
+    error: str | None = None
+    skipped_done: int = 0
+
+
+def process_ct(
+    path: str,
+    config: GenerateConfig,
+    out_dir: Path,
+    done: set[tuple[str, int]],
+    on_record: Callable[[dict[str, Any]], None],
+    device: str | None = None,
+    series_uid: str | None = None,
+    progress: bool = True,
+    dicom: bool = False,
+) -> CTOutcome:
+    """Load one CT and render its samples not in ``done``; shared by the serial and the Ray backends."""
+    try:
+        vol = load_input(path, series_uid=series_uid)
+        ct_id = vol.checksum[:12]
+        todo = [i for i in range(config.images_per_ct) if (vol.checksum, i) not in done]
+        if todo:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out_dir / "config.json", config.to_dict())
+            generate_for_ct(
+                vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=on_record,
+                dicom=dicom,
+            )
+    except CTInputError as err:
+        return CTOutcome(error=str(err))
+    source = {"ct": ct_id, "sha256": vol.checksum, "info": vol.info, "images": config.images_per_ct}
+    return CTOutcome(source=source, skipped_done=config.images_per_ct - len(todo))
+
+
 def completed_entries(out_dir: Path, fingerprint: str) -> dict[tuple[str, int], dict[str, Any]]:
     """Manifest entries whose files all exist with the recorded checksums (last entry per sample wins)."""
     from data.manifest import Manifest
@@ -360,29 +398,14 @@ def generate(
             manifest = Manifest(out_dir / MANIFEST)
         manifest.append(entry)
 
-    done = completed_entries(out_dir, config.fingerprint())
+    done = set(completed_entries(out_dir, config.fingerprint()))
     for path in inputs:
-        try:
-            vol = load_input(path, series_uid=series_uid)
-        except CTInputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            result.failed.append(str(err))
-            continue
-        ct_id = vol.checksum[:12]
-        todo = [i for i in range(config.images_per_ct) if (vol.checksum, i) not in done]
-        result.skipped_done += config.images_per_ct - len(todo)
-        if todo:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out_dir / "config.json", config.to_dict())
-            try:
-                generate_for_ct(
-                    vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=append,
-                    dicom=dicom,
-                )
-            except CTInputError as err:
-                print(f"error: {err}", file=sys.stderr)
-                result.failed.append(str(err))
-                continue
-        sources.append({"ct": ct_id, "sha256": vol.checksum, "info": vol.info, "images": config.images_per_ct})
+        outcome = process_ct(path, config, out_dir, done, append, device, series_uid, progress, dicom)
+        result.skipped_done += outcome.skipped_done
+        if outcome.error is not None:
+            print(f"error: {outcome.error}", file=sys.stderr)
+            result.failed.append(outcome.error)
+        elif all(src["sha256"] != outcome.source["sha256"] for src in sources):  # same CT given twice
+            sources.append(outcome.source)
     result.records = finalize(out_dir, config, sources, result.failed)
     return result
