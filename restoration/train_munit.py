@@ -1,0 +1,479 @@
+"""Train MUNIT-LQ on unpaired HQ (real CXR) and LQ (DRR) folders, then degrade HQ images into (LQ, HQ) pairs.
+
+Training follows MUNIT: Adam(lr 1e-4, betas (0.5, 0.999)), one discriminator update then one generator update
+per iteration, learning rate halved every ``lr_step_size`` iterations. It runs under ``accelerate`` (single
+device or multi-GPU via ``accelerate launch``), logs to TensorBoard, writes ``checkpoint-N`` folders with
+``accelerator.save_state`` (oldest pruned past ``checkpoints_total_limit``) and resumes from the latest one.
+
+Pairs folder layout (read by DDPM-HQ's trainer; also written by ``train_ddpm_lq.make_pairs``)::
+
+    out_dir/hq/NAME.png   16-bit, size x size: the preprocessed HQ image
+    out_dir/lq/NAME.png   16-bit, size/2 x size/2: its degraded version, 2x area-downsampled
+    out_dir/pairs.json    provenance: method, model, seed, and each pair's sources
+
+NAME is the HQ file's stem (its relative path joined with "__" when stems collide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from data.atomic import atomic_write_json
+from data.images import write_png16
+from restoration.munit import MUNIT, MUNITConfig
+from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images
+
+MODEL_SUBDIR = "model"
+PREPROCESS_NAME = "preprocess.json"
+TRAIN_CONFIG_NAME = "train_config.json"
+STYLE_MODES = ("random", "lq-extracted")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+# ------------------------------------------------------------------------------- shared training helpers
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders in ``output_dir`` sorted by N (oldest first)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The ``checkpoint-N`` folder with the largest N, or None."""
+    found = checkpoint_dirs(output_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete the oldest ``checkpoint-N`` folders so that at most ``keep`` remain; returns the deleted ones."""
+    found = checkpoint_dirs(output_dir)
+    doomed = found[: max(0, len(found) - max(0, keep))]
+    for p in doomed:
+        shutil.rmtree(p)
+    return doomed
+
+
+def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None) -> Path:
+    """``accelerator.save_state`` into ``output_dir/checkpoint-step``, first pruning to ``total_limit - 1``."""
+    if accelerator.is_main_process and total_limit is not None:
+        prune_checkpoints(output_dir, total_limit - 1)  # room for the one about to be written
+    accelerator.wait_for_everyone()
+    path = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))  # every process: each saves its own RNG state
+    return path
+
+
+def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Flatten nested dicts to TensorBoard-hparams-friendly scalars ("a.b": value; other types as str)."""
+    out: dict[str, int | float | str | bool] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_config(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def infinite_batches(accelerator: Any, loader: Any, start_step: int) -> Iterator[torch.Tensor]:
+    """Endless batches from a prepared loader, resuming at batch ``start_step`` (epoch-seeded shuffles)."""
+    n = len(loader)
+    epoch, skip = divmod(start_step, n)
+    while True:
+        it = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if hasattr(it, "set_epoch"):
+            it.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
+        yield from it
+        epoch, skip = epoch + 1, 0
+
+
+def item_seed(seed: int, index: int) -> int:
+    """Independent per-image seed, so results do not depend on batch size or order."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+def to_uint16(x: torch.Tensor) -> np.ndarray:
+    """(H, W) or (1, H, W) tensor in [-1, 1] -> HxW uint16 (0 <-> -1, 65535 <-> +1)."""
+    a = x.detach().float().cpu().reshape(x.shape[-2], x.shape[-1]).clamp(-1, 1).numpy()
+    return np.rint((a + 1.0) * (65535.0 / 2.0)).astype(np.uint16)
+
+
+def pair_names(paths: Sequence[Path], root: str | Path) -> list[str]:
+    """File names for pairs: each stem + ".png", or its path under ``root`` joined with "__" when stems collide."""
+    stems = [p.stem for p in paths]
+    dup = {s for s in stems if stems.count(s) > 1}
+    names = []
+    for p in paths:
+        if p.stem in dup:
+            rel = p.relative_to(root).with_suffix("")
+            names.append("__".join(rel.parts) + ".png")
+        else:
+            names.append(p.stem + ".png")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{root}: image names collide even with their folders; rename the files")
+    return names
+
+
+def write_pair(out_dir: str | Path, name: str, lq: torch.Tensor, hq: torch.Tensor) -> None:
+    """Write ``out_dir/lq/name`` and ``out_dir/hq/name`` as 16-bit PNGs from [-1, 1] tensors."""
+    out = Path(out_dir)
+    write_png16(out / "lq" / name, to_uint16(lq))
+    write_png16(out / "hq" / name, to_uint16(hq))
+
+
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """2x area downsampling (2x2 box average) of (B, C, H, W) with even H, W."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2:
+        raise ValueError(f"2x downsampling needs even H and W, got {tuple(x.shape[-2:])}")
+    return F.avg_pool2d(x, 2)
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    """``device`` or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_preprocess(model_dir: str | Path, size: int | None) -> PreprocessConfig:
+    """Preprocessing a model was trained with (``preprocess.json``), optionally at another ``size``."""
+    p = Path(model_dir) / PREPROCESS_NAME
+    pcfg = PreprocessConfig.from_dict(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else PreprocessConfig()
+    if size is not None:
+        pcfg = PreprocessConfig(size=size, low_pct=pcfg.low_pct, high_pct=pcfg.high_pct)
+    return pcfg
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class MUNITTrainConfig:
+    """MUNIT-LQ training run.
+
+    Args:
+        hq_dir: folder of real high-quality CXRs (domain a), searched recursively.
+        lq_dir: folder of DRRs (domain b; 16-bit PNGs), searched recursively.
+        output_dir: receives ``checkpoint-N/``, ``logs/`` and the final ``model/``.
+        model: MUNIT architecture and loss weights.
+        preprocess: windowing and image size for both domains.
+        batch_size: images per domain per device per step (MUNIT uses 1).
+        max_train_steps: total iterations (one D and one G update each).
+        lr, beta1, beta2, weight_decay: Adam settings for both optimisers.
+        lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step_size`` steps (0: constant).
+        augment: small random jitter of the training images.
+        num_workers: DataLoader workers.
+        seed: seeds initialisation, data order and style sampling.
+        mixed_precision: one of "no", "fp16", "bf16".
+        checkpointing_steps: save a checkpoint every this many steps (0: never).
+        checkpoints_total_limit: keep at most this many checkpoints (None: all).
+        resume: continue from the latest checkpoint in ``output_dir`` when there is one.
+        log_every: scalar logging interval in steps.
+        sample_every: log an image grid (x_a, x_ab, x_b, x_ba) every this many steps (0: never).
+        report_to: "tensorboard" or None.
+        disable_tqdm: hide the progress bar.
+    """
+
+    hq_dir: str
+    lq_dir: str
+    output_dir: str
+    model: MUNITConfig = field(default_factory=MUNITConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    batch_size: int = 1
+    max_train_steps: int = 1_000_000
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    lr_step_size: int = 100_000
+    lr_gamma: float = 0.5
+    augment: bool = False
+    num_workers: int = 2
+    seed: int = 0
+    mixed_precision: str = "no"
+    checkpointing_steps: int = 10_000
+    checkpoints_total_limit: int | None = 3
+    resume: bool = True
+    log_every: int = 100
+    sample_every: int = 5_000
+    report_to: str | None = "tensorboard"
+    disable_tqdm: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = MUNITConfig.from_dict(self.model)
+        if isinstance(self.preprocess, dict):
+            self.preprocess = PreprocessConfig.from_dict(self.preprocess)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.report_to not in (None, "tensorboard"):
+            raise ValueError(f"report_to must be 'tensorboard' or None, got {self.report_to!r}")
+        if self.batch_size < 1 or self.max_train_steps < 0:
+            raise ValueError("batch_size must be >= 1 and max_train_steps >= 0")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit must be >= 1 or None, got {self.checkpoints_total_limit}")
+        m = 2**self.model.n_downsample
+        if self.preprocess.size % m:
+            raise ValueError(f"preprocess.size {self.preprocess.size} must be a multiple of 2**n_downsample = {m}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (nested model/preprocess dicts)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MUNITTrainConfig:
+        """Inverse of ``to_dict``; unknown keys are rejected."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MUNITTrainConfig keys {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def _make_loader(paths: list[Path], cfg: MUNITTrainConfig, what: str) -> torch.utils.data.DataLoader:
+    if len(paths) < cfg.batch_size:
+        raise ValueError(f"{what}: {len(paths)} images, fewer than batch_size={cfg.batch_size}")
+    ds = ImageFolderDataset(paths, cfg.preprocess, augment=cfg.augment)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )  # fmt: skip
+
+
+def _sample_grid(model: MUNIT, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """(1, H, 4W) image in [0, 1]: first HQ, its LQ translation, first LQ, its HQ translation."""
+    with torch.no_grad():
+        g = torch.Generator(device=x_a.device).manual_seed(0)
+        x_ab = model.translate(x_a[:1], "a", generator=g)
+        x_ba = model.translate(x_b[:1], "b", generator=g)
+    row = torch.cat([x_a[:1], x_ab, x_b[:1], x_ba], dim=-1)[0].float()
+    return ((row.clamp(-1, 1) + 1) / 2).cpu()
+
+
+def train(cfg: MUNITTrainConfig) -> Path:
+    """Train MUNIT-LQ; returns the final model folder (``output_dir/model``, loadable with ``MUNIT.load``).
+
+    Raises:
+        ValueError: when a folder holds no images or fewer than ``batch_size``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        ProjectConfiguration,
+        set_seed,
+    )
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        # the D step leaves the generators unused (they run under no_grad)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(cfg.seed)  # same initial weights on every process
+    model = MUNIT(cfg.model)
+    set_seed(cfg.seed, device_specific=True)  # different style samples per process
+    hq_paths, lq_paths = list_images(cfg.hq_dir), list_images(cfg.lq_dir)
+    loader_a = _make_loader(hq_paths, cfg, f"hq_dir {cfg.hq_dir}")
+    loader_b = _make_loader(lq_paths, cfg, f"lq_dir {cfg.lq_dir}")
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    model, opt_g, opt_d, loader_a, loader_b = accelerator.prepare(model, opt_g, opt_d, loader_a, loader_b)
+
+    global_step, resumed_from = 0, None
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        global_step, resumed_from = int(ckpt.name.split("-", 1)[1]), ckpt.name
+        accelerator.print(f"resumed from {ckpt} at step {global_step}")
+
+    if cfg.report_to:
+        accelerator.init_trackers("munit_lq", config=flat_config(cfg.to_dict()))
+    it_a = infinite_batches(accelerator, loader_a, global_step)
+    it_b = infinite_batches(accelerator, loader_b, global_step)
+    bar = tqdm(
+        total=cfg.max_train_steps, initial=global_step, desc="MUNIT-LQ",
+        disable=cfg.disable_tqdm or not accelerator.is_local_main_process,
+    )  # fmt: skip
+    model.train()
+    while global_step < cfg.max_train_steps:
+        x_a, x_b = next(it_a), next(it_b)
+        lr = cfg.lr * (cfg.lr_gamma ** (global_step // cfg.lr_step_size) if cfg.lr_step_size > 0 else 1.0)
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+        opt_d.zero_grad(set_to_none=True)
+        d = model(x_a, x_b, mode="dis")
+        accelerator.backward(d["total"])
+        opt_d.step()
+
+        opt_g.zero_grad(set_to_none=True)
+        g = model(x_a, x_b, mode="gen")
+        accelerator.backward(g["total"])
+        opt_g.step()
+        opt_d.zero_grad(set_to_none=True)  # the G step also filled the discriminators' grads: drop them
+
+        global_step += 1
+        bar.update(1)
+        if global_step % max(1, cfg.log_every) == 0 or global_step == cfg.max_train_steps:
+            logs = {f"gen/{k}": float(v.detach()) for k, v in g.items()}
+            logs |= {f"dis/{k}": float(v.detach()) for k, v in d.items()}
+            if not all(math.isfinite(v) for v in logs.values()):  # checked here: float() syncs the device
+                raise FloatingPointError(f"MUNIT loss is not finite at step {global_step}: {logs}")
+            logs["lr"] = lr
+            bar.set_postfix(G=f"{logs['gen/total']:.3f}", D=f"{logs['dis/total']:.3f}")
+            accelerator.log(logs, step=global_step)
+        if cfg.report_to and cfg.sample_every > 0 and global_step % cfg.sample_every == 0:
+            if accelerator.is_main_process:
+                writer = accelerator.get_tracker("tensorboard", unwrap=True)
+                model.eval()
+                grid = _sample_grid(accelerator.unwrap_model(model), x_a, x_b)
+                writer.add_image("samples/a_ab_b_ba", grid, global_step)
+                model.train()
+        if cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
+            save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    model_dir = out / MODEL_SUBDIR
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save(model_dir)
+        atomic_write_json(model_dir / PREPROCESS_NAME, cfg.preprocess.to_dict())
+        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from}
+        atomic_write_json(model_dir / TRAIN_CONFIG_NAME, info)
+    accelerator.end_training()
+    return model_dir
+
+
+# ----------------------------------------------------------------------------------------------- pairs
+
+
+@torch.no_grad()
+def make_pairs(
+    model_dir: str | Path,
+    hq_dir: str | Path,
+    out_dir: str | Path,
+    style: Literal["random", "lq-extracted"] = "random",
+    seed: int = 0,
+    lq_dir: str | Path | None = None,
+    batch_size: int = 8,
+    size: int | None = None,
+    device: str | torch.device | None = None,
+    disable_tqdm: bool = False,
+) -> Path:
+    """Degrade every HQ image with a trained MUNIT into a pairs folder (layout in the module docstring).
+
+    Args:
+        model_dir: folder written by :func:`train` (``output_dir/model``).
+        hq_dir: HQ images to degrade (recursive).
+        out_dir: pairs folder to write.
+        style: "random" samples an N(0, I) LQ style per image; "lq-extracted" uses the style of a randomly
+            chosen image from ``lq_dir``.
+        seed: per-image styles (and LQ choices) derive from (seed, image index), so the batch size
+            changes pixels by float rounding only.
+        lq_dir: LQ images for ``style="lq-extracted"``.
+        batch_size: images per forward pass.
+        size: HQ side in pixels (default: the training size); must be even.
+        device: default CUDA when available.
+        disable_tqdm: hide the progress bar.
+
+    Returns:
+        ``out_dir``.
+    """
+    if style not in STYLE_MODES:
+        raise ValueError(f"style must be one of {STYLE_MODES}, got {style!r}")
+    if style == "lq-extracted" and lq_dir is None:
+        raise ValueError("style='lq-extracted' needs lq_dir (the LQ images whose styles are extracted)")
+    dev = default_device(device)
+    model = MUNIT.load(model_dir, dev)
+    pcfg = read_preprocess(model_dir, size)
+    if pcfg.size % 2 or pcfg.size % 2**model.cfg.n_downsample:
+        raise ValueError(f"size {pcfg.size} must be even and a multiple of 2**n_downsample")
+    hq_paths = list_images(hq_dir)
+    if not hq_paths:
+        raise ValueError(f"{hq_dir}: no images")
+    names = pair_names(hq_paths, hq_dir)
+    hq_ds = ImageFolderDataset(hq_paths, pcfg)
+    lq_ds = ImageFolderDataset(list_images(lq_dir), pcfg) if style == "lq-extracted" else None
+
+    records: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(hq_ds), batch_size), desc="MUNIT pairs", disable=disable_tqdm):
+        idx = list(range(start, min(start + batch_size, len(hq_ds))))
+        x = torch.stack([hq_ds[i] for i in idx]).to(dev)
+        sources: list[str | None] = []
+        if lq_ds is None:
+            styles = torch.cat(
+                [model.sample_style(1, dev, torch.Generator().manual_seed(item_seed(seed, i))) for i in idx]
+            )
+            sources = [None] * len(idx)
+        else:
+            picks = [int(np.random.default_rng(item_seed(seed, i)).integers(len(lq_ds))) for i in idx]
+            styles = model.encode_style(torch.stack([lq_ds[j] for j in picks]).to(dev))
+            sources = [str(lq_ds.paths[j]) for j in picks]
+        lq = downsample2x(model.translate_hq_to_lq(x, style=styles))
+        for k, i in enumerate(idx):
+            write_pair(out_dir, names[i], lq[k], x[k])
+            records.append({"name": names[i], "hq_source": str(hq_paths[i]), "style_source": sources[k]})
+    info = {
+        "method": "munit-lq",
+        "model_dir": str(model_dir),
+        "style": style,
+        "seed": seed,
+        "hq_size": pcfg.size,
+        "lq_size": pcfg.size // 2,
+        "preprocess": pcfg.to_dict(),
+        "pairs": records,
+    }
+    atomic_write_json(Path(out_dir) / "pairs.json", info)
+    return Path(out_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """CLI: ``train`` (from a JSON MUNITTrainConfig) or ``pairs``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train MUNIT-LQ")
+    t.add_argument("config", help="JSON file with MUNITTrainConfig fields")
+    p = sub.add_parser("pairs", help="degrade HQ images into a pairs folder")
+    p.add_argument("model_dir")
+    p.add_argument("hq_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--style", choices=STYLE_MODES, default="random")
+    p.add_argument("--lq-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--size", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.cmd == "train":
+        cfg = MUNITTrainConfig.from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
+        print(train(cfg))
+    else:
+        print(make_pairs(args.model_dir, args.hq_dir, args.out_dir, args.style, args.seed, args.lq_dir,
+                         args.batch_size, args.size))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
