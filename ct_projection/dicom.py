@@ -6,6 +6,8 @@ Geometry decisions (all exercised by ``tests/test_ingest.py``):
   never by file name or InstanceNumber.
 * Duplicated positions: exact pixel duplicates are dropped (noted in ``info``); different pixels at the same
   position mean two scans are mixed, which is refused.
+* One CT is one scan of one patient: a chosen series whose images carry different PatientIDs is refused, and so is
+  a folder holding a file marked as DICOM ('DICM') that cannot be parsed (truncated/corrupt: it may be a slice).
 * Missing slices: a gap ≥ 1.5× the usual spacing is refused (interpolating across it would invent anatomy). The
   usual spacing is the median gap within each run of slices of equal SliceThickness, so a series made of two
   contiguous blocks (e.g. 4 mm then 7 mm slices, like the GE tilt case) is *uneven*, not *missing*.
@@ -131,15 +133,39 @@ def looks_like_dicom(path: Path) -> bool:
     return _read_header(path) is not None
 
 
-def _read_header(path: Path) -> Dataset | None:
-    """Header without pixels, or None when the file is not a DICOM image."""
+def _has_preamble(path: Path) -> bool:
+    """True when the file carries the Part 10 'DICM' marker (so it was written as DICOM)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _probe(path: Path) -> tuple[Dataset | None, str | None, str | None]:
+    """Classify one file: (image header, None, None), (None, non-image object kind, None), (None, None, why it is
+    corrupt) or (None, None, None) when it is not DICOM at all."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply "not DICOM" during discovery
-        return None
-    if "Rows" not in ds or "Columns" not in ds:
-        return None  # DICOMDIR, SR, presentation states, random bytes parsed by force=True
-    return ds
+    except Exception as exc:  # noqa: BLE001 - unreadable: corrupt if it claims to be DICOM, else just not DICOM
+        return (None, None, one_line_reason(exc)) if _has_preamble(path) else (None, None, None)
+    if "Rows" in ds and "Columns" in ds:
+        return ds, None, None
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "") or "")
+    if not sop:
+        # Random bytes parsed by force=True; a DICM file without any SOP class is a broken header.
+        return (None, None, "no SOP class and no image header") if _has_preamble(path) else (None, None, None)
+    kind = pydicom.uid.UID(sop).name or sop
+    if "Image Storage" in kind and "Rows" not in ds:
+        return None, None, f"{kind} header ends before Rows/Columns"  # an image cut short inside its header
+    return None, kind, None  # DICOMDIR, SR, presentation state, RT plan…: DICOM, but not an image
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """Header without pixels, or None when the file is not a readable DICOM image."""
+    return _probe(path)[0]
 
 
 def study_key(path: Path) -> str:
@@ -260,14 +286,24 @@ def _float_or_none(value: Any) -> float | None:
 
 
 def scan(path: Path) -> list[SliceHeader]:
-    """Slice headers of every DICOM image with slice geometry in a folder (recursive), or of one file."""
+    """Slice headers of every DICOM image with slice geometry in a folder (recursive), or of one file.
+
+    Raises:
+        CTInputError: a file marked as DICOM is truncated or corrupt (it may be one of the slices, so the folder is
+            refused rather than read without it), or the folder holds DICOM objects but no images.
+    """
     path = Path(path)
     files = _dicom_files(path) if path.is_dir() else [path]
     headers: list[SliceHeader] = []
     unusable: CTInputError | None = None
+    non_images: list[str] = []
     for f in files:
-        ds = _read_header(f)
+        ds, kind, corrupt = _probe(f)
+        if corrupt is not None:
+            raise CTInputError(path, f"cannot read: {f.name} is truncated or corrupt ({corrupt})")
         if ds is None:
+            if kind is not None:
+                non_images.append(kind)
             continue
         try:
             headers.extend(_slice_headers(f, ds))
@@ -276,6 +312,11 @@ def scan(path: Path) -> list[SliceHeader]:
             unusable = unusable or err
     if not headers and unusable is not None:
         raise CTInputError(path, f"no DICOM images with slice geometry found ({unusable.problem})")
+    if not headers and non_images:
+        kinds = ", ".join(sorted(set(non_images)))
+        raise CTInputError(
+            path, f"no DICOM images found: {len(non_images)} DICOM file(s) without image pixels ({kinds})"
+        )
     return headers
 
 
@@ -382,8 +423,7 @@ def _load_pixels(source: Path, slices: list[SliceHeader]) -> np.ndarray:
                 try:
                     decoded[s.path] = (_decode_with_sitk(s.path), True)
                 except Exception:  # noqa: BLE001
-                    reason = f"cannot read: pixel data of {s.path.name}: {one_line_reason(exc)}"
-                    raise CTInputError(source, reason) from exc
+                    raise CTInputError(source, f"cannot read: {_pixel_problem(s.path, exc)}") from exc
         frames, rescaled = decoded[s.path]
         frame = frames[s.frame or 0]
         if frame.shape != stack.shape[1:]:
@@ -392,6 +432,48 @@ def _load_pixels(source: Path, slices: list[SliceHeader]) -> np.ndarray:
             )
         stack[k] = frame if rescaled else frame * s.slope + s.intercept
     return stack
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _pixel_problem(path: Path, exc: BaseException) -> str:
+    """Why neither decoder could read a file's pixels, in words (missing, unsupported syntax, truncated)."""
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as err:  # noqa: BLE001
+        return f"{path.name} is truncated or corrupt ({one_line_reason(err)})"
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        return f"{path.name} has no pixel data (a header-only or cut-short file)"
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if ts:
+        uid = pydicom.uid.UID(ts)
+        if not uid.is_transfer_syntax or not _has_decoder(uid):
+            name = uid.name if uid.is_transfer_syntax else "unknown or private"
+            return (
+                f"unsupported transfer syntax {ts} ({name}) in {path.name}: "
+                "no installed decoder (pydicom, pylibjpeg, GDCM) can read it"
+            )
+        if not uid.is_compressed and "PixelData" in ds:
+            frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+            samples = _int_or_none(ds.get("SamplesPerPixel")) or 1
+            bits = _int_or_none(ds.get("BitsAllocated")) or 16
+            need = int(ds.Rows) * int(ds.Columns) * frames * samples * bits // 8
+            have = len(ds.PixelData)
+            if have < need:
+                return f"{path.name} is truncated: pixel data has {have} of {need} bytes"
+    return f"pixel data of {path.name}: {one_line_reason(exc)}"
+
+
+def _has_decoder(uid: pydicom.uid.UID) -> bool:
+    """Whether pydicom has a usable decoder (plugin installed) for a transfer syntax."""
+    try:
+        from pydicom.pixels import get_decoder  # pydicom ≥ 3
+
+        return bool(get_decoder(uid).is_available)
+    except Exception:  # noqa: BLE001 - pydicom raises for syntaxes it has no decoder class for
+        return False
 
 
 def one_line_reason(exc: BaseException) -> str:
@@ -573,6 +655,12 @@ def read_series(path: Path, series_uid: str | None = None) -> DicomVolume:
     """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
+    if not path.is_dir():
+        _, kind, corrupt = _probe(path)
+        if corrupt is not None:
+            raise CTInputError(path, f"cannot read: file is truncated or corrupt ({corrupt})")
+        if kind is not None:
+            raise CTInputError(path, f"cannot read: not a DICOM image (a {kind} object without image pixels)")
     headers = scan(folder)
     if not headers:
         problem = "no DICOM files found in folder" if path.is_dir() else "cannot read: not a DICOM image"
@@ -584,6 +672,8 @@ def read_series(path: Path, series_uid: str | None = None) -> DicomVolume:
             raise CTInputError(path, "cannot read: not a DICOM image")
         series = own
     chosen = choose_series(series, path, series_uid)
+    # One CT is one patient: mixed exports are refused, never silently half-used (IDs stay out of the message).
+    _check_one_patient(path, chosen.slices, f"series {chosen.first.series_number} ({len(chosen.slices)} images)")
     slices = chosen.slices
     first = slices[0]
     _check_size(path, (first.rows, first.columns, len(slices)), "declared size")
@@ -599,8 +689,21 @@ def read_series(path: Path, series_uid: str | None = None) -> DicomVolume:
     return DicomVolume(hu=hu, affine_lps=affine, files=files, info=info)
 
 
+def _check_one_patient(source: Path, slices: list[SliceHeader], what: str) -> None:
+    """Refuse images of several patients (distinct non-empty PatientID values) in what should be one CT."""
+    patients = {str(s.header.get("PatientID", "") or "").strip() for s in slices} - {""}
+    if len(patients) > 1:
+        raise CTInputError(
+            source, f"{what} mixes {len(patients)} patients (different PatientID values); separate them"
+        )
+
+
 def _describe(first: SliceHeader, kept: list[SliceHeader], notes: list[str]) -> dict[str, Any]:
-    """Non-identifying acquisition facts (no names, IDs, dates, UIDs or institution)."""
+    """Non-identifying acquisition facts (no names, IDs, dates, UIDs, institution or free-text descriptions).
+
+    ``info`` ends up in dataset.json, so it follows DICOM PS3.15 Annex E's basic profile: Series/Study Description
+    and UIDs are removed (they stay on the in-memory SliceHeader for terminal-only error messages).
+    """
     ds = first.header
     kernel = ds.get("ConvolutionKernel")
     if kernel is not None and not isinstance(kernel, str):
@@ -614,7 +717,6 @@ def _describe(first: SliceHeader, kept: list[SliceHeader], notes: list[str]) -> 
         "slice_thickness_mm": first.thickness,
         "pixel_spacing_mm": [float(v) for v in first.pixel_spacing],
         "source_slices": len(kept),
-        "series_description": first.description,
         "series_number": first.series_number,
         "body_part": str(ds.get("BodyPartExamined", "") or ""),
         "transfer_syntax": _transfer_syntax_name(ds),

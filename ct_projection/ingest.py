@@ -194,16 +194,40 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[P
     try:
         img = nib.load(str(p))
         _check_declared(p, img.shape)
+        _check_nifti_length(p, img)
         # dataobj applies scl_slope/inter but keeps integer types when unscaled (much faster than get_fdata).
         data = np.asanyarray(img.dataobj).reshape(img.shape[:3])
     except CTInputError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise CTInputError(p, f"cannot read: {one_line_reason(exc)}") from exc
+        raise CTInputError(p, f"cannot read: {_file_problem(exc)}") from exc
     affine = np.asarray(img.affine, dtype=np.float64)
     if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise CTInputError(p, "cannot read: NIfTI affine is singular (no valid qform/sform)")
     return data, affine, {"format": "NIfTI", "modality": "unknown (NIfTI has no modality tag)"}, [p]
+
+
+def _check_nifti_length(p: Path, img: Any) -> None:
+    """An uncompressed single-file NIfTI must hold every voxel its header declares (a cut copy does not)."""
+    if _suffix(p) != ".nii":
+        return
+    header = img.header
+    need = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+    have = p.stat().st_size
+    if have < need:
+        raise CTInputError(p, f"cannot read: file is truncated ({have} bytes; its header declares {need})")
+
+
+def _file_problem(exc: BaseException) -> str:
+    """A reader's exception in words: truncated and corrupt compressed files are named as such."""
+    import zlib
+
+    reason = one_line_reason(exc)
+    if isinstance(exc, EOFError) or "ended before" in reason:
+        return f"file is truncated ({reason})"
+    if isinstance(exc, zlib.error) or "CRC check failed" in reason or "Not a gzipped file" in reason:
+        return f"compressed data is corrupt ({reason})"
+    return reason
 
 
 def _read_itk(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[Path]]:

@@ -71,14 +71,20 @@ def generate(
     except ValueError as err:  # NoduleConfigError is a ValueError
         _fail(str(err))
     inputs = [EXAMPLE_CT]
+    input_errors: list[str] = []
     if ct:
         from ct_projection.ingest import find_ct_inputs
         from ct_projection.volume import CTInputError
 
-        try:
-            inputs = [str(p) for p in find_ct_inputs([Path(p) for p in ct])]
-        except CTInputError as err:
-            _fail(str(err))
+        inputs = []
+        for arg in ct:  # one bad argument is reported and skipped like a bad CT; the rest still run
+            try:
+                inputs += [str(p) for p in find_ct_inputs([Path(arg)])]
+            except CTInputError as err:
+                typer.echo(f"error: {err}", err=True)
+                input_errors.append(str(err))
+        if not inputs:
+            raise typer.Exit(code=1)
     typer.echo(
         f"device={dev} size={size_px}px images/CT={n_images} view={geometry.view} seed={seed} "
         f"inputs={len(inputs)} -> {out}" + ("" if size or on_gpu else " (CPU defaults; use --size/-n to change)"),

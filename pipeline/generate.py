@@ -9,6 +9,7 @@ manifest of records.
 
 from __future__ import annotations
 
+import errno
 import logging
 import platform
 import sys
@@ -249,7 +250,7 @@ def process_ct(
         ct_id = vol.checksum[:12]
         todo = [i for i in range(config.images_per_ct) if (vol.checksum, i) not in done]
         if todo:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            make_output_folder(out_dir)
             atomic_write_json(out_dir / "config.json", config.to_dict())
             generate_for_ct(
                 vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=on_record,
@@ -259,6 +260,17 @@ def process_ct(
         return CTOutcome(error=str(err))
     source = {"ct": ct_id, "sha256": vol.checksum, "info": vol.info, "images": config.images_per_ct}
     return CTOutcome(source=source, skipped_done=config.images_per_ct - len(todo))
+
+
+def make_output_folder(out_dir: Path) -> None:
+    """Create the dataset folder, or raise a one-line ``DatasetWriteError``."""
+    from data.atomic import DatasetWriteError
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        code = f" ({errno.errorcode[err.errno]})" if err.errno in errno.errorcode else ""
+        raise DatasetWriteError(out_dir, f"cannot create output folder: {err.strerror or err}{code}") from err
 
 
 def completed_entries(out_dir: Path, fingerprint: str) -> dict[tuple[str, int], dict[str, Any]]:
