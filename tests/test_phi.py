@@ -116,6 +116,7 @@ def _identifying_values() -> list[str]:
     return [*PHI.values(), PRIVATE_VALUE, PRIVATE_CREATOR, *(f"{SOP_ROOT}.{k + 1}" for k in range(44))]
 
 
+@pytest.fixture(scope="module")
 def phi_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The phantom as a DICOM series full of identifying values (in a neutrally named folder)."""
     return write_phantom_dicom(tmp_path_factory.mktemp("phi") / "input" / "series", PHI)
