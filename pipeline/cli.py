@@ -43,6 +43,11 @@ def generate(
     no_nodule_free: bool = typer.Option(False, "--no-nodule-free", help="Do not write the paired nodule-free DRRs."),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
+    enhance: Optional[Path] = typer.Option(
+        None, "--enhance", help="Trained DDPM-HQ folder: restore + 2x super-resolve each DRR (boxes scaled)."
+    ),
+    enhance_steps: int = typer.Option(50, "--enhance-steps"),
+    enhance_scheduler: str = typer.Option("ddim", "--enhance-scheduler", help="ddpm, ddim or dpmsolver++."),
     backend: str = typer.Option("serial", "--backend", help="serial or ray (pip install 'diffusionxray[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: one per GPU, else per CPU)."),
@@ -96,6 +101,17 @@ def generate(
     if backend not in ("serial", "ray"):
         _fail(f"unknown backend {backend!r}: expected one of serial, ray")
     kwargs = dict(device=str(dev), series_uid=series_uid, progress=progress, restart=restart, dicom=dicom)
+    if enhance is not None:
+        from pipeline.enhancer import EnhanceConfig, Enhancer
+        from restoration.ddpm_hq import ModelNotFoundError
+
+        try:
+            enhancer = Enhancer(EnhanceConfig(str(enhance), enhance_steps, enhance_scheduler), device=str(dev))
+        except (ModelNotFoundError, ValueError) as err:
+            _fail(str(err))
+        config.enhance = enhancer.config
+        if backend == "serial":
+            kwargs["enhancer"] = enhancer
     try:
         if backend == "ray":
             from pipeline.ray_backend import generate_ray
@@ -111,6 +127,11 @@ def generate(
     typer.echo(f"wrote {len(result.records)} images with {n_nod} nodules to {out}", err=True)
     if not result.records:
         raise typer.Exit(code=1)
+
+
+from pipeline.restore_commands import register as _register_restoration  # noqa: E402  (typer wiring only)
+
+_register_restoration(app, _fail)
 
 
 def main() -> None:

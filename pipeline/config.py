@@ -11,6 +11,7 @@ from ct_projection.attenuation import AttenuationModel
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from pipeline.enhancer import EnhanceConfig
 
 CPU_DEFAULT_SIZE_PX = 512
 CPU_DEFAULT_IMAGES_PER_CT = 6
@@ -30,6 +31,7 @@ class GenerateConfig:
         labels: footprint/visibility settings.
         attenuation: HU → μ and pixel mapping.
         write_nodule_free: also write the nodule-free DRR of the same pose.
+        enhance: restore each DRR with a trained DDPM-HQ (2x) before writing; None keeps raw DRRs.
     """
 
     images_per_ct: int = CPU_DEFAULT_IMAGES_PER_CT
@@ -39,6 +41,7 @@ class GenerateConfig:
     labels: LabelConfig = field(default_factory=LabelConfig)
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)
     write_nodule_free: bool = True
+    enhance: EnhanceConfig | None = None
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:

@@ -24,6 +24,7 @@ from ct_projection.volume import CTInputError, CTVolume
 from data.atomic import atomic_write_json, sha256_file
 from data.records import ImageRecord, NoduleLabel
 from pipeline.config import GenerateConfig
+from pipeline.enhancer import Enhancer
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def generate_for_ct(
     indices: list[int] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     dicom: bool = False,
+    enhancer: Enhancer | None = None,
 ) -> list[ImageRecord]:
     """Render labeled radiographs of one CT into ``out_dir`` (images first; then ``on_record`` gets the entry).
 
@@ -113,6 +115,7 @@ def generate_for_ct(
         indices: sample indices to render (default: all ``config.images_per_ct``).
         on_record: called with each finished manifest entry (the serial path appends it to the manifest).
         dicom: also write each image as a DICOM Secondary Capture.
+        enhancer: restore each DRR with DDPM-HQ (2x) before writing; labels are scaled with it.
     """
     from tqdm.auto import tqdm
 
@@ -174,6 +177,14 @@ def generate_for_ct(
         stem = f"{ct_id}_{index:04d}"
         files: dict[str, str] = {}
         pixels = config.attenuation.to_uint16(image)
+        width = height = size
+        if enhancer is not None:
+            drr_name = f"images_drr/{stem}.png"
+            write_png16(out_dir / drr_name, pixels)
+            files[drr_name] = sha256_file(out_dir / drr_name)
+            pixels = enhancer(pixels, seed=int(rng.integers(2**31)))
+            labels = [enhancer.scale_label(label) for label in labels]
+            height, width = pixels.shape
         file_name = f"images/{stem}.png"
         write_png16(out_dir / file_name, pixels)
         files[file_name] = sha256_file(out_dir / file_name)
@@ -184,10 +195,13 @@ def generate_for_ct(
             "seed": config.seed,
             "view": config.geometry.view,
             "pose": pose.to_dict(),
-            "pixel_spacing_mm": config.geometry.pixel_mm,
+            "pixel_spacing_mm": config.geometry.pixel_mm * size / width,
             "sdd_mm": config.geometry.sdd_mm,
             "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
         }
+        if enhancer is not None:
+            attributes["drr_file"] = drr_name
+            attributes["enhanced"] = enhancer.config.to_dict()
         if config.write_nodule_free:
             free_name = f"images_nodule_free/{stem}.png"
             write_png16(out_dir / free_name, config.attenuation.to_uint16(background))
@@ -201,14 +215,14 @@ def generate_for_ct(
                 out_dir / dcm_name,
                 pixels,
                 uid_seed=f"{config.seed}:{vol.checksum}:{index}",
-                pixel_spacing_mm=config.geometry.pixel_mm,
+                pixel_spacing_mm=config.geometry.pixel_mm * size / width,
                 sdd_mm=config.geometry.sdd_mm,
                 sid_mm=config.geometry.sid_mm,
                 view=config.geometry.view,
                 description=f"DiffusionXRay synthetic {config.geometry.view} radiograph",
             )
             files[dcm_name] = sha256_file(out_dir / dcm_name)
-        record = ImageRecord(file_name, size, size, labels, attributes)
+        record = ImageRecord(file_name, width, height, labels, attributes)
         entry = {
             "ct_sha256": vol.checksum,
             "sample_index": index,
@@ -243,6 +257,7 @@ def process_ct(
     series_uid: str | None = None,
     progress: bool = True,
     dicom: bool = False,
+    enhancer: Enhancer | None = None,
 ) -> CTOutcome:
     """Load one CT and render its samples not in ``done``; shared by the serial and the Ray backends."""
     try:
@@ -254,7 +269,7 @@ def process_ct(
             atomic_write_json(out_dir / "config.json", config.to_dict())
             generate_for_ct(
                 vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=on_record,
-                dicom=dicom,
+                dicom=dicom, enhancer=enhancer,
             )
     except CTInputError as err:
         return CTOutcome(error=str(err))
@@ -321,6 +336,7 @@ def check_run_settings(out_dir: Path, config: GenerateConfig, restart: bool) -> 
 OUTPUT_NAMES = (
     "images",
     "images_nodule_free",
+    "images_drr",
     "dicom",
     "labels",
     "annotations",
@@ -390,6 +406,7 @@ def generate(
     progress: bool = True,
     restart: bool = False,
     dicom: bool = False,
+    enhancer: Enhancer | None = None,
 ) -> GenerateResult:
     """Run the whole CT → dataset job serially; resumable, and a bad CT is reported (one line) and skipped.
 
@@ -412,7 +429,7 @@ def generate(
 
     done = set(completed_entries(out_dir, config.fingerprint()))
     for path in inputs:
-        outcome = process_ct(path, config, out_dir, done, append, device, series_uid, progress, dicom)
+        outcome = process_ct(path, config, out_dir, done, append, device, series_uid, progress, dicom, enhancer)
         result.skipped_done += outcome.skipped_done
         if outcome.error is not None:
             print(f"error: {outcome.error}", file=sys.stderr)

@@ -37,12 +37,18 @@ class GenerateWorker:
         self.out_dir = Path(out_dir)
         self.device = device
         self.dicom = dicom
+        self.enhancer = None
+        if config.enhance is not None:  # the restoration model is loaded once per actor, not per CT
+            from pipeline.enhancer import Enhancer
+
+            self.enhancer = Enhancer(config.enhance, device or "cpu")
 
     def process(self, index: int, path: str, done: set[tuple[str, int]], series_uid: str | None) -> tuple:
         """Render one CT's missing samples; returns (input index, outcome, manifest entries)."""
         entries: list[dict[str, Any]] = []
         outcome = process_ct(
-            path, self.config, self.out_dir, done, entries.append, self.device, series_uid, False, self.dicom
+            path, self.config, self.out_dir, done, entries.append, self.device, series_uid, False, self.dicom,
+            self.enhancer,
         )
         return index, outcome, entries
 

@@ -1,0 +1,185 @@
+"""CLI commands of the restoration stage: train, make-pairs, enhance, evaluate (thin wrappers; heavy imports inside)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+MODELS = ("ddpm-hq", "munit", "ddpm-lq")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they are JSON (numbers, lists, true/null), else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _train_config(model: str, base: dict[str, Any]) -> Any:
+    """The training-config dataclass of ``model`` built from a dict."""
+    if model == "ddpm-hq":
+        from restoration.train_ddpm_hq import TrainConfig
+
+        return TrainConfig.from_dict(base)
+    if model == "munit":
+        from restoration.train_munit import MUNITTrainConfig
+
+        return MUNITTrainConfig.from_dict(base)
+    from restoration.train_ddpm_lq import DDPMLQTrainConfig
+
+    return DDPMLQTrainConfig.from_dict(base)
+
+
+def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
+    """Add the restoration commands to the main app."""
+
+    @app.command()
+    def train(
+        model: str = typer.Argument(..., help="ddpm-hq (the restorer), munit or ddpm-lq (the degraders)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig)."),
+        hq_dir: Optional[Path] = typer.Option(None, "--hq-dir", help="Real high-quality CXRs (png/jpg/dcm)."),
+        lq_dir: Optional[Path] = typer.Option(None, "--lq-dir", help="Low-quality images: our DRRs, or LQ of a pairs folder."),
+        output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o"),
+        steps: Optional[int] = typer.Option(None, "--steps", help="max_train_steps"),
+        stage: int = typer.Option(1, "--stage", help="ddpm-lq only: 1 (all images) or 2 (LQ fine-tune)."),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", help="ddpm-lq stage 2: the stage-1 model."),
+        overrides: list[str] = typer.Option([], "--set", help="Any config field: --set lq_size=128 --set use_ema=true"),
+    ) -> None:
+        """Train a restoration model from scratch (accelerate; checkpoint-N, resume, save_pretrained at the end)."""
+        if model not in MODELS:
+            fail(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
+        try:
+            base: dict[str, Any] = json.loads(config.read_text()) if config else {}
+            if hq_dir is not None:
+                base["hq_dir"] = str(hq_dir)
+            if lq_dir is not None:
+                base["lq_dir"] = str(lq_dir)
+            if output_dir is not None:
+                base["output_dir"] = str(output_dir)
+            if steps is not None:
+                base["max_train_steps"] = steps
+            base.update(parse_overrides(overrides))
+            cfg = _train_config(model, base)
+        except (OSError, ValueError, TypeError) as err:
+            fail(f"{config or 'train'}: {err}")
+        if model == "ddpm-hq":
+            from restoration.train_ddpm_hq import train as run
+        elif model == "munit":
+            from restoration.train_munit import train as run
+        else:
+            from restoration.train_ddpm_lq import train as run_lq
+
+            def run(c: Any) -> Path:
+                return run_lq(c, stage=stage, init_from=str(init_from) if init_from else None)
+
+        try:
+            saved = run(cfg)
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        typer.echo(f"saved {model} to {saved}", err=True)
+
+    @app.command("make-pairs")
+    def make_pairs(
+        model: str = typer.Argument(..., help="munit or ddpm-lq: the degrader that turns HQ into LQ."),
+        model_dir: Path = typer.Option(..., "--model"),
+        hq_dir: Path = typer.Option(..., "--hq-dir"),
+        out: Path = typer.Option(..., "--out", help="Pairs folder: out/hq/NAME.png and out/lq/NAME.png."),
+        seed: int = typer.Option(0, "--seed"),
+        strength: float = typer.Option(0.3, "--strength", help="ddpm-lq: SDEdit strength (0 = unchanged)."),
+        steps: int = typer.Option(50, "--steps", help="ddpm-lq: sampler steps."),
+        style: str = typer.Option("random", "--style", help="munit: random or lq-extracted."),
+        lq_dir: Optional[Path] = typer.Option(None, "--lq-dir", help="munit lq-extracted: LQ images to take styles from."),
+    ) -> None:
+        """Degrade real HQ CXRs into DRR-like LQ with a trained MUNIT-LQ or DDPM-LQ: (LQ, HQ) pairs for DDPM-HQ."""
+        try:
+            if model == "munit":
+                from restoration.train_munit import make_pairs as run
+
+                written = run(model_dir, hq_dir, out, style=style, seed=seed, lq_dir=lq_dir)
+            elif model == "ddpm-lq":
+                from restoration.train_ddpm_lq import make_pairs as run_lq
+
+                written = run_lq(model_dir, hq_dir, out, strength=strength, steps=steps, seed=seed)
+            else:
+                fail(f"unknown degrader {model!r}: expected one of munit, ddpm-lq")
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        typer.echo(f"wrote pairs to {written}", err=True)
+
+    @app.command()
+    def enhance(
+        images: Path = typer.Argument(..., help="Folder of DRRs (e.g. a generate output's images/) or CXRs."),
+        model_dir: Path = typer.Option(..., "--model", help="Trained DDPM-HQ folder."),
+        out: Path = typer.Option(..., "--out"),
+        steps: int = typer.Option(50, "--steps"),
+        scheduler: str = typer.Option("ddim", "--scheduler", help="ddpm, ddim or dpmsolver++."),
+        device: str = typer.Option("auto", "--device"),
+        seed: int = typer.Option(0, "--seed"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Restore and 2x super-resolve every image of a folder with DDPM-HQ (16-bit PNGs, same names)."""
+        from ct_projection.render import pick_device
+        from restoration.ddpm_hq import ModelNotFoundError
+        from restoration.enhance import enhance_folder
+
+        try:
+            written = enhance_folder(
+                model_dir, images, out, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
+                progress=progress, seed=seed,
+            )
+        except (ModelNotFoundError, ValueError) as err:
+            fail(str(err))
+        typer.echo(f"enhanced {len(written)} images into {out}", err=True)
+
+    @app.command()
+    def evaluate(
+        model_dir: Path = typer.Option(..., "--model", help="Trained DDPM-HQ folder."),
+        hq_dir: Path = typer.Option(..., "--hq-dir", help="Held-out reference HQ images."),
+        lq_dir: Optional[Path] = typer.Option(
+            None, "--lq-dir", help="LQ images named like the HQ ones (e.g. a pairs folder's lq/); default: bicubic."
+        ),
+        steps: int = typer.Option(50, "--steps"),
+        scheduler: str = typer.Option("ddim", "--scheduler"),
+        device: str = typer.Option("auto", "--device"),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics here."),
+        figure: Optional[Path] = typer.Option(None, "--figure", help="LQ | restored | reference PNG."),
+    ) -> None:
+        """PSNR/SSIM of DDPM-HQ vs the bicubic-upsampled input on held-out pairs (LPIPS/FID need weights: not run)."""
+        from ct_projection.render import pick_device
+        from data.atomic import atomic_write_json
+        from restoration.ddpm_hq import ModelNotFoundError
+        from restoration.evaluate import evaluate_model
+        from restoration.preprocess import list_images
+
+        hq_paths = list_images(hq_dir)
+        if not hq_paths:
+            fail(f"{hq_dir}: no png/jpg/jpeg/dcm images")
+        degrade = None
+        if lq_dir is not None:
+            by_stem = {p.stem: p for p in list_images(lq_dir)}
+            missing = [p.name for p in hq_paths if p.stem not in by_stem]
+            if missing:
+                fail(f"{lq_dir}: no LQ image for {len(missing)} HQ images (e.g. {missing[0]})")
+            degrade = [by_stem[p.stem] for p in hq_paths]
+        try:
+            result = evaluate_model(
+                model_dir, hq_paths, degrade, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
+                figure_path=figure,
+            )
+        except (ModelNotFoundError, ValueError) as err:
+            fail(str(err))
+        m, b = result["model"], result["bicubic"]
+        typer.echo(f"n={result['n']} {scheduler}-{steps}: DDPM-HQ PSNR {m['psnr']:.2f} dB SSIM {m['ssim']:.4f} | "
+                   f"bicubic PSNR {b['psnr']:.2f} dB SSIM {b['ssim']:.4f}")
+        if json_out is not None:
+            atomic_write_json(json_out, result)

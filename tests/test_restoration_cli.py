@@ -1,0 +1,101 @@
+"""The restoration stage through the CLI: train ddpm-hq → enhance → evaluate → generate --enhance (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+TINY = [
+    "--set", "lq_size=16", "--set", "block_out_channels=[8,16]", "--set", "norm_num_groups=4",
+    "--set", "layers_per_block=1", "--set", "attention_levels=[false,false]", "--set", "train_batch_size=2",
+    "--set", "checkpointing_steps=2", "--set", "validation_steps=1000", "--set", "val_fraction=0.25",
+    "--set", "group_by=stem", "--set", "disable_progress=true", "--set", "lr_warmup_steps=0",
+    "--set", "num_train_timesteps=50",
+]
+
+
+def write_cxrs(folder: Path, n: int = 8) -> Path:
+    """Smooth synthetic 'radiographs' (8-bit PNGs) as the HQ domain."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48] / 48.0
+    for i in range(n):
+        img = 0.5 + 0.3 * np.sin(6 * xx + i) * np.cos(4 * yy) + 0.05 * rng.normal(size=xx.shape)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / f"cxr{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("restore")
+    hq = write_cxrs(root / "hq")
+    out = root / "ddpm_hq"
+    result = CliRunner().invoke(app, ["train", "ddpm-hq", "--hq-dir", str(hq), "-o", str(out), "--steps", "4", *TINY])
+    assert result.exit_code == 0, result.output
+    return hq, out  # the final model is saved in the output folder, beside its checkpoint-N folders
+
+
+def test_train_writes_checkpoints_and_a_safetensors_model(trained: tuple[Path, Path]) -> None:
+    _, model = trained
+    assert (model / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in model.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_enhance_doubles_the_size_deterministically(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from data.images import read_png16
+
+    hq, model = trained
+    args = ["enhance", str(hq), "--model", str(model), "--steps", "2", "--device", "cpu", "--no-progress"]
+    a = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    b = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output
+    img = read_png16(tmp_path / "a" / "cxr0.png")
+    assert img.shape == (96, 96)  # 48 px input restored at 2x
+    assert (tmp_path / "a" / "cxr0.png").read_bytes() == (tmp_path / "b" / "cxr0.png").read_bytes()
+
+
+def test_evaluate_reports_psnr_ssim(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    hq, model = trained
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--model", str(model), "--hq-dir", str(hq), "--steps", "2", "--device", "cpu", "--json",
+            str(out), "--figure", str(tmp_path / "fig.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 8 and np.isfinite(metrics["model"]["psnr"]) and 0 < metrics["bicubic"]["ssim"] <= 1
+    assert (tmp_path / "fig.png").is_file()
+
+
+def test_missing_model_says_how_to_train_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["enhance", str(tmp_path), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "diffusionxray train ddpm-hq" in result.output and "never downloaded" in result.output
+
+
+def test_generate_enhance_scales_boxes(trained: tuple[Path, Path], chest_nifti: Path, tmp_path: Path) -> None:
+    from data.coco import read_coco
+    from data.images import read_png16
+
+    _, model = trained
+    out = tmp_path / "ds"
+    args = ["generate", str(chest_nifti), "--out", str(out), "--size", "48", "-n", "1", "--no-progress",
+            "--device", "cpu", "--enhance", str(model), "--enhance-steps", "2", "--diameter-min", "15"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (rec,) = read_coco(out / "annotations" / "coco.json")
+    assert (rec.width, rec.height) == (96, 96)
+    assert read_png16(out / rec.file_name).shape == (96, 96)
+    assert read_png16(out / rec.attributes["drr_file"]).shape == (48, 48)
+    for nod in rec.nodules:
+        x, y, w, h = nod.bbox_xywh
+        dx, dy, dw, dh = nod.attributes["drr_bbox_xywh"]
+        assert (x, y, w, h) == (2 * dx, 2 * dy, 2 * dw, 2 * dh)
+        assert nod.footprint.shape == (96, 96) and nod.footprint.sum() == 4 * nod.attributes["footprint_px"]
