@@ -1,0 +1,477 @@
+"""Train DDPM-HQ on (LQ, HQ) pairs made from real high-quality CXRs (after diffusers' train_unconditional.py).
+
+Accelerate handles devices/mixed precision/checkpoints; ``checkpoint-N`` folders hold model, optimizer, LR
+scheduler, EMA and RNG state so an interrupted run resumes exactly (``resume_from_checkpoint="latest"``).
+Batches are drawn from a seeded, step-indexed permutation instead of a DataLoader so resuming reproduces the
+same data order without replaying the loader.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from restoration.ddpm_hq import (
+    DDPMHQConfig,
+    build_unet,
+    make_scheduler,
+    restore,
+    save_model,
+    training_loss,
+    upsample_condition,
+)
+from restoration.degrade import ClassicalDegradationConfig, bicubic_degrade, classical_degrade
+from restoration.preprocess import (
+    ImageFolderDataset,
+    PreprocessConfig,
+    apply_jitter,
+    list_images,
+    mhh_patient_of,
+    random_jitter_params,
+    split_by_source,
+)
+
+PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
+GROUP_BY = ("auto", "mhh", "stem", "parent")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a DDPM-HQ training run needs (saved as ``train_config.json`` in ``output_dir``).
+
+    Args:
+        hq_dir: folder of real high-quality CXRs (png/jpg/dcm, recursive).
+        output_dir: final model + ``checkpoint-N`` folders + ``logs`` (TensorBoard).
+        pair_source: "bicubic" (paper baseline), "classical" (Real-ESRGAN chain) or "pairs_dir"
+            (precomputed LQ images in ``lq_dir`` with the same relative names/stems as the HQ files).
+        group_by: split groups: "mhh" (patient from data.csv), "stem", "parent" folder, "auto" (mhh if a
+            data.csv is found, else stem).
+        lq_size, scale: training LQ side and SR factor (HQ side = lq_size * scale).
+        max_train_steps: optimizer steps; checkpointing_steps/validation_steps in the same unit.
+        resume_from_checkpoint: None, "latest" or a checkpoint folder.
+    """
+
+    hq_dir: str = ""
+    output_dir: str = "runs/ddpm_hq"
+    pair_source: str = "bicubic"
+    lq_dir: str | None = None
+    blur_sigma: float = 0.0
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    group_by: str = "auto"
+    # preprocessing
+    lq_size: int = 64
+    scale: int = 2
+    low_pct: float = 0.5
+    high_pct: float = 99.5
+    augment: bool = True
+    # model
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    layers_per_block: int = 2
+    attention_levels: tuple[bool, ...] | None = None
+    norm_num_groups: int = 32
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    loss: str = "l1"
+    # optimisation
+    train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    optimizer: str = "adamw"
+    adam_beta1: float = 0.95
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-6
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 100
+    max_train_steps: int = 10000
+    max_grad_norm: float = 1.0
+    use_ema: bool = True
+    ema_max_decay: float = 0.9999
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 0.75
+    mixed_precision: str = "no"
+    seed: int = 0
+    cpu: bool = False
+    # bookkeeping
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = None
+    validation_steps: int = 500
+    num_val_images: int = 8
+    val_inference_steps: int = 20
+    val_scheduler: str = "ddim"
+    log_every: int = 10
+    disable_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pair_source not in PAIR_SOURCES:
+            raise ValueError(f"unknown pair_source {self.pair_source!r}: expected one of {', '.join(PAIR_SOURCES)}")
+        if self.pair_source == "pairs_dir" and not self.lq_dir:
+            raise ValueError("pair_source 'pairs_dir' needs lq_dir (folder of LQ images named like the HQ files)")
+        if self.group_by not in GROUP_BY:
+            raise ValueError(f"unknown group_by {self.group_by!r}: expected one of {', '.join(GROUP_BY)}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected one of adam, adamw")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}: expected one of no, fp16, bf16")
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if self.attention_levels is not None:
+            self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+
+    def model_config(self) -> DDPMHQConfig:
+        """The DDPMHQConfig this run trains."""
+        return DDPMHQConfig(
+            lq_size=self.lq_size,
+            scale=self.scale,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            attention_levels=self.attention_levels,
+            norm_num_groups=self.norm_num_groups,
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=self.beta_schedule,
+            prediction_type=self.prediction_type,
+            loss=self.loss,
+            preprocess=self.preprocess_config().to_dict(),
+        )
+
+    def preprocess_config(self, size: int | None = None) -> PreprocessConfig:
+        """HQ preprocessing (or at ``size``)."""
+        return PreprocessConfig(size=size or self.lq_size * self.scale, low_pct=self.low_pct, high_pct=self.high_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of the fields."""
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        d["attention_levels"] = None if self.attention_levels is None else list(self.attention_levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict``; unknown keys are rejected so typos surface."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}: expected some of {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class GeneratorState:
+    """A torch.Generator that accelerate can checkpoint (``register_for_checkpointing`` needs state_dict)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["state"])
+
+
+def batch_indices(n: int, batch: int, position: int, seed: int) -> list[int]:
+    """Items ``position .. position+batch`` of an endless stream of per-epoch seeded permutations of range(n)."""
+    out: list[int] = []
+    perms: dict[int, list[int]] = {}
+    for k in range(position, position + batch):
+        epoch, j = divmod(k, n)
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        out.append(perms[epoch][j])
+    return out
+
+
+def group_function(cfg: TrainConfig, paths: list[Path]) -> Any:
+    """Split grouping for ``cfg.group_by`` (see TrainConfig)."""
+    mode = cfg.group_by
+    if mode == "auto":
+        try:
+            mhh_patient_of(paths[0])
+            mode = "mhh"
+        except ValueError:
+            mode = "stem"
+    if mode == "mhh":
+        return mhh_patient_of
+    if mode == "parent":
+        return lambda p: str(Path(p).parent)
+    return lambda p: Path(p).stem
+
+
+def match_lq_paths(hq_paths: list[Path], hq_dir: Path, lq_dir: Path) -> list[Path]:
+    """LQ file for each HQ file: same relative folder and stem in ``lq_dir`` (any image suffix)."""
+    by_key = {(str(p.relative_to(lq_dir).parent), p.stem): p for p in list_images(lq_dir)}
+    out, missing = [], []
+    for p in hq_paths:
+        key = (str(p.relative_to(hq_dir).parent), p.stem)
+        if key in by_key:
+            out.append(by_key[key])
+        else:
+            missing.append(str(p.relative_to(hq_dir)))
+    if missing:
+        raise ValueError(f"{lq_dir}: no LQ image for {len(missing)} HQ files (e.g. {missing[0]}); names must match")
+    return out
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders sorted by N."""
+    cps = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(cps, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _tb_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """TensorBoard hparams accept only scalars/strings."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in d.items()}
+
+
+class PairSource:
+    """Makes (hq, lq) training/validation batches in [-1, 1] according to ``cfg.pair_source``."""
+
+    def __init__(self, cfg: TrainConfig, hq_paths: list[Path], lq_paths: list[Path] | None) -> None:
+        self.cfg = cfg
+        self.hq = ImageFolderDataset(hq_paths, cfg.preprocess_config())
+        self.lq = ImageFolderDataset(lq_paths, cfg.preprocess_config(cfg.lq_size)) if lq_paths else None
+        self.classical = ClassicalDegradationConfig(scale=cfg.scale)
+
+    def __len__(self) -> int:
+        return len(self.hq)
+
+    def batch(self, idx: list[int], gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hq, lq) for items ``idx``; jitter and classical degradations are drawn from ``gen``."""
+        hq = torch.stack([torch.from_numpy(self.hq.array(i))[None] for i in idx])
+        lq = torch.stack([torch.from_numpy(self.lq.array(i))[None] for i in idx]) if self.lq is not None else None
+        if augment:
+            hqs, lqs = [], []
+            for k in range(len(idx)):
+                p = random_jitter_params(gen)
+                hqs.append(apply_jitter(hq[k], p))  # same normalised transform at both resolutions keeps pairs aligned
+                if lq is not None:
+                    lqs.append(apply_jitter(lq[k], p))
+            hq = torch.stack(hqs)
+            lq = torch.stack(lqs) if lq is not None else None
+        if lq is None:
+            if self.cfg.pair_source == "classical":
+                lq, _ = classical_degrade(hq, gen, self.classical)
+            else:
+                lq = bicubic_degrade(hq, self.cfg.scale, self.cfg.blur_sigma)
+        return hq, lq
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def validate(
+    unet: torch.nn.Module, cfg: TrainConfig, val_hq: torch.Tensor, val_lq: torch.Tensor, device: torch.device
+) -> dict[str, float]:
+    """Mean PSNR/SSIM of restorations (fixed seed) and of the bicubic-upsampled LQ on held-out pairs."""
+    from restoration.evaluate import psnr_ssim, to01
+
+    sched = make_scheduler(cfg.val_scheduler, cfg.model_config())
+    gen = torch.Generator().manual_seed(cfg.seed + 4242)
+    was_training = unet.training
+    unet.eval()
+    out = restore(unet, sched, val_lq.to(device), cfg.val_inference_steps, gen, scale=cfg.scale).cpu()
+    unet.train(was_training)
+    base = upsample_condition(val_lq, cfg.scale)
+    m = [psnr_ssim(to01(out[i, 0]), to01(val_hq[i, 0])) for i in range(len(out))]
+    b = [psnr_ssim(to01(base[i, 0]), to01(val_hq[i, 0])) for i in range(len(out))]
+    return {
+        "val/psnr": float(np.mean([x[0] for x in m])),
+        "val/ssim": float(np.mean([x[1] for x in m])),
+        "val/bicubic_psnr": float(np.mean([x[0] for x in b])),
+        "val/bicubic_ssim": float(np.mean([x[1] for x in b])),
+    }
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train DDPM-HQ; returns ``cfg.output_dir`` holding the EMA weights (safetensors) + ddpm_hq_config.json."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from data.atomic import atomic_write_json
+
+    out_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        cpu=cfg.cpu,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+    )
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "train_config.json", cfg.to_dict())
+
+    # ---- data: leak-free split by patient/source, fixed validation pairs
+    hq_dir = Path(cfg.hq_dir)
+    paths = list_images(hq_dir)
+    if len(paths) < 2:
+        raise ValueError(f"{hq_dir}: need at least 2 images to train and validate, found {len(paths)}")
+    train_paths, val_paths = split_by_source(paths, cfg.val_fraction, cfg.split_seed, group_function(cfg, paths))
+    lq_of = None
+    if cfg.pair_source == "pairs_dir":
+        lq_of = dict(zip(paths, match_lq_paths(paths, hq_dir, Path(cfg.lq_dir or ""))))
+    train_src = PairSource(cfg, train_paths, [lq_of[p] for p in train_paths] if lq_of else None)
+    val_hq = val_lq = None
+    if val_paths and cfg.num_val_images > 0:
+        vp = val_paths[: cfg.num_val_images]
+        val_src = PairSource(cfg, vp, [lq_of[p] for p in vp] if lq_of else None)
+        val_gen = torch.Generator().manual_seed(cfg.seed + 777)  # fixed held-out pairs across runs/resumes
+        val_hq, val_lq = val_src.batch(list(range(len(vp))), val_gen, augment=False)
+
+    # ---- model / optimiser / EMA
+    set_seed(cfg.seed)
+    mcfg = cfg.model_config()
+    unet = build_unet(mcfg)
+    noise_scheduler = make_scheduler("ddpm", mcfg)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(
+        unet.parameters(),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=cfg.max_train_steps * accelerator.num_processes,
+    )
+    ema = None
+    if cfg.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=cfg.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=cfg.ema_inv_gamma,
+            power=cfg.ema_power,
+            model_cls=type(unet),
+            model_config=unet.config,
+        )
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    gen_state = GeneratorState(cfg.seed + 1000 * accelerator.process_index)
+    accelerator.register_for_checkpointing(gen_state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+        ema.to(accelerator.device)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("ddpm_hq", config=_tb_safe(cfg.to_dict()))
+
+    # ---- resume
+    global_step = 0
+    if cfg.resume_from_checkpoint:
+        if cfg.resume_from_checkpoint == "latest":
+            cps = list_checkpoints(out_dir)
+            path = cps[-1] if cps else None
+        else:
+            path = Path(cfg.resume_from_checkpoint)
+            if not path.is_dir():
+                raise ValueError(f"{path}: checkpoint folder does not exist (use 'latest' or a checkpoint-N folder)")
+        if path is None:
+            accelerator.print(f"no checkpoint in {out_dir}; starting a new training run")
+        else:
+            accelerator.print(f"resuming from {path}")
+            accelerator.load_state(str(path))
+            if ema is not None:
+                ema.to(accelerator.device)
+            global_step = int(path.name.split("-")[-1])
+
+    # ---- loop
+    progress = tqdm(
+        total=cfg.max_train_steps,
+        initial=global_step,
+        desc="ddpm-hq",
+        disable=cfg.disable_progress or not accelerator.is_local_main_process,
+    )
+    gen = gen_state.generator
+    per_step = cfg.train_batch_size * accelerator.num_processes
+    micro = global_step * cfg.gradient_accumulation_steps
+    metrics_path = out_dir / "metrics.jsonl"
+    recent: list[float] = []
+    t0 = time.time()
+    unet.train()
+    while global_step < cfg.max_train_steps:
+        position = micro * per_step + accelerator.process_index * cfg.train_batch_size
+        idx = batch_indices(len(train_src), cfg.train_batch_size, position, cfg.seed)
+        hq, lq = train_src.batch(idx, gen, augment=cfg.augment)
+        hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
+        with accelerator.accumulate(unet):
+            loss = training_loss(unet, noise_scheduler, hq, lq, gen, loss=cfg.loss)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        micro += 1
+        recent.append(float(loss.detach().item()))
+        if not accelerator.sync_gradients:
+            continue
+        if ema is not None:
+            ema.step(unet.parameters())
+        global_step += 1
+        progress.update(1)
+        logs: dict[str, float] = {"loss": float(np.mean(recent)), "lr": lr_scheduler.get_last_lr()[0]}
+        if ema is not None:
+            logs["ema_decay"] = float(ema.cur_decay_value or 0.0)
+        recent = []
+        progress.set_postfix(loss=f"{logs['loss']:.4f}")
+        if global_step % cfg.log_every == 0 or global_step == cfg.max_train_steps:
+            accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process:
+                with open(metrics_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": global_step, "time_s": round(time.time() - t0, 2), **logs}) + "\n")
+        if accelerator.is_main_process and cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
+            _save_checkpoint(accelerator, out_dir, global_step, cfg.checkpoints_total_limit)
+        if (
+            accelerator.is_main_process
+            and val_hq is not None
+            and cfg.validation_steps > 0
+            and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)
+        ):
+            model = accelerator.unwrap_model(unet)
+            if ema is not None:  # validate the weights that will be shipped
+                ema.store(model.parameters())
+                ema.copy_to(model.parameters())
+            vlogs = validate(model, cfg, val_hq, val_lq, accelerator.device)
+            if ema is not None:
+                ema.restore(model.parameters())
+            accelerator.log(vlogs, step=global_step)
+            with open(metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": global_step, **vlogs}) + "\n")
+            progress.write(
+                f"step {global_step}: val PSNR {vlogs['val/psnr']:.2f} dB / SSIM {vlogs['val/ssim']:.4f} "
+                f"(bicubic {vlogs['val/bicubic_psnr']:.2f} / {vlogs['val/bicubic_ssim']:.4f})"
+            )
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(out_dir, accelerator.unwrap_model(unet), mcfg, ema)
+    accelerator.end_training()
+    return out_dir
+
+
+def _save_checkpoint(accelerator: Any, out_dir: Path, step: int, limit: int | None) -> Path:
+    """``accelerator.save_state`` to checkpoint-``step``, first pruning the oldest beyond ``limit``."""
+    if limit is not None and limit > 0:
+        cps = [p for p in list_checkpoints(out_dir) if int(p.name.split("-")[-1]) != step]
+        for old in cps[: max(0, len(cps) - (limit - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+    path = out_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    return path

@@ -1,0 +1,371 @@
+"""DDPM-HQ restoration half: preprocessing, degradations, model/sampling, training/resume, metrics, enhance."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.images import read_png16, write_png16
+from restoration.ddpm_hq import (
+    SCHEDULERS,
+    DDPMHQConfig,
+    ModelNotFoundError,
+    build_unet,
+    load_model,
+    make_scheduler,
+    restore,
+    save_model,
+    training_loss,
+    upsample_condition,
+)
+from restoration.degrade import ClassicalDegradationConfig, apply_params, bicubic_degrade, classical_degrade
+from restoration.evaluate import evaluate_model, figure, nodule_contrast, psnr_ssim
+from restoration.preprocess import (
+    ImageFolderDataset,
+    PreprocessConfig,
+    list_images,
+    load_grayscale,
+    mhh_patient_of,
+    normalize,
+    resize_square,
+    split_by_source,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MHH = SHARED_DATA / "cxr" / "mhh-covid-19"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core box run far faster single-threaded (no spin-waiting threads)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_cfg(**kw) -> DDPMHQConfig:
+    base = dict(lq_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
+    base.update(kw)
+    return DDPMHQConfig(**base)
+
+
+def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """(n, 1, size, size) smooth sinusoid/blob images in [-1, 1]: learnable toy radiographs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        img = 0.5 * np.sin(2 * np.pi * (rng.uniform(0.5, 1.5) * x + rng.uniform(0, 1) * y))
+        img += 0.4 * np.exp(-((x - rng.uniform(0.3, 0.7)) ** 2 + (y - rng.uniform(0.3, 0.7)) ** 2) / 0.02)
+        out.append(np.clip(img, -1, 1))
+    return torch.tensor(np.stack(out)[:, None], dtype=torch.float32)
+
+
+def write_toy_folder(folder: Path, n: int = 6, size: int = 40) -> list[Path]:
+    imgs = smooth_images(n, size)
+    return [
+        write_png16(folder / f"img{i}.png", np.rint((imgs[i, 0].numpy() + 1) / 2 * 65535).astype(np.uint16))
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> tuple[Path, DDPMHQConfig]:
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    unet = build_unet(cfg)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(folder, unet, cfg)
+    return folder, cfg
+
+
+# ----------------------------------------------------------------------------------------- preprocessing
+
+
+def test_load_grayscale_png_jpg_and_errors(tmp_path):
+    a16 = (np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 500).astype(np.uint16)
+    write_png16(tmp_path / "a.png", a16)
+    g = load_grayscale(tmp_path / "a.png")
+    assert g.dtype == np.float32 and g.shape == (12, 10)
+    np.testing.assert_allclose(g, a16 / 65535.0, atol=1e-6)
+    rgb = np.zeros((8, 9, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "b.jpg", quality=95)
+    b = load_grayscale(tmp_path / "b.jpg")
+    assert b.shape == (8, 9) and 0.0 <= b.min() and b.max() <= 1.0
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError) as err:
+        load_grayscale(tmp_path / "bad.png")
+    assert str(err.value).startswith(str(tmp_path / "bad.png")) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="no such image"):
+        load_grayscale(tmp_path / "missing.png")
+
+
+def test_load_grayscale_dicom_monochrome1_window(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    arr = np.tile(np.linspace(0, 4000, 16).astype(np.uint16), (8, 1))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2000, 2000  # values <1000 and >3000 saturate
+    ds.PixelData = arr.tobytes()
+    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
+    img = load_grayscale(tmp_path / "x.dcm")
+    assert img.shape == (8, 16) and img.dtype == np.float32
+    assert img[0, 0] == pytest.approx(1.0) and img[0, -1] == pytest.approx(0.0)  # MONOCHROME1 inverted
+    assert np.all(np.diff(img[0]) <= 1e-6) and img[0, 1] == pytest.approx(1.0)  # windowed: saturates
+    assert pydicom is not None
+
+
+def test_normalize_and_resize_ranges():
+    rng = np.random.default_rng(0)
+    img = rng.random((50, 70)).astype(np.float32) * 0.3 + 0.2
+    img[0, 0] = 5.0  # outlier must not set the white point
+    n = normalize(img, PreprocessConfig(low_pct=1, high_pct=99))
+    assert n.dtype == np.float32 and n.min() == -1.0 and n.max() == 1.0
+    assert (n == 1.0).mean() < 0.05
+    assert np.all(normalize(np.full((5, 5), 0.3), PreprocessConfig()) == 0)
+    for size in (16, 100):
+        r = resize_square(n, size)
+        assert r.shape == (size, size) and r.dtype == np.float32
+        assert r.min() >= -1.0 and r.max() <= 1.0
+    with pytest.raises(ValueError, match="low_pct"):
+        PreprocessConfig(low_pct=60, high_pct=40)
+
+
+def test_dataset_and_listing(tmp_path):
+    paths = write_toy_folder(tmp_path / "sub", n=3, size=24)
+    (tmp_path / "notes.txt").write_text("x")
+    assert list_images(tmp_path) == sorted(paths)
+    ds = ImageFolderDataset(paths, PreprocessConfig(size=16), augment=True)
+    torch.manual_seed(0)
+    x = ds[1]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+    assert 1 in ds._cache  # cached preprocessed array
+    plain = ImageFolderDataset(paths, PreprocessConfig(size=16))[1]
+    assert not torch.equal(plain, torch.flip(plain, dims=[-1]))  # toy images are not symmetric
+    assert (x - plain).abs().mean() < (torch.flip(plain, dims=[-1]) - plain).abs().mean()  # jitter is small, no flip
+
+
+def test_split_no_leak_deterministic():
+    paths = [Path(f"/x/p{g}_img{i}.png") for g in range(10) for i in range(g % 3 + 1)]
+    group = lambda p: p.name.split("_")[0]  # noqa: E731
+    tr, va = split_by_source(paths, 0.25, seed=3, group_of=group)
+    assert sorted(tr + va) == sorted(paths) and not set(tr) & set(va)
+    assert not {group(p) for p in tr} & {group(p) for p in va}
+    assert len(va) >= 0.25 * len(paths) and tr
+    assert split_by_source(list(reversed(paths)), 0.25, seed=3, group_of=group) == (tr, va)  # order-independent
+    assert split_by_source(paths, 0.25, seed=4, group_of=group) != (tr, va)
+    assert split_by_source(paths, 0.0, seed=3, group_of=group)[1] == []
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_by_source(paths, 1.0)
+
+
+@pytest.mark.skipif(not (MHH / "data.csv").is_file(), reason="shared MHH COVID-19 data not available")
+def test_mhh_patient_split_no_leak():
+    paths = list_images(MHH)
+    assert len(paths) == 198
+    assert len({mhh_patient_of(p) for p in paths}) == 56
+    tr, va = split_by_source(paths, 0.2, seed=0, group_of=mhh_patient_of)
+    assert not {mhh_patient_of(p) for p in tr} & {mhh_patient_of(p) for p in va}
+    assert len(va) >= 0.2 * len(paths) and len(tr) + len(va) == 198
+
+
+# ---------------------------------------------------------------------------------------------- degradations
+
+
+def test_bicubic_degrade_shape_and_range():
+    hq = smooth_images(2, 32)
+    lq = bicubic_degrade(hq, 2, blur_sigma=0.8)
+    assert lq.shape == (2, 1, 16, 16) and lq.min() >= -1 and lq.max() <= 1
+    with pytest.raises(ValueError, match="divisible"):
+        bicubic_degrade(torch.zeros(1, 1, 31, 31))
+
+
+def test_classical_degrade_deterministic_and_params_recorded():
+    hq = smooth_images(3, 32)
+    cfg = ClassicalDegradationConfig(kernel_sizes=(5, 7))
+    lq1, p1 = classical_degrade(hq, torch.Generator().manual_seed(7), cfg)
+    lq2, p2 = classical_degrade(hq, torch.Generator().manual_seed(7), cfg)
+    lq3, p3 = classical_degrade(hq, torch.Generator().manual_seed(8), cfg)
+    assert lq1.shape == (3, 1, 16, 16) and lq1.min() >= -1 and lq1.max() <= 1
+    assert torch.equal(lq1, lq2) and p1 == p2 and p1 != p3
+    assert len(p1) == 3 and {"blur1", "resize1", "noise1", "jpeg1", "noise2", "jpeg2"} <= set(p1[0])
+    json.dumps(p1)  # params are plain data, loggable
+    assert torch.equal(apply_params(hq[1:2], p1[1], 2), lq1[1:2])  # params alone reproduce the image
+    assert (lq1 - bicubic_degrade(hq)).abs().mean() > 0.01  # actually degraded beyond bicubic
+
+
+# ---------------------------------------------------------------------------------------------- model/sampling
+
+
+def test_shapes_lq16_to_hq32():
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    unet = build_unet(cfg)
+    assert unet.config.in_channels == 2 and unet.config.out_channels == 1
+    lq = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert upsample_condition(lq, 2).shape == (2, 1, 32, 32)
+    out = restore(unet, make_scheduler("ddim", cfg), lq, 2, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all() and out.abs().max() <= 1
+    odd = restore(unet, make_scheduler("ddim", cfg), torch.zeros(1, 1, 9, 7), 2, torch.Generator().manual_seed(0))
+    assert odd.shape == (1, 1, 18, 14)  # padded internally to the UNet multiple, cropped back
+
+
+def test_config_json_and_scheduler_errors(tmp_path):
+    cfg = tiny_cfg(attention_levels=(False, True))
+    cfg.save(tmp_path)
+    assert DDPMHQConfig.load(tmp_path) == cfg and cfg.hq_size == 32
+    with pytest.raises(ValueError, match="expected one of ddpm, ddim, dpmsolver\\+\\+"):
+        make_scheduler("euler", cfg)
+    with pytest.raises(ValueError, match="expected one of l1, l2"):
+        tiny_cfg(loss="huber")
+
+
+def test_training_loss_goes_down():
+    cfg = tiny_cfg(lq_size=8, block_out_channels=(16, 32))
+    torch.manual_seed(0)
+    unet = build_unet(cfg)
+    sched = make_scheduler("ddpm", cfg)
+    hq = smooth_images(4, 16)
+    lq = bicubic_degrade(hq)
+    opt = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(50):
+        loss = training_loss(unet, sched, hq, lq, gen, loss="l1")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_sampling_deterministic(name, tiny_model):
+    unet, cfg = load_model(tiny_model[0])
+    lq = smooth_images(2, 16)
+    a = restore(unet, make_scheduler(name, cfg), lq, 3, torch.Generator().manual_seed(5))
+    b = restore(unet, make_scheduler(name, cfg), lq, 3, torch.Generator().manual_seed(5))
+    c = restore(unet, make_scheduler(name, cfg), lq, 3, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_tiled_restore(tiny_model):
+    unet, cfg = load_model(tiny_model[0])
+    sched = make_scheduler("ddim", cfg)
+    lq = smooth_images(1, 24)[:, :, :, :20]  # HQ 48 x 40: several 16 px tiles
+    full = restore(unet, sched, lq, 2, torch.Generator().manual_seed(1))
+    t1 = restore(unet, sched, lq, 2, torch.Generator().manual_seed(1), tile=16, overlap=4)
+    t2 = restore(unet, sched, lq, 2, torch.Generator().manual_seed(1), tile=16, overlap=4)
+    assert t1.shape == full.shape == (1, 1, 48, 40)
+    assert torch.equal(t1, t2) and torch.isfinite(t1).all()
+    big = restore(unet, sched, lq, 2, torch.Generator().manual_seed(1), tile=64)
+    assert torch.equal(big, full)  # a tile covering the image is the untiled path
+
+
+def test_save_load_roundtrip_and_missing(tmp_path, tiny_model):
+    cfg = tiny_cfg()
+    torch.manual_seed(1)
+    unet = build_unet(cfg).eval()
+    save_model(tmp_path / "m", unet, cfg)
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded, cfg2 = load_model(tmp_path / "m")
+    assert cfg2 == cfg
+    lq = smooth_images(1, 16)
+    sched = make_scheduler("dpmsolver++", cfg)
+    a = restore(unet, sched, lq, 3, torch.Generator().manual_seed(2))
+    b = restore(loaded, sched, lq, 3, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model(tmp_path / "nothing")
+    msg = str(err.value)
+    assert "\n" not in msg and "train one with" in msg and "diffusionxray train ddpm-hq" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="missing"):
+        load_model(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------- training run
+
+
+def test_train_checkpoint_limit_and_exact_resume(tmp_path):
+    from safetensors.torch import load_file
+
+    from restoration.train_ddpm_hq import TrainConfig, list_checkpoints, train
+
+    write_toy_folder(tmp_path / "hq", n=6, size=40)
+    base = dict(
+        hq_dir=str(tmp_path / "hq"), lq_size=8, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, train_batch_size=4, lr_scheduler="constant", lr_warmup_steps=0,
+        validation_steps=0, cpu=True, disable_progress=True, log_every=1, val_fraction=0.34,
+    )  # fmt: skip
+    a = train(TrainConfig(output_dir=str(tmp_path / "a"), max_train_steps=4, checkpointing_steps=0, **base))
+    out = tmp_path / "b"
+    ck = dict(checkpointing_steps=1, checkpoints_total_limit=2)
+    train(TrainConfig(output_dir=str(out), max_train_steps=2, **ck, **base))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
+    train(TrainConfig(output_dir=str(out), max_train_steps=4, resume_from_checkpoint="latest", **ck, **base))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]  # limit respected
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # resumed at step 3, no step repeated
+    wa = load_file(a / "diffusion_pytorch_model.safetensors")
+    wb = load_file(out / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # optimizer/EMA/RNG/data order restored exactly
+    unet, cfg = load_model(out)
+    assert cfg.hq_size == 16 and cfg.preprocess["size"] == 16
+
+
+# ---------------------------------------------------------------------------------------------- metrics/enhance
+
+
+def test_psnr_ssim_and_nodule_contrast(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((32, 32))
+    p, s = psnr_ssim(img, img)
+    assert math.isinf(p) and s == pytest.approx(1.0)
+    p2, s2 = psnr_ssim(np.clip(img + 0.05, 0, 1), img)
+    assert 20 < p2 < 40 and s2 < 1
+    yy, xx = np.mgrid[0:32, 0:32]
+    fp = (yy - 16) ** 2 + (xx - 16) ** 2 <= 9
+    blob = np.where(fp, 0.8, 0.3)
+    assert nodule_contrast(blob, fp, ring=3) == pytest.approx(0.5)
+    t = torch.zeros(2, 1, 16, 16)
+    path = figure(t[:, :, :8, :8], t, t, tmp_path / "fig.png")
+    with Image.open(path) as im:
+        assert im.size[0] > 3 * 16 and im.size[1] >= 2 * 16
+
+
+def test_enhance_and_evaluate(tmp_path, tiny_model):
+    from restoration.enhance import enhance_folder
+
+    model_dir, _ = tiny_model
+    drr = (np.random.default_rng(0).random((20, 12)) * 65535).astype(np.uint16)
+    write_png16(tmp_path / "in" / "sub" / "drr.png", drr)
+    write_png16(tmp_path / "in" / "b.png", np.full((8, 8), 1000, np.uint16))
+    out = enhance_folder(model_dir, tmp_path / "in", tmp_path / "out", steps=2, progress=False, tile=16, overlap=4)
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in out] == ["b.png", "sub/drr.png"]
+    assert read_png16(out[1]).shape == (40, 24) and read_png16(out[0]).shape == (16, 16)
+    again = enhance_folder(model_dir, tmp_path / "in", tmp_path / "out2", steps=2, progress=False, tile=16, overlap=4)
+    assert np.array_equal(read_png16(again[1]), read_png16(out[1]))
+    hq_paths = write_toy_folder(tmp_path / "hq", n=2, size=40)
+    r = evaluate_model(model_dir, hq_paths, steps=2, scheduler="ddim", figure_path=tmp_path / "e.png")
+    assert r["n"] == 2 and r["bicubic"]["psnr"] > 20 and np.isfinite(r["model"]["psnr"])
+    assert (tmp_path / "e.png").is_file()
