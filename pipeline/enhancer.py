@@ -60,7 +60,7 @@ class Enhancer:
         img01 = pixels.astype(np.float32) / 65535.0
         out = enhance_image(
             img01, self.unet, self.scheduler, self.preprocess, self.config.steps, self.scale,
-            self.model_config.hq_size, 32, seed, self.device,
+            self.model_config.hq_size, 32, seed, self.device, residual_scale=self.model_config.residual_scale,
         )
         return np.rint(out * 65535.0).astype(np.uint16)
 

@@ -183,3 +183,44 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
                    f"bicubic PSNR {b['psnr']:.2f} dB SSIM {b['ssim']:.4f}")
         if json_out is not None:
             atomic_write_json(json_out, result)
+
+    @app.command("evaluate-nodules")
+    def evaluate_nodules(
+        dataset: Path = typer.Argument(..., help="Output folder of `generate --enhance` (raw DRRs kept in images_drr/)."),
+        model_dir: Optional[Path] = typer.Option(None, "--model", help="DDPM-HQ folder (default: the one the dataset used)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary and per-nodule values here."),
+    ) -> None:
+        """Nodule contrast inside each footprint before vs after restoration (ratio ~1 kept, ~0 erased)."""
+        from data.atomic import atomic_write_json
+        from data.coco import read_coco
+        from pipeline.nodule_preservation import ERASED_BELOW, measure, summarize
+        from restoration.ddpm_hq import DDPMHQConfig, ModelNotFoundError, load_model
+        from restoration.preprocess import PreprocessConfig
+
+        coco = dataset / "annotations" / "coco.json"
+        if not coco.is_file():
+            fail(f"{dataset}: no annotations/coco.json (not a generated dataset)")
+        if model_dir is None:
+            used = [r.attributes.get("enhanced", {}).get("model_dir") for r in read_coco(coco)]
+            if not any(used):
+                fail(f"{dataset}: not made with --enhance (no restored images to compare)")
+            model_dir = Path(next(u for u in used if u))
+        try:
+            load_model(model_dir)  # one-line error with the train command when it is missing
+        except ModelNotFoundError as err:
+            fail(str(err))
+        cfg = DDPMHQConfig.load(model_dir)
+        pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
+        try:
+            result = summarize(measure(dataset, pcfg))
+        except (FileNotFoundError, ValueError) as err:
+            fail(str(err))
+        if result["nodules"] == 0:
+            fail(f"{dataset}: no nodule footprints to measure")
+        typer.echo(
+            f"{result['nodules']} nodules: median contrast ratio after/before {result['median_contrast_ratio']:.2f}, "
+            f"erased (< {ERASED_BELOW:g}) {100 * result['erased_fraction']:.0f}%, median conspicuity "
+            f"{result['median_conspicuity_before']:.2f} -> {result['median_conspicuity_after']:.2f}"
+        )
+        if json_out is not None:
+            atomic_write_json(json_out, result)

@@ -42,6 +42,9 @@ class DDPMHQConfig:
         norm_num_groups: GroupNorm groups (must divide every channel count).
         num_train_timesteps, beta_schedule, prediction_type: diffusion process (diffusers scheduler names).
         loss: "l1" (SR3/paper) or "l2".
+        residual_scale: 0 diffuses the HQ image itself (SR3, the paper). > 0 diffuses the residual
+            ``(HQ - bicubic(LQ)) * residual_scale`` instead (SRDiff, Li et al. 2022): the model only has to add
+            the missing detail, so a from-scratch model starts at the bicubic baseline instead of at noise.
     """
 
     lq_size: int = 128
@@ -56,6 +59,7 @@ class DDPMHQConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     loss: str = "l1"
+    residual_scale: float = 0.0
     preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig.to_dict() of the training data
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class DDPMHQConfig:
             )
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if self.residual_scale < 0:
+            raise ValueError(f"residual_scale must be >= 0 (0 = diffuse the image), got {self.residual_scale}")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(
                 f"norm_num_groups {self.norm_num_groups} must divide every block_out_channels {self.block_out_channels}"
@@ -145,11 +151,14 @@ def upsample_condition(lq: torch.Tensor, scale: int = 2) -> torch.Tensor:
 def make_scheduler(name: str, train_config: DDPMHQConfig | dict[str, Any]) -> SchedulerMixin:
     """Scheduler ``name`` (ddpm, ddim, dpmsolver++) sharing the training noise schedule via ``from_config``."""
     cfg = train_config if isinstance(train_config, DDPMHQConfig) else DDPMHQConfig.from_dict(train_config)
+    # x0 lives in [-1, 1] (images) or [-2s, 2s] (residuals of [-1, 1] images scaled by s)
+    x0_max = 2.0 * cfg.residual_scale if cfg.residual_scale > 0 else 1.0
     base = DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
         prediction_type=cfg.prediction_type,
-        clip_sample=True,  # images live in [-1, 1]
+        clip_sample=True,
+        clip_sample_range=x0_max,
         timestep_spacing="trailing",  # few-step sampling must start at t = T-1 (pure noise)
     )
     key = name.lower()
@@ -158,7 +167,15 @@ def make_scheduler(name: str, train_config: DDPMHQConfig | dict[str, Any]) -> Sc
     if key == "ddim":
         return DDIMScheduler.from_config(base.config)
     if key in ("dpmsolver++", "dpmsolver"):
-        return DPMSolverMultistepScheduler.from_config(base.config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(
+            base.config,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            # the cosine schedule has alpha_T ~ 0: without clipping lambda, the first x0 estimate explodes
+            lambda_min_clipped=-5.1 if cfg.beta_schedule == "squaredcos_cap_v2" else -float("inf"),
+            thresholding=True,  # with sample_max_value=x0_max this clamps x0 estimates, like DDIM's clip_sample
+            sample_max_value=x0_max,
+        )
     raise ValueError(f"unknown scheduler {name!r}: expected one of {', '.join(SCHEDULERS)}")
 
 
@@ -178,6 +195,7 @@ def training_loss(
     lq: torch.Tensor,
     generator: torch.Generator | None = None,
     loss: str = "l1",
+    residual_scale: float = 0.0,
 ) -> torch.Tensor:
     """Diffusion loss for one batch: noise HQ at random t, predict from (noisy HQ ⊕ upsampled LQ).
 
@@ -185,6 +203,7 @@ def training_loss(
         hq: (B, 1, H, W) targets in [-1, 1].
         lq: (B, 1, H/s, W/s) conditions in [-1, 1].
         loss: "l1" or "l2" between prediction and target (noise, velocity or sample per prediction_type).
+        residual_scale: > 0 diffuses ``(hq - upsampled lq) * residual_scale`` (see ``DDPMHQConfig``).
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
@@ -193,16 +212,17 @@ def training_loss(
     dev = generator.device if generator is not None else hq.device
     t = torch.randint(0, scheduler.config.num_train_timesteps, (hq.shape[0],), generator=generator, device=dev)
     t = t.to(hq.device)
-    noisy = scheduler.add_noise(hq, noise, t)
     cond = upsample_condition(lq, scale).to(hq.dtype)
+    x0 = (hq - cond) * residual_scale if residual_scale > 0 else hq
+    noisy = scheduler.add_noise(x0, noise, t)
     pred = unet(torch.cat([noisy, cond], dim=1), t).sample
     ptype = scheduler.config.prediction_type
     if ptype == "epsilon":
         target = noise
     elif ptype == "v_prediction":
-        target = scheduler.get_velocity(hq, noise, t)
+        target = scheduler.get_velocity(x0, noise, t)
     elif ptype == "sample":
-        target = hq
+        target = x0
     else:
         raise ValueError(f"unknown prediction_type {ptype!r}: expected one of {', '.join(PREDICTION_TYPES)}")
     fn = F.l1_loss if loss == "l1" else F.mse_loss
@@ -284,6 +304,8 @@ def restore(
     scale: int = 2,
     max_batch: int = 8,
     progress: bool = False,
+    strength: float = 1.0,
+    residual_scale: float = 0.0,
 ) -> torch.Tensor:
     """Restore + super-resolve LQ (B, 1, h, w) in [-1, 1] to HQ (B, 1, h*scale, w*scale) in [-1, 1].
 
@@ -297,7 +319,15 @@ def restore(
         tile: tile side in HQ pixels (rounded down to the UNet size multiple) or None for whole images.
         overlap: tile overlap in HQ pixels (clipped to tile // 2).
         max_batch: most UNet inputs per forward pass.
+        strength: 1.0 starts from pure noise (paper). Below 1, sampling starts from the upsampled LQ
+            diffused to the timestep ``strength * T`` and runs only the last ``round(steps * strength)``
+            steps (SDEdit / "come-closer-diffuse-faster"): faster and anchored to the LQ's low frequencies,
+            which an under-trained model otherwise gets wrong from pure noise.
+        residual_scale: the model's ``DDPMHQConfig.residual_scale`` (> 0: the loop denoises a residual
+            that is added to the upsampled LQ at the end).
     """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     if lq.ndim != 4 or lq.shape[1] != 1:
         raise ValueError(f"expected LQ of shape (B, 1, h, w), got {tuple(lq.shape)}")
     device = unet.device
@@ -311,9 +341,18 @@ def restore(
     if tile is not None:
         tile = max(mult, (int(tile) // mult) * mult)
         overlap = max(0, min(int(overlap), tile // 2))
-    x = _randn(tuple(cond.shape), generator, cond) * scheduler.init_noise_sigma
+    noise = _randn(tuple(cond.shape), generator, cond)
     scheduler.set_timesteps(num_inference_steps, device=device)
     steps = scheduler.timesteps
+    if strength < 1.0:
+        skip = num_inference_steps - max(1, round(num_inference_steps * strength))
+        steps = steps[skip * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):  # multistep solvers track their position explicitly
+            scheduler.set_begin_index(skip * scheduler.order)
+        start = torch.zeros_like(cond) if residual_scale > 0 else cond  # residual 0 = the upsampled LQ itself
+        x = scheduler.add_noise(start, noise, steps[:1].repeat(cond.shape[0]))
+    else:
+        x = noise * scheduler.init_noise_sigma
     if progress:
         from tqdm.auto import tqdm
 
@@ -322,6 +361,8 @@ def restore(
         model_in = scheduler.scale_model_input(x, t)
         out = _predict(unet, model_in, cond, torch.as_tensor(t, device=device), tile, overlap, max_batch)
         x = scheduler.step(out, t, x, generator=generator).prev_sample
+    if residual_scale > 0:
+        x = cond + x / residual_scale
     return x[:, :, :h, :w].clamp(-1, 1)
 
 

@@ -22,11 +22,15 @@ def enhance_image(
     overlap: int,
     seed: int,
     device: str | torch.device,
+    strength: float = 1.0,
+    residual_scale: float = 0.0,
 ) -> np.ndarray:
     """One [0, 1] HxW image -> restored (H*scale)x(W*scale) float array in [0, 1]."""
     lq = torch.from_numpy(normalize(img01, pcfg))[None, None].to(device)  # same percentile window as training
     gen = torch.Generator().manual_seed(seed)  # per-image seed: output independent of folder order
-    out = restore(unet, scheduler, lq, steps, gen, tile=tile, overlap=overlap, scale=scale)
+    out = restore(unet, scheduler, lq, steps, gen, tile=tile, overlap=overlap, scale=scale, strength=strength,
+        residual_scale=residual_scale,
+    )  # fmt: skip
     return ((out[0, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
 
@@ -41,6 +45,7 @@ def enhance_folder(
     progress: bool = True,
     overlap: int = 32,
     seed: int = 0,
+    strength: float = 1.0,
 ) -> list[Path]:
     """Restore every image under ``in_dir`` to 2x and write 16-bit PNGs with the same relative names.
 
@@ -51,6 +56,7 @@ def enhance_folder(
         steps, scheduler: sampler settings (ddpm, ddim, dpmsolver++).
         tile: HQ tile side; "auto" = the model's training HQ size, None = whole image at once.
         progress: show a tqdm bar over files.
+        strength: 1.0 = sample from pure noise; <1 = start from the noised upsampled DRR (see ``restore``).
 
     Returns:
         Written paths, in input order.
@@ -71,7 +77,10 @@ def enhance_folder(
         raise ValueError(f"{in_dir}: no png/jpg/jpeg/dcm images to enhance")
     written: list[Path] = []
     for p in tqdm(paths, desc="enhance", disable=not progress):
-        hq = enhance_image(load_grayscale(p), unet, sched, pcfg, steps, cfg.scale, tile_px, overlap, seed, device)
+        img = load_grayscale(p)
+        hq = enhance_image(
+            img, unet, sched, pcfg, steps, cfg.scale, tile_px, overlap, seed, device, strength, cfg.residual_scale
+        )
         dest = (out_dir / p.relative_to(in_dir)).with_suffix(".png")
         written.append(write_png16(dest, np.rint(hq * 65535.0).astype(np.uint16)))
     return written

@@ -119,6 +119,7 @@ def evaluate_model(
     device: str = "cpu",
     batch_size: int = 8,
     figure_path: str | Path | None = None,
+    strength: float = 1.0,
 ) -> dict[str, Any]:
     """PSNR/SSIM of DDPM-HQ restorations vs references, next to the bicubic-upsampled LQ baseline.
 
@@ -128,7 +129,7 @@ def evaluate_model(
         model_dir: trained DDPM-HQ folder (see ``load_model``).
         hq_paths: reference HQ images (preprocessed to the model's HQ size like in training).
         degrade: HQ batch -> LQ batch function (default bicubic), or LQ image paths paired with ``hq_paths``.
-        steps, scheduler: sampler settings (``make_scheduler`` names).
+        steps, scheduler, strength: sampler settings (``make_scheduler`` names; see ``restore``).
         figure_path: optional PNG of the first images (LQ | restored | reference).
 
     Returns:
@@ -151,7 +152,9 @@ def evaluate_model(
         idx = range(start, min(len(hq_ds), start + batch_size))
         hq = torch.stack([hq_ds[i] for i in idx])
         lq = torch.stack([lq_ds[i] for i in idx]) if lq_ds is not None else fn(hq)
-        out = restore(unet, sched, lq.to(device), steps, gen, scale=cfg.scale).cpu()
+        out = restore(unet, sched, lq.to(device), steps, gen, scale=cfg.scale, strength=strength,
+            residual_scale=cfg.residual_scale,
+        ).cpu()  # fmt: skip
         base = upsample_condition(lq, cfg.scale)
         for j, i in enumerate(idx):
             ref = to01(hq[j, 0])
@@ -172,6 +175,8 @@ def evaluate_model(
         "n": len(per_image),
         "scheduler": scheduler,
         "steps": steps,
+        "strength": strength,
+        "steps_run": max(1, round(steps * strength)),
         "model": {"psnr": mean("psnr"), "ssim": mean("ssim")},
         "bicubic": {"psnr": mean("bicubic_psnr"), "ssim": mean("bicubic_ssim")},
         "per_image": per_image,

@@ -81,6 +81,7 @@ class TrainConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     loss: str = "l1"
+    residual_scale: float = 0.0
     # optimisation
     train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -109,6 +110,7 @@ class TrainConfig:
     num_val_images: int = 8
     val_inference_steps: int = 20
     val_scheduler: str = "ddim"
+    val_strength: float = 1.0
     log_every: int = 10
     disable_progress: bool = False
 
@@ -140,6 +142,7 @@ class TrainConfig:
             beta_schedule=self.beta_schedule,
             prediction_type=self.prediction_type,
             loss=self.loss,
+            residual_scale=self.residual_scale,
             preprocess=self.preprocess_config().to_dict(),
         )
 
@@ -280,7 +283,10 @@ def validate(
     gen = torch.Generator().manual_seed(cfg.seed + 4242)
     was_training = unet.training
     unet.eval()
-    out = restore(unet, sched, val_lq.to(device), cfg.val_inference_steps, gen, scale=cfg.scale).cpu()
+    out = restore(
+        unet, sched, val_lq.to(device), cfg.val_inference_steps, gen, scale=cfg.scale, strength=cfg.val_strength,
+        residual_scale=cfg.residual_scale,
+    ).cpu()
     unet.train(was_training)
     base = upsample_condition(val_lq, cfg.scale)
     m = [psnr_ssim(to01(out[i, 0]), to01(val_hq[i, 0])) for i in range(len(out))]
@@ -410,7 +416,9 @@ def train(cfg: TrainConfig) -> Path:
         hq, lq = train_src.batch(idx, gen, augment=cfg.augment)
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
         with accelerator.accumulate(unet):
-            loss = training_loss(unet, noise_scheduler, hq, lq, gen, loss=cfg.loss)
+            loss = training_loss(
+                unet, noise_scheduler, hq, lq, gen, loss=cfg.loss, residual_scale=cfg.residual_scale
+            )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)

@@ -99,3 +99,15 @@ def test_generate_enhance_scales_boxes(trained: tuple[Path, Path], chest_nifti: 
         dx, dy, dw, dh = nod.attributes["drr_bbox_xywh"]
         assert (x, y, w, h) == (2 * dx, 2 * dy, 2 * dw, 2 * dh)
         assert nod.footprint.shape == (96, 96) and nod.footprint.sum() == 4 * nod.attributes["footprint_px"]
+    # the same dataset through evaluate-nodules: every footprint measured, the summary written
+    summary = tmp_path / "nodules.json"
+    result = CliRunner().invoke(app, ["evaluate-nodules", str(out), "--json", str(summary)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(summary.read_text())
+    assert data["nodules"] == len(rec.nodules) and "median contrast ratio" in result.output
+    assert all(np.isfinite(r["before"]) for r in data["per_nodule"])
+
+
+def test_evaluate_nodules_refuses_a_dataset_without_restoration(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate-nodules", str(tmp_path)])
+    assert result.exit_code != 0 and "no annotations/coco.json" in result.output

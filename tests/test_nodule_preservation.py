@@ -1,0 +1,52 @@
+"""Nodule preservation metric: a restorer that keeps a nodule scores ~1, one that erases it scores ~0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from data.coco import write_coco
+from data.images import write_png16
+from data.records import ImageRecord, NoduleLabel
+from pipeline.nodule_preservation import ERASED_BELOW, drr_in_model_space, measure, summarize
+from restoration.preprocess import PreprocessConfig
+
+PCFG = PreprocessConfig(size=32)
+
+
+def make_dataset(root: Path, restorer) -> None:
+    """One 32 px 'DRR' with a bright disk, its 64 px 'restoration' by ``restorer``, and the 2x footprint."""
+    yy, xx = np.mgrid[:32, :32]
+    rng = np.random.default_rng(0)
+    drr = 0.4 + 0.2 * yy / 32 + 0.01 * rng.normal(size=yy.shape)
+    disk = (yy - 14) ** 2 + (xx - 18) ** 2 <= 9
+    drr[disk] += 0.08
+    write_png16(root / "images_drr" / "a.png", np.rint(drr.clip(0, 1) * 65535).astype(np.uint16))
+    restored = restorer(drr_in_model_space(drr, PCFG, 2))
+    write_png16(root / "images" / "a.png", np.rint(restored.clip(0, 1) * 65535).astype(np.uint16))
+    footprint = np.kron(disk, np.ones((2, 2), bool))
+    ys, xs = np.nonzero(footprint)
+    box = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+    rec = ImageRecord("images/a.png", 64, 64, [NoduleLabel(1, box, footprint)], {"drr_file": "images_drr/a.png"})
+    write_coco(root / "annotations" / "coco.json", [rec], {"description": "test"})
+
+
+def test_identity_keeps_and_smoothing_erases(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "kept", lambda img: img)
+    (kept,) = measure(tmp_path / "kept", PCFG)
+    assert kept.before > 0.05 and kept.ratio == pytest.approx(1.0, abs=1e-3)
+
+    make_dataset(tmp_path / "erased", lambda img: ndimage.median_filter(img, size=15))
+    erased = summarize(measure(tmp_path / "erased", PCFG))
+    assert erased["median_contrast_ratio"] < ERASED_BELOW and erased["erased_fraction"] == 1.0
+
+
+def test_needs_raw_drrs(tmp_path: Path) -> None:
+    make_dataset(tmp_path, lambda img: img)
+    rec = ImageRecord("images/a.png", 64, 64, [], {})
+    write_coco(tmp_path / "annotations" / "coco.json", [rec], {})
+    with pytest.raises(ValueError, match="no raw DRR"):
+        measure(tmp_path, PCFG)
