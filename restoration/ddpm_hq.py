@@ -167,14 +167,19 @@ def make_scheduler(name: str, train_config: DDPMHQConfig | dict[str, Any]) -> Sc
     if key == "ddim":
         return DDIMScheduler.from_config(base.config)
     if key in ("dpmsolver++", "dpmsolver"):
+        # diffusers' DPM-Solver "thresholding" is *dynamic* thresholding: clamp x0 to the per-image quantile s,
+        # then divide by s, with s clamped to [1, sample_max_value]. With sample_max_value=1, s is always 1 and
+        # it is a plain clip to [-1, 1], which is right for images. A residual (scaled by residual_scale) may
+        # exceed 1, and dividing it by s would shrink the detail it adds, so residual models are not thresholded.
+        image_mode = cfg.residual_scale == 0
         return DPMSolverMultistepScheduler.from_config(
             base.config,
             algorithm_type="dpmsolver++",
             solver_order=2,
             # the cosine schedule has alpha_T ~ 0: without clipping lambda, the first x0 estimate explodes
             lambda_min_clipped=-5.1 if cfg.beta_schedule == "squaredcos_cap_v2" else -float("inf"),
-            thresholding=True,  # with sample_max_value=x0_max this clamps x0 estimates, like DDIM's clip_sample
-            sample_max_value=x0_max,
+            thresholding=image_mode,
+            sample_max_value=1.0,
         )
     raise ValueError(f"unknown scheduler {name!r}: expected one of {', '.join(SCHEDULERS)}")
 

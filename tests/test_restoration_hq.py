@@ -284,6 +284,55 @@ def test_residual_target_and_zero_residual_is_bicubic():
         tiny_cfg(residual_scale=-1.0)
 
 
+class OracleUNet(torch.nn.Module):
+    """Stands in for a perfectly trained DDPM-HQ UNet: returns the exact target for the HQ it was given.
+
+    The target is computed from the noisy input and t the way ``training_loss`` defines it (x0 = HQ or the scaled
+    residual over the upsampled condition; epsilon / v from x_t and the training schedule's alphas_cumprod).
+    """
+
+    def __init__(self, hq: torch.Tensor, cfg: DDPMHQConfig) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.hq, self.cfg = hq, cfg
+        self.alphas_cumprod = make_scheduler("ddpm", cfg).alphas_cumprod.double()
+        self.config = SimpleNamespace(block_out_channels=cfg.block_out_channels)
+        self.device, self.dtype = torch.device("cpu"), torch.float32  # what ``restore`` asks a UNet for
+
+    def forward(self, inp: torch.Tensor, t: torch.Tensor) -> object:
+        from types import SimpleNamespace
+
+        x_t, cond = inp[:, :1].double(), inp[:, 1:].double()
+        h, w = self.hq.shape[-2:]
+        hq = torch.nn.functional.pad(self.hq.double(), (0, x_t.shape[-1] - w, 0, x_t.shape[-2] - h), mode="replicate")
+        x0 = (hq - cond) * self.cfg.residual_scale if self.cfg.residual_scale > 0 else hq
+        ab = self.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        target = {"sample": x0, "epsilon": eps, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0}
+        return SimpleNamespace(sample=target[self.cfg.prediction_type].float())
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize(
+    ("residual_scale", "prediction_type"), [(4.0, "sample"), (0.0, "sample"), (4.0, "epsilon"), (0.0, "epsilon")]
+)
+def test_oracle_model_reproduces_hq(name, residual_scale, prediction_type):
+    # HQ full of fine detail: the residual over bicubic reaches |(HQ - up) * 4| >> 1, where rescaling would show
+    hq = (torch.rand((2, 1, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.9
+    lq = bicubic_degrade(hq)
+    cfg = tiny_cfg(residual_scale=residual_scale, prediction_type=prediction_type)
+    oracle = OracleUNet(hq, cfg)
+    assert ((hq - upsample_condition(lq)) * residual_scale).abs().max() > 2 or residual_scale == 0
+    for strength in (1.0, 0.5):
+        out = restore(
+            oracle, make_scheduler(name, cfg), lq, 4, torch.Generator().manual_seed(1), strength=strength,
+            residual_scale=residual_scale,
+        )  # fmt: skip
+        err = (out - hq).abs().max().item()
+        assert err < 1e-3, f"{name} {prediction_type} residual_scale={residual_scale} strength={strength}: {err}"
+
+
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_sampling_deterministic(name, tiny_model):
     unet, cfg = load_model(tiny_model[0])
