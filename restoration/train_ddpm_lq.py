@@ -384,6 +384,9 @@ def make_pairs(
 ) -> Path:
     """Degrade every HQ image by SDEdit with a stage-2 DDPM-LQ into a pairs folder (``train_munit`` layout).
 
+    A model trained conditionally (stage 2 on a pairs folder; its saved config records ``conditional: true``)
+    gets each HQ image as its condition channel, as in training; an unconditional model gets zeros.
+
     Args:
         model_dir: stage-2 model folder (``output_dir/model``).
         hq_dir: HQ images to degrade (recursive).
@@ -401,6 +404,7 @@ def make_pairs(
     """
     dev = default_device(device)
     unet, scheduler, model_cfg = ddpm_lq.load(model_dir, dev)
+    conditional = bool(ddpm_lq.read_extra(model_dir).get("conditional", False))
     pcfg = read_preprocess(model_dir, model_cfg.image_size)
     if pcfg.size % 2:
         raise ValueError(f"image size {pcfg.size} must be even for half-resolution LQ")
@@ -414,13 +418,15 @@ def make_pairs(
         idx = list(range(start, min(start + batch_size, len(ds))))
         x = torch.stack([ds[i] for i in idx]).to(dev)
         gens = [torch.Generator().manual_seed(item_seed(seed, i)) for i in idx]
-        lq = downsample2x(sdedit(unet, scheduler, x, strength, steps, generator=gens))
+        cond = x if conditional else None  # the clean HQ, windowed and sized as the training pairs' HQ
+        lq = downsample2x(sdedit(unet, scheduler, x, strength, steps, generator=gens, condition=cond))
         for k, i in enumerate(idx):
             write_pair(out_dir, names[i], lq[k], x[k])
             records.append({"name": names[i], "hq_source": str(hq_paths[i])})
     info = {
         "method": "ddpm-lq-sdedit",
         "model_dir": str(model_dir),
+        "conditional": conditional,
         "strength": strength,
         "steps": steps,
         "seed": seed,

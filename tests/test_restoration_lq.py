@@ -18,7 +18,7 @@ from restoration.preprocess import PreprocessConfig
 from restoration.train_ddpm_lq import DDPMLQTrainConfig, PairsDataset
 from restoration.train_ddpm_lq import make_pairs as ddpm_make_pairs
 from restoration.train_ddpm_lq import train as train_ddpm
-from restoration.train_munit import MUNITTrainConfig, pair_names, prune_checkpoints
+from restoration.train_munit import MUNITTrainConfig, item_seed, pair_names, prune_checkpoints
 from restoration.train_munit import make_pairs as munit_make_pairs
 from restoration.train_munit import train as train_munit
 
@@ -50,6 +50,11 @@ def blobs(n: int, gen: torch.Generator, size: int = SIZE) -> torch.Tensor:
     r = torch.rand(n, generator=gen) * 0.3 + 0.25
     d = ((xx - c[:, 0, None, None]) ** 2 + (yy - c[:, 1, None, None]) ** 2) / r[:, None, None] ** 2
     return (torch.exp(-d) * 2 - 1)[:, None]
+
+
+def read_pm1(folder: Path, names: list[str]) -> torch.Tensor:
+    """(N, 1, H, W) tensor in [-1, 1] from the 16-bit PNGs ``folder/name``."""
+    return torch.stack([torch.from_numpy(read_png16(folder / n).astype(np.float32) / 32767.5 - 1)[None] for n in names])
 
 
 def box_blur(x: torch.Tensor) -> torch.Tensor:
@@ -293,4 +298,22 @@ def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path:
         diff = read_png16(p1 / "lq" / n).astype(int) - read_png16(p2 / "lq" / n).astype(int)
         assert np.abs(diff).max() <= 8
         assert np.array_equal(read_png16(p1 / "hq" / n), read_png16(p2 / "hq" / n))
-    assert json.loads((p1 / "pairs.json").read_text())["strength"] == 0.4
+    meta = json.loads((p1 / "pairs.json").read_text())
+    assert meta["strength"] == 0.4 and meta["conditional"] is False
+
+    # reading A: stage 2 conditioned on the HQ of a pairs folder; its make_pairs must feed the HQ as condition
+    s3 = DDPMLQTrainConfig(
+        output_dir=str(tmp_path / "s3"), pairs_dir=str(p1), lr=1e-2, max_train_steps=1, seed=2, **base
+    )
+    m3 = train_ddpm(s3, stage=2, init_from=m1)
+    assert ddpm_lq.read_extra(m3)["conditional"] is True
+    p3 = ddpm_make_pairs(m3, folders["hq"], tmp_path / "p3", strength=0.6, steps=2, seed=3, batch_size=8)
+    assert json.loads((p3 / "pairs.json").read_text())["conditional"] is True
+    u3, sched3, _ = ddpm_lq.load(m3)
+    hq = read_pm1(p3 / "hq", names)
+    gens = lambda: [torch.Generator().manual_seed(item_seed(3, i)) for i in range(len(names))]  # noqa: E731
+    with_cond = F.avg_pool2d(sdedit(u3, sched3, hq, 0.6, 2, generator=gens(), condition=hq), 2)
+    without = F.avg_pool2d(sdedit(u3, sched3, hq, 0.6, 2, generator=gens()), 2)
+    written = read_pm1(p3 / "lq", names)
+    assert (written - with_cond).abs().max() < 1e-3  # the pairs are the HQ-conditioned SDEdit...
+    assert (written - without).abs().max() > 1e-2  # ...not the zero-condition one
