@@ -9,7 +9,6 @@ same data order without replaying the loader.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,6 +35,13 @@ from restoration.preprocess import (
     mhh_patient_of,
     random_jitter_params,
     split_by_source,
+)
+from restoration.training_setup import (
+    GeneratorState,
+    checkpoint_step,
+    flat_config,
+    latest_checkpoint,
+    save_checkpoint,
 )
 
 PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
@@ -175,19 +181,6 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-class GeneratorState:
-    """A torch.Generator that accelerate can checkpoint (``register_for_checkpointing`` needs state_dict)."""
-
-    def __init__(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"state": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["state"])
-
-
 def batch_indices(n: int, batch: int, position: int, seed: int) -> list[int]:
     """Items ``position .. position+batch`` of an endless stream of per-epoch seeded permutations of range(n)."""
     out: list[int] = []
@@ -229,17 +222,6 @@ def match_lq_paths(hq_paths: list[Path], hq_dir: Path, lq_dir: Path) -> list[Pat
     if missing:
         raise ValueError(f"{lq_dir}: no LQ image for {len(missing)} HQ files (e.g. {missing[0]}); names must match")
     return out
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """``checkpoint-N`` folders sorted by N."""
-    cps = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(cps, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _tb_safe(d: dict[str, Any]) -> dict[str, Any]:
-    """TensorBoard hparams accept only scalars/strings."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in d.items()}
 
 
 class PairSource:
@@ -380,14 +362,13 @@ def train(cfg: TrainConfig) -> Path:
         accelerator.register_for_checkpointing(ema)
         ema.to(accelerator.device)
     if accelerator.is_main_process:
-        accelerator.init_trackers("ddpm_hq", config=_tb_safe(cfg.to_dict()))
+        accelerator.init_trackers("ddpm_hq", config=flat_config(cfg.to_dict()))
 
     # ---- resume
     global_step = 0
     if cfg.resume_from_checkpoint:
         if cfg.resume_from_checkpoint == "latest":
-            cps = list_checkpoints(out_dir)
-            path = cps[-1] if cps else None
+            path = latest_checkpoint(out_dir)
         else:
             path = Path(cfg.resume_from_checkpoint)
             if not path.is_dir():
@@ -399,7 +380,7 @@ def train(cfg: TrainConfig) -> Path:
             accelerator.load_state(str(path))
             if ema is not None:
                 ema.to(accelerator.device)
-            global_step = int(path.name.split("-")[-1])
+            global_step = checkpoint_step(path)
 
     # ---- loop
     progress = tqdm(
@@ -448,8 +429,8 @@ def train(cfg: TrainConfig) -> Path:
             if accelerator.is_main_process:
                 with open(metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": global_step, "time_s": round(time.time() - t0, 2), **logs}) + "\n")
-        if accelerator.is_main_process and cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
-            _save_checkpoint(accelerator, out_dir, global_step, cfg.checkpoints_total_limit)
+        if cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
+            save_checkpoint(accelerator, out_dir, global_step, cfg.checkpoints_total_limit)  # every process
         if (
             accelerator.is_main_process
             and val_hq is not None
@@ -477,14 +458,3 @@ def train(cfg: TrainConfig) -> Path:
         save_model(out_dir, accelerator.unwrap_model(unet), mcfg, ema)
     accelerator.end_training()
     return out_dir
-
-
-def _save_checkpoint(accelerator: Any, out_dir: Path, step: int, limit: int | None) -> Path:
-    """``accelerator.save_state`` to checkpoint-``step``, first pruning the oldest beyond ``limit``."""
-    if limit is not None and limit > 0:
-        cps = [p for p in list_checkpoints(out_dir) if int(p.name.split("-")[-1]) != step]
-        for old in cps[: max(0, len(cps) - (limit - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
-    path = out_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
-    return path

@@ -10,10 +10,7 @@ classifier-free dropout of the condition). See ``docs/DDPM_LQ.md`` for why. Trai
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,21 +24,27 @@ from data.atomic import atomic_write_json
 from restoration import ddpm_lq
 from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, model_input, sdedit
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images, load_grayscale, resize_square
-from restoration.train_munit import (
-    MIXED_PRECISION,
-    MODEL_SUBDIR,
+from restoration.pairs import (
+    PAIRS_INFO_NAME,
     PREPROCESS_NAME,
-    default_device,
     downsample2x,
-    flat_config,
-    infinite_batches,
     item_seed,
-    latest_checkpoint,
     pair_names,
     read_preprocess,
-    save_checkpoint,
+    source_record,
     write_pair,
 )
+from restoration.training_setup import (
+    MIXED_PRECISION,
+    checkpoint_step,
+    default_device,
+    flat_config,
+    infinite_batches,
+    latest_checkpoint,
+    save_checkpoint,
+)
+
+MODEL_SUBDIR = "model"
 
 STAGES = (1, 2)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -293,7 +296,7 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
         accelerator.load_state(str(ckpt))
         if ema is not None:
             ema.to(accelerator.device)  # loaded on CPU
-        global_step, resumed_from = int(ckpt.name.split("-", 1)[1]), ckpt.name
+        global_step, resumed_from = checkpoint_step(ckpt), ckpt.name
         accelerator.print(f"resumed from {ckpt} at step {global_step}")
 
     if cfg.report_to:
@@ -382,7 +385,7 @@ def make_pairs(
     device: str | torch.device | None = None,
     disable_tqdm: bool = False,
 ) -> Path:
-    """Degrade every HQ image by SDEdit with a stage-2 DDPM-LQ into a pairs folder (``train_munit`` layout).
+    """Degrade every HQ image by SDEdit with a stage-2 DDPM-LQ into a pairs folder (``restoration.pairs`` layout).
 
     A model trained conditionally (stage 2 on a pairs folder; its saved config records ``conditional: true``)
     gets each HQ image as its condition channel, as in training; an unconditional model gets zeros.
@@ -422,7 +425,7 @@ def make_pairs(
         lq = downsample2x(sdedit(unet, scheduler, x, strength, steps, generator=gens, condition=cond))
         for k, i in enumerate(idx):
             write_pair(out_dir, names[i], lq[k], x[k])
-            records.append({"name": names[i], "hq_source": str(hq_paths[i])})
+            records.append(source_record(names[i], hq_paths[i]))
     info = {
         "method": "ddpm-lq-sdedit",
         "model_dir": str(model_dir),
@@ -435,34 +438,5 @@ def make_pairs(
         "preprocess": pcfg.to_dict(),
         "pairs": records,
     }
-    atomic_write_json(Path(out_dir) / "pairs.json", info)
+    atomic_write_json(Path(out_dir) / PAIRS_INFO_NAME, info)
     return Path(out_dir)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``train`` (JSON DDPMLQTrainConfig, --stage, --init-from) or ``pairs``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one DDPM-LQ stage")
-    t.add_argument("config", help="JSON file with DDPMLQTrainConfig fields")
-    t.add_argument("--stage", type=int, choices=STAGES, default=1)
-    t.add_argument("--init-from", default=None, help="stage-1 model folder (stage 2)")
-    p = sub.add_parser("pairs", help="degrade HQ images by SDEdit into a pairs folder")
-    p.add_argument("model_dir")
-    p.add_argument("hq_dir")
-    p.add_argument("out_dir")
-    p.add_argument("--strength", type=float, default=0.3)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    args = ap.parse_args(argv)
-    if args.cmd == "train":
-        cfg = DDPMLQTrainConfig.from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
-        print(train(cfg, args.stage, args.init_from))
-    else:
-        print(make_pairs(args.model_dir, args.hq_dir, args.out_dir, args.strength, args.steps, args.seed,
-                         args.batch_size))  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

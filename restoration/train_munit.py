@@ -5,161 +5,46 @@ per iteration, learning rate halved every ``lr_step_size`` iterations. It runs u
 device or multi-GPU via ``accelerate launch``), logs to TensorBoard, writes ``checkpoint-N`` folders with
 ``accelerator.save_state`` (oldest pruned past ``checkpoints_total_limit``) and resumes from the latest one.
 
-Pairs folder layout (read by DDPM-HQ's trainer; also written by ``train_ddpm_lq.make_pairs``)::
-
-    out_dir/hq/NAME.png   16-bit, size x size: the preprocessed HQ image
-    out_dir/lq/NAME.png   16-bit, size/2 x size/2: its degraded version, 2x area-downsampled
-    out_dir/pairs.json    provenance: method, model, seed, and each pair's sources
-
-NAME is the HQ file's stem (its relative path joined with "__" when stems collide).
+``make_pairs`` writes a pairs folder (layout in ``restoration.pairs``) that DDPM-HQ's trainer reads.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import shutil
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_json
-from data.images import write_png16
 from restoration.munit import MUNIT, MUNITConfig
+from restoration.pairs import (
+    PAIRS_INFO_NAME,
+    PREPROCESS_NAME,
+    downsample2x,
+    item_seed,
+    pair_names,
+    read_preprocess,
+    source_record,
+    write_pair,
+)
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images
+from restoration.training_setup import (
+    MIXED_PRECISION,
+    checkpoint_step,
+    default_device,
+    flat_config,
+    infinite_batches,
+    latest_checkpoint,
+    save_checkpoint,
+)
 
 MODEL_SUBDIR = "model"
-PREPROCESS_NAME = "preprocess.json"
 TRAIN_CONFIG_NAME = "train_config.json"
 STYLE_MODES = ("random", "lq-extracted")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-# ------------------------------------------------------------------------------- shared training helpers
-
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders in ``output_dir`` sorted by N (oldest first)."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest N, or None."""
-    found = checkpoint_dirs(output_dir)
-    return found[-1] if found else None
-
-
-def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
-    """Delete the oldest ``checkpoint-N`` folders so that at most ``keep`` remain; returns the deleted ones."""
-    found = checkpoint_dirs(output_dir)
-    doomed = found[: max(0, len(found) - max(0, keep))]
-    for p in doomed:
-        shutil.rmtree(p)
-    return doomed
-
-
-def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None) -> Path:
-    """``accelerator.save_state`` into ``output_dir/checkpoint-step``, first pruning to ``total_limit - 1``."""
-    if accelerator.is_main_process and total_limit is not None:
-        prune_checkpoints(output_dir, total_limit - 1)  # room for the one about to be written
-    accelerator.wait_for_everyone()
-    path = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))  # every process: each saves its own RNG state
-    return path
-
-
-def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
-    """Flatten nested dicts to TensorBoard-hparams-friendly scalars ("a.b": value; other types as str)."""
-    out: dict[str, int | float | str | bool] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_config(v, key + "."))
-        elif isinstance(v, (bool, int, float, str)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
-
-
-def infinite_batches(accelerator: Any, loader: Any, start_step: int) -> Iterator[torch.Tensor]:
-    """Endless batches from a prepared loader, resuming at batch ``start_step`` (epoch-seeded shuffles)."""
-    n = len(loader)
-    epoch, skip = divmod(start_step, n)
-    while True:
-        it = accelerator.skip_first_batches(loader, skip) if skip else loader
-        if hasattr(it, "set_epoch"):
-            it.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
-        yield from it
-        epoch, skip = epoch + 1, 0
-
-
-def item_seed(seed: int, index: int) -> int:
-    """Independent per-image seed, so results do not depend on batch size or order."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] % (2**63))
-
-
-def to_uint16(x: torch.Tensor) -> np.ndarray:
-    """(H, W) or (1, H, W) tensor in [-1, 1] -> HxW uint16 (0 <-> -1, 65535 <-> +1)."""
-    a = x.detach().float().cpu().reshape(x.shape[-2], x.shape[-1]).clamp(-1, 1).numpy()
-    return np.rint((a + 1.0) * (65535.0 / 2.0)).astype(np.uint16)
-
-
-def pair_names(paths: Sequence[Path], root: str | Path) -> list[str]:
-    """File names for pairs: each stem + ".png", or its path under ``root`` joined with "__" when stems collide."""
-    stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    names = []
-    for p in paths:
-        if p.stem in dup:
-            rel = p.relative_to(root).with_suffix("")
-            names.append("__".join(rel.parts) + ".png")
-        else:
-            names.append(p.stem + ".png")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{root}: image names collide even with their folders; rename the files")
-    return names
-
-
-def write_pair(out_dir: str | Path, name: str, lq: torch.Tensor, hq: torch.Tensor) -> None:
-    """Write ``out_dir/lq/name`` and ``out_dir/hq/name`` as 16-bit PNGs from [-1, 1] tensors."""
-    out = Path(out_dir)
-    write_png16(out / "lq" / name, to_uint16(lq))
-    write_png16(out / "hq" / name, to_uint16(hq))
-
-
-def downsample2x(x: torch.Tensor) -> torch.Tensor:
-    """2x area downsampling (2x2 box average) of (B, C, H, W) with even H, W."""
-    if x.shape[-1] % 2 or x.shape[-2] % 2:
-        raise ValueError(f"2x downsampling needs even H and W, got {tuple(x.shape[-2:])}")
-    return F.avg_pool2d(x, 2)
-
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    """``device`` or CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def read_preprocess(model_dir: str | Path, size: int | None) -> PreprocessConfig:
-    """Preprocessing a model was trained with (``preprocess.json``), optionally at another ``size``."""
-    p = Path(model_dir) / PREPROCESS_NAME
-    pcfg = PreprocessConfig.from_dict(json.loads(p.read_text(encoding="utf-8"))) if p.is_file() else PreprocessConfig()
-    if size is not None:
-        pcfg = PreprocessConfig(size=size, low_pct=pcfg.low_pct, high_pct=pcfg.high_pct)
-    return pcfg
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -306,7 +191,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        global_step, resumed_from = int(ckpt.name.split("-", 1)[1]), ckpt.name
+        global_step, resumed_from = checkpoint_step(ckpt), ckpt.name
         accelerator.print(f"resumed from {ckpt} at step {global_step}")
 
     if cfg.report_to:
@@ -436,7 +321,7 @@ def make_pairs(
         lq = downsample2x(model.translate_hq_to_lq(x, style=styles))
         for k, i in enumerate(idx):
             write_pair(out_dir, names[i], lq[k], x[k])
-            records.append({"name": names[i], "hq_source": str(hq_paths[i]), "style_source": sources[k]})
+            records.append(source_record(names[i], hq_paths[i]) | {"style_source": sources[k]})
     info = {
         "method": "munit-lq",
         "model_dir": str(model_dir),
@@ -447,33 +332,5 @@ def make_pairs(
         "preprocess": pcfg.to_dict(),
         "pairs": records,
     }
-    atomic_write_json(Path(out_dir) / "pairs.json", info)
+    atomic_write_json(Path(out_dir) / PAIRS_INFO_NAME, info)
     return Path(out_dir)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``train`` (from a JSON MUNITTrainConfig) or ``pairs``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train MUNIT-LQ")
-    t.add_argument("config", help="JSON file with MUNITTrainConfig fields")
-    p = sub.add_parser("pairs", help="degrade HQ images into a pairs folder")
-    p.add_argument("model_dir")
-    p.add_argument("hq_dir")
-    p.add_argument("out_dir")
-    p.add_argument("--style", choices=STYLE_MODES, default="random")
-    p.add_argument("--lq-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--size", type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.cmd == "train":
-        cfg = MUNITTrainConfig.from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
-        print(train(cfg))
-    else:
-        print(make_pairs(args.model_dir, args.hq_dir, args.out_dir, args.style, args.seed, args.lq_dir,
-                         args.batch_size, args.size))  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

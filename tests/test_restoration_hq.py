@@ -405,7 +405,8 @@ def test_save_load_roundtrip_and_missing(tmp_path, tiny_model):
 def test_train_checkpoint_limit_and_exact_resume(tmp_path):
     from safetensors.torch import load_file
 
-    from restoration.train_ddpm_hq import TrainConfig, list_checkpoints, train
+    from restoration.train_ddpm_hq import TrainConfig, train
+    from restoration.training_setup import checkpoint_dirs as list_checkpoints
 
     write_toy_folder(tmp_path / "hq", n=6, size=40)
     base = dict(

@@ -18,9 +18,11 @@ from restoration.preprocess import PreprocessConfig
 from restoration.train_ddpm_lq import DDPMLQTrainConfig, PairsDataset
 from restoration.train_ddpm_lq import make_pairs as ddpm_make_pairs
 from restoration.train_ddpm_lq import train as train_ddpm
-from restoration.train_munit import MUNITTrainConfig, item_seed, pair_names, prune_checkpoints
+from restoration.pairs import item_seed, pair_names
+from restoration.train_munit import MUNITTrainConfig
 from restoration.train_munit import make_pairs as munit_make_pairs
 from restoration.train_munit import train as train_munit
+from restoration.training_setup import prune_checkpoints
 
 SIZE = 16
 

@@ -1,0 +1,115 @@
+"""What every restoration training run sets up around ``accelerate``: checkpoint folders, resume, data streams, logs.
+
+Shared by ``train_ddpm_hq``, ``train_munit`` and ``train_ddpm_lq`` so they name, prune and resume checkpoints the
+same way (``output_dir/checkpoint-N``, N = optimiser steps) and log the same kind of hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders in ``output_dir`` sorted by N (oldest first)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The ``checkpoint-N`` folder with the largest N, or None."""
+    found = checkpoint_dirs(output_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """N of a ``checkpoint-N`` folder."""
+    return int(Path(path).name.split("-", 1)[1])
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """Delete the oldest ``checkpoint-N`` folders so that at most ``keep`` remain; returns the deleted ones."""
+    found = checkpoint_dirs(output_dir)
+    doomed = found[: max(0, len(found) - max(0, keep))]
+    for p in doomed:
+        shutil.rmtree(p)
+    return doomed
+
+
+def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None) -> Path:
+    """``accelerator.save_state`` into ``output_dir/checkpoint-step``, first pruning to ``total_limit - 1``.
+
+    Call it on every process: each one saves its own RNG state.
+    """
+    if accelerator.is_main_process and total_limit is not None:
+        prune_checkpoints(output_dir, total_limit - 1)  # room for the one about to be written
+    accelerator.wait_for_everyone()
+    path = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------ RNG and data
+
+
+class GeneratorState:
+    """A torch.Generator that accelerate can checkpoint (``register_for_checkpointing`` needs state_dict)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator state, for ``accelerator.save_state``."""
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the state written by ``state_dict``."""
+        self.generator.set_state(state["state"])
+
+
+def infinite_batches(accelerator: Any, loader: Any, start_step: int) -> Iterator[Any]:
+    """Endless batches from a prepared loader, resuming at batch ``start_step`` (epoch-seeded shuffles)."""
+    n = len(loader)
+    epoch, skip = divmod(start_step, n)
+    while True:
+        it = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if hasattr(it, "set_epoch"):
+            it.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
+        yield from it
+        epoch, skip = epoch + 1, 0
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    """``device`` or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- logging
+
+
+def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Flatten nested dicts to TensorBoard-hparams-friendly scalars ("a.b": value; other types as str)."""
+    out: dict[str, int | float | str | bool] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_config(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
