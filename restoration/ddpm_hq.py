@@ -105,9 +105,12 @@ class DDPMHQConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DDPMHQConfig:
-        """Inverse of ``to_dict``; unknown keys are ignored (forward compatibility)."""
+        """Inverse of ``to_dict``; unknown keys are rejected (one line listing the allowed ones) so typos surface."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown DDPMHQConfig keys {unknown}: expected some of {', '.join(sorted(names))}")
+        return cls(**d)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``ddpm_hq_config.json`` into ``folder`` atomically."""

@@ -129,8 +129,18 @@ class ResBlock(nn.Module):
 
 
 def adain(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Adaptive instance norm: normalise each channel, then scale by ``1 + gamma`` and shift by ``beta`` (B, C)."""
-    # 1 + gamma (instead of gamma) so a freshly initialised MLP starts near identity scaling.
+    """Adaptive instance norm: normalise each channel, then scale by ``1 + gamma`` and shift by ``beta`` (B, C).
+
+    Deliberate deviation from MUNIT, whose MLP outputs the scale itself (``gamma * norm(x) + beta``): with
+    ``1 + gamma`` a freshly initialised MLP (outputs near 0) starts at identity scaling instead of near-zero
+    scaling that would wipe out the content features; the family of functions it can express is the same.
+
+    Args:
+        x: (B, C, H, W) features.
+        gamma: (B, C) scale offsets (scale = 1 + gamma).
+        beta: (B, C) shifts.
+        eps: instance-norm epsilon.
+    """
     return F.instance_norm(x, eps=eps) * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 

@@ -36,11 +36,12 @@ from restoration.pairs import (
 )
 from restoration.training_setup import (
     MIXED_PRECISION,
-    checkpoint_step,
+    GeneratorState,
     default_device,
     flat_config,
     infinite_batches,
     latest_checkpoint,
+    load_checkpoint,
     save_checkpoint,
 )
 
@@ -290,13 +291,13 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-
-    global_step, resumed_from = 0, None
+    # noise, timesteps and condition dropout: checkpointed RNG on the training device, for exact resumes
+    rng = GeneratorState(cfg.seed + 1000 * accelerator.process_index, accelerator.device)
+    global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0 if ema is None else 1)
+    resumed_from = None if ckpt is None else ckpt.name
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
         if ema is not None:
             ema.to(accelerator.device)  # loaded on CPU
-        global_step, resumed_from = checkpoint_step(ckpt), ckpt.name
         accelerator.print(f"resumed from {ckpt} at step {global_step}")
 
     if cfg.report_to:
@@ -312,11 +313,12 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
     while global_step < cfg.max_train_steps:
         x, cond = next(batches)
         with accelerator.accumulate(unet):
+            gen = rng.generator
             if conditional and cfg.cond_drop_prob > 0:  # classifier-free dropout of the condition
-                keep = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= cfg.cond_drop_prob).to(cond.dtype)
-                cond = cond * keep
-            noise = torch.randn_like(x)
-            t = torch.randint(0, num_t, (x.shape[0],), device=x.device, dtype=torch.long)
+                u = torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=gen.device).to(x.device)
+                cond = cond * (u >= cfg.cond_drop_prob).to(cond.dtype)
+            noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=torch.float32).to(x.device, x.dtype)
+            t = torch.randint(0, num_t, (x.shape[0],), generator=gen, device=gen.device).to(x.device)
             x_t = noise_scheduler.add_noise(x, noise, t)
             pred = unet(model_input(x_t, cond), t).sample
             if model_cfg.prediction_type == "epsilon":

@@ -1,9 +1,10 @@
 """Train MUNIT-LQ on unpaired HQ (real CXR) and LQ (DRR) folders, then degrade HQ images into (LQ, HQ) pairs.
 
-Training follows MUNIT: Adam(lr 1e-4, betas (0.5, 0.999)), one discriminator update then one generator update
-per iteration, learning rate halved every ``lr_step_size`` iterations. It runs under ``accelerate`` (single
-device or multi-GPU via ``accelerate launch``), logs to TensorBoard, writes ``checkpoint-N`` folders with
-``accelerator.save_state`` (oldest pruned past ``checkpoints_total_limit``) and resumes from the latest one.
+Training follows MUNIT: Adam(lr 1e-4, betas (0.5, 0.999), weight decay 1e-4), one discriminator update then one
+generator update per iteration, learning rate halved every ``lr_step_size`` iterations. It runs under
+``accelerate`` (single device or multi-GPU via ``accelerate launch``), logs to TensorBoard, writes
+``checkpoint-N`` folders with ``accelerator.save_state`` (oldest pruned past ``checkpoints_total_limit``) and
+resumes from the latest one.
 
 ``make_pairs`` writes a pairs folder (layout in ``restoration.pairs``) that DDPM-HQ's trainer reads.
 """
@@ -34,11 +35,12 @@ from restoration.pairs import (
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images
 from restoration.training_setup import (
     MIXED_PRECISION,
-    checkpoint_step,
+    GeneratorState,
     default_device,
     flat_config,
     infinite_batches,
     latest_checkpoint,
+    load_checkpoint,
     save_checkpoint,
 )
 
@@ -62,7 +64,7 @@ class MUNITTrainConfig:
         preprocess: windowing and image size for both domains.
         batch_size: images per domain per device per step (MUNIT uses 1).
         max_train_steps: total iterations (one D and one G update each).
-        lr, beta1, beta2, weight_decay: Adam settings for both optimisers.
+        lr, beta1, beta2, weight_decay: Adam settings for both optimisers (MUNIT: 1e-4, 0.5, 0.999, 1e-4).
         lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step_size`` steps (0: constant).
         augment: small random jitter of the training images.
         num_workers: DataLoader workers.
@@ -87,7 +89,7 @@ class MUNITTrainConfig:
     lr: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4  # MUNIT's published default (Adam, L2 weight decay 1e-4)
     lr_step_size: int = 100_000
     lr_gamma: float = 0.5
     augment: bool = False
@@ -187,11 +189,11 @@ def train(cfg: MUNITTrainConfig) -> Path:
     opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     model, opt_g, opt_d, loader_a, loader_b = accelerator.prepare(model, opt_g, opt_d, loader_a, loader_b)
 
-    global_step, resumed_from = 0, None
     ckpt = latest_checkpoint(out) if cfg.resume else None
+    rng = GeneratorState(cfg.seed + 1000 * accelerator.process_index)  # style codes; checkpointed for exact resume
+    global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0)
+    resumed_from = None if ckpt is None else ckpt.name
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
-        global_step, resumed_from = checkpoint_step(ckpt), ckpt.name
         accelerator.print(f"resumed from {ckpt} at step {global_step}")
 
     if cfg.report_to:
@@ -211,12 +213,12 @@ def train(cfg: MUNITTrainConfig) -> Path:
                 group["lr"] = lr
 
         opt_d.zero_grad(set_to_none=True)
-        d = model(x_a, x_b, mode="dis")
+        d = model(x_a, x_b, mode="dis", generator=rng.generator)
         accelerator.backward(d["total"])
         opt_d.step()
 
         opt_g.zero_grad(set_to_none=True)
-        g = model(x_a, x_b, mode="gen")
+        g = model(x_a, x_b, mode="gen", generator=rng.generator)
         accelerator.backward(g["total"])
         opt_g.step()
         opt_d.zero_grad(set_to_none=True)  # the G step also filled the discriminators' grads: drop them

@@ -65,10 +65,18 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: 
 
 
 class GeneratorState:
-    """A torch.Generator that accelerate can checkpoint (``register_for_checkpointing`` needs state_dict)."""
+    """A torch.Generator that accelerate can checkpoint (``register_for_checkpointing`` needs state_dict).
 
-    def __init__(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+    Training randomness (noise, timesteps, styles) is drawn from it rather than from the global RNG: data loader
+    iterators draw from the global RNG when they start, and a resumed run starts them at another step.
+
+    Args:
+        seed: initial seed (add the process index so processes differ).
+        device: where the generator lives (draw large noise tensors on the training device).
+    """
+
+    def __init__(self, seed: int, device: str | torch.device = "cpu") -> None:
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The generator state, for ``accelerator.save_state``."""
@@ -77,6 +85,26 @@ class GeneratorState:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore the state written by ``state_dict``."""
         self.generator.set_state(state["state"])
+
+
+def load_checkpoint(accelerator: Any, path: Path | None, rng: GeneratorState, rng_index: int) -> int:
+    """Register ``rng`` for checkpointing and restore ``path`` (None: fresh run); returns the step to resume at.
+
+    Args:
+        accelerator: the run's Accelerator (other custom objects already registered).
+        path: ``checkpoint-N`` folder or None.
+        rng: the run's training RNG.
+        rng_index: how many custom objects were registered before it (its ``custom_checkpoint_{i}.pkl`` index).
+    """
+    # checkpoints written before the RNG was checkpointed lack its file: load them first, register afterwards
+    has_rng = path is None or (Path(path) / f"custom_checkpoint_{rng_index}.pkl").is_file()
+    if has_rng:
+        accelerator.register_for_checkpointing(rng)
+    if path is not None:
+        accelerator.load_state(str(path))
+    if not has_rng:
+        accelerator.register_for_checkpointing(rng)
+    return 0 if path is None else checkpoint_step(path)
 
 
 def infinite_batches(accelerator: Any, loader: Any, start_step: int) -> Iterator[Any]:

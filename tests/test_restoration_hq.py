@@ -237,6 +237,9 @@ def test_config_json_and_scheduler_errors(tmp_path):
         make_scheduler("euler", cfg)
     with pytest.raises(ValueError, match="expected one of l1, l2"):
         tiny_cfg(loss="huber")
+    with pytest.raises(ValueError, match=r"unknown DDPMHQConfig keys \['lq_sise'\]: expected some of .*lq_size") as err:
+        DDPMHQConfig.from_dict({**cfg.to_dict(), "lq_sise": 64})
+    assert "\n" not in str(err.value)
 
 
 def test_training_loss_goes_down():
@@ -426,6 +429,9 @@ def test_train_checkpoint_limit_and_exact_resume(tmp_path):
     wa = load_file(a / "diffusion_pytorch_model.safetensors")
     wb = load_file(out / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # optimizer/EMA/RNG/data order restored exactly
+    raw = load_file(out / "checkpoint-4" / "model.safetensors")  # accelerate's copy of the raw training weights
+    assert raw.keys() == wb.keys() and any(not torch.equal(raw[k], wb[k]) for k in raw)  # use_ema: the EMA is saved
+    assert json.loads((out / "train_config.json").read_text())["use_ema"] is True
     unet, cfg = load_model(out)
     assert cfg.hq_size == 16 and cfg.preprocess["size"] == 16
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from data.images import read_png16, write_png8, write_png16
 from restoration import ddpm_lq
@@ -87,6 +88,16 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ MUNIT
+
+
+def test_munit_defaults_are_the_papers() -> None:
+    """MUNIT (Huang et al. 2018): lambda_x = 10, lambda_c = lambda_s = 1, GAN 1; Adam 1e-4, (0.5, 0.999), wd 1e-4."""
+    m = MUNITConfig()
+    assert (m.gan_w, m.recon_x_w, m.recon_c_w, m.recon_s_w) == (1.0, 10.0, 1.0, 1.0)
+    assert m.recon_x_cyc_w == 0.0 and m.style_dim == 8 and m.n_downsample == 2 and m.n_res == 4
+    t = MUNITTrainConfig(hq_dir="h", lq_dir="l", output_dir="o")
+    assert (t.lr, t.beta1, t.beta2, t.weight_decay, t.batch_size) == (1e-4, 0.5, 0.999, 1e-4, 1)
+    assert (t.lr_step_size, t.lr_gamma) == (100_000, 0.5)
 
 
 def test_munit_shapes_and_input_checks() -> None:
@@ -189,6 +200,12 @@ def test_munit_train_checkpoints_resume_and_pairs(folders: dict[str, Path], tmp_
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     info = json.loads((model_dir / "train_config.json").read_text())
     assert info["resumed_from"] == "checkpoint-3" and info["global_step"] == 4
+    # the interrupted run ends where an uninterrupted one does: weights, optimiser, RNG and data order restored
+    whole = MUNITTrainConfig.from_dict(cfg.to_dict() | {"output_dir": str(tmp_path / "whole"), "checkpointing_steps": 0})
+    w_whole = load_file(train_munit(whole) / "munit.safetensors")
+    w_resumed = load_file(model_dir / "munit.safetensors")
+    assert w_whole.keys() == w_resumed.keys()
+    assert all(torch.allclose(w_whole[k], w_resumed[k], atol=1e-6) for k in w_whole)
 
     p1 = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p1", style="random", seed=7, batch_size=2)
     p2 = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p2", style="random", seed=7, batch_size=5)
@@ -271,6 +288,15 @@ def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path:
     m1 = train_ddpm(s1, stage=1)  # resume
     assert sorted(p.name for p in (tmp_path / "s1").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     assert ddpm_lq.read_extra(m1)["resumed_from"] == "checkpoint-3"
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    w_resumed = load_file(m1 / unet_file)
+    # the saved model is the EMA, not the raw weights of the last step (checkpoint-4 holds those)
+    raw = load_file(tmp_path / "s1" / "checkpoint-4" / "model.safetensors")
+    assert raw.keys() == w_resumed.keys() and any(not torch.equal(raw[k], w_resumed[k]) for k in raw)
+    # the interrupted run ends where an uninterrupted one does (weights, optimiser, EMA, RNG, data order)
+    whole = DDPMLQTrainConfig.from_dict(s1.to_dict() | {"output_dir": str(tmp_path / "s1_whole"), "checkpointing_steps": 0})
+    w_whole = load_file(train_ddpm(whole, stage=1) / unet_file)
+    assert all(torch.allclose(w_whole[k], w_resumed[k], atol=1e-6) for k in w_whole)
 
     # stage 2: other seed and a tiny lr, so a re-initialised UNet would be far from stage 1, a loaded one close
     s2 = DDPMLQTrainConfig(output_dir=str(tmp_path / "s2"), lr=1e-6, max_train_steps=1, seed=1, **base)
