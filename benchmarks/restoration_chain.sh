@@ -55,7 +55,7 @@ for split in train val; do
     wait
 done
 
-# 4. DDPM-HQ on each pair source
+# 4. DDPM-HQ on each pair source (pairs folders: split by the source patient recorded in pairs.json; split.json)
 train_hq() {  # name, extra args...
     local name=$1; shift
     [ -f "$RUN/hq_$name/diffusion_pytorch_model.safetensors" ] || { log "train ddpm-hq ($name)";
@@ -65,12 +65,12 @@ train_hq bicubic --hq-dir "$RUN/hq_train" &
 train_hq classical --hq-dir "$RUN/hq_train" --set pair_source=classical &
 wait
 train_hq munit --hq-dir "$RUN/pairs_munit_train/hq" --lq-dir "$RUN/pairs_munit_train/lq" \
-    --set pair_source=pairs_dir --set group_by=stem &
+    --set pair_source=pairs_dir &
 train_hq ddpm_lq --hq-dir "$RUN/pairs_ddpm_lq_train/hq" --lq-dir "$RUN/pairs_ddpm_lq_train/lq" \
-    --set pair_source=pairs_dir --set group_by=stem &
+    --set pair_source=pairs_dir &
 wait
 
-# 5. held-out PSNR/SSIM: every restorer on every kind of held-out pair (bicubic, MUNIT-LQ, DDPM-LQ)
+# 5. held-out PSNR/SSIM (+ s/image): every restorer on every kind of held-out pair (bicubic, MUNIT-LQ, DDPM-LQ)
 export OMP_NUM_THREADS=2
 mkdir -p "$RUN/eval"
 for name in bicubic classical munit ddpm_lq; do

@@ -18,7 +18,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "cxr" / "mhh-covid-19"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, evaluate held-out pairs with DDIM/DPM-Solver++, print a table, write JSON + figure."""
+    """Train, evaluate held-out pairs with DDIM/DPM-Solver++ (PSNR, SSIM, s/image), print a table, write JSON + figure."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of real HQ CXRs with data.csv")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "restoration_cpu", help="run folder")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from data.atomic import atomic_write_json
-    from restoration.evaluate import evaluate_model
+    from restoration.evaluate import SamplerSpec, evaluate_samplers
     from restoration.preprocess import list_images, split_by_source
     from restoration.train_ddpm_hq import TrainConfig, group_function, train
 
@@ -93,24 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     history = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     results["val_history"] = [h for h in history if "val/psnr" in h]
     results["train_log_last"] = next((h for h in reversed(history) if "loss" in h), None)
-    rows = []
-    for spec in args.eval.split(","):
-        name, steps, *rest = spec.split(":")
-        strength = float(rest[0]) if rest else 1.0
-        t1 = time.time()
-        r = evaluate_model(
-            model_dir, val_paths, steps=int(steps), scheduler=name, seed=0, strength=strength,
-            figure_path=args.figure if spec == args.figure_spec else None,
-        )  # fmt: skip
-        r["seconds"] = round(time.time() - t1, 1)
-        results["eval"][spec] = {k: v for k, v in r.items() if k != "per_image"}
-        start = "pure noise" if strength == 1.0 else f"strength {strength:g} ({r['steps_run']} steps run)"
-        rows.append((f"DDPM-HQ {name} {steps} steps, {start}", r["model"]["psnr"], r["model"]["ssim"]))
-        base = r["bicubic"]
-    rows.insert(0, ("bicubic upsampling (LQ)", base["psnr"], base["ssim"]))
+    specs = [SamplerSpec.parse(spec) for spec in args.eval.split(",")]
+    fig = SamplerSpec.parse(args.figure_spec)
+    specs = sorted(specs, key=lambda s: s != fig)  # evaluate_samplers draws the figure with the first sampler
+    sweep = evaluate_samplers(model_dir, val_paths, specs, seed=0, figure_path=args.figure if fig in specs else None)
+    rows = [("bicubic upsampling (LQ)", sweep["bicubic"]["psnr"], sweep["bicubic"]["ssim"], float("nan"))]
+    for r in sweep["runs"]:
+        results["eval"][r["sampler"]] = {k: v for k, v in r.items() if k != "per_image"}
+        start = "pure noise" if r["strength"] == 1.0 else f"strength {r['strength']:g} ({r['steps_run']} steps run)"
+        rows.append((f"DDPM-HQ {r['scheduler']} {r['steps']} steps, {start}", r["model"]["psnr"], r["model"]["ssim"],
+                     r["seconds"]["per_image"]))  # fmt: skip
     header = f"method (val: {len(val_paths)} CXRs, {cfg.lq_size}->{cfg.lq_size * cfg.scale} px)"
-    table = [f"| {header} | PSNR dB | SSIM |", "|---|---|---|"]
-    table += [f"| {m} | {p:.2f} | {s:.4f} |" for m, p, s in rows]
+    table = [f"| {header} | PSNR dB | SSIM | s/image |", "|---|---|---|---|"]
+    table += [f"| {m} | {p:.2f} | {s:.4f} | {'-' if t != t else f'{t:.3f}'} |" for m, p, s, t in rows]
     print("\n".join(table))
     results["table"] = table
     atomic_write_json(args.out / "results.json", results)

@@ -149,19 +149,36 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             None, "--lq-dir", help="LQ images named like the HQ ones (e.g. a pairs folder's lq/); default: bicubic."
         ),
         steps: int = typer.Option(50, "--steps"),
-        scheduler: str = typer.Option("ddim", "--scheduler"),
+        scheduler: str = typer.Option("ddim", "--scheduler", help="ddpm, ddim or dpmsolver++."),
+        strength: float = typer.Option(
+            1.0, "--strength", help="1 = from pure noise; <1 = from the noised bicubic upsample (fewer steps)."
+        ),
+        samplers: list[str] = typer.Option(
+            [], "--sampler", help="Sweep, repeatable: scheduler:steps[:strength], e.g. --sampler ddim:20 "
+            "--sampler ddpm:1000 (replaces --scheduler/--steps).",
+        ),
+        prewindowed: Optional[bool] = typer.Option(
+            None, "--prewindowed/--window", help="Images already windowed (pairs folders) or not; default: detected."
+        ),
         device: str = typer.Option("auto", "--device"),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics here."),
-        figure: Optional[Path] = typer.Option(None, "--figure", help="LQ | restored | reference PNG."),
+        figure: Optional[Path] = typer.Option(None, "--figure", help="LQ | restored | reference PNG (first sampler)."),
     ) -> None:
-        """PSNR/SSIM of DDPM-HQ vs the bicubic-upsampled input on held-out pairs (LPIPS/FID need weights: not run)."""
+        """PSNR/SSIM and seconds per image of DDPM-HQ vs the bicubic input on held-out pairs, one row per sampler.
+
+        LPIPS/FID need downloaded weights and are not run.
+        """
         from ct_projection.render import pick_device
         from data.atomic import atomic_write_json
         from restoration.ddpm_hq import ModelNotFoundError
-        from restoration.evaluate import evaluate_model
+        from restoration.evaluate import SamplerSpec, evaluate_samplers
         from restoration.preprocess import list_images
 
-        hq_paths = list_images(hq_dir)
+        try:
+            specs = [SamplerSpec.parse(t, strength) for t in samplers] or [SamplerSpec(scheduler, steps, strength)]
+            hq_paths = list_images(hq_dir)
+        except ValueError as err:
+            fail(str(err))
         if not hq_paths:
             fail(f"{hq_dir}: no png/jpg/jpeg/dcm images")
         degrade = None
@@ -172,17 +189,24 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
                 fail(f"{lq_dir}: no LQ image for {len(missing)} HQ images (e.g. {missing[0]})")
             degrade = [by_stem[p.stem] for p in hq_paths]
         try:
-            result = evaluate_model(
-                model_dir, hq_paths, degrade, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
-                figure_path=figure,
-            )
+            result = evaluate_samplers(
+                model_dir, hq_paths, specs, degrade, device=str(pick_device(device)), figure_path=figure,
+                prewindowed=prewindowed,
+            )  # fmt: skip
         except (ModelNotFoundError, ValueError) as err:
             fail(str(err))
-        m, b = result["model"], result["bicubic"]
-        typer.echo(f"n={result['n']} {scheduler}-{steps}: DDPM-HQ PSNR {m['psnr']:.2f} dB SSIM {m['ssim']:.4f} | "
-                   f"bicubic PSNR {b['psnr']:.2f} dB SSIM {b['ssim']:.4f}")
-        if json_out is not None:
-            atomic_write_json(json_out, result)
+        b = result["bicubic"]
+        typer.echo(f"n={result['n']} held-out pairs")
+        typer.echo(f"{'sampler':<22} {'UNet steps':>10} {'PSNR dB':>8} {'SSIM':>7} {'s/image':>9}")
+        typer.echo(f"{'bicubic':<22} {'-':>10} {b['psnr']:>8.2f} {b['ssim']:>7.4f} {'-':>9}")
+        for r in result["runs"]:
+            m = r["model"]
+            typer.echo(
+                f"{r['sampler']:<22} {r['steps_run']:>10} {m['psnr']:>8.2f} {m['ssim']:>7.4f} "
+                f"{r['seconds']['per_image']:>9.3f}"
+            )
+        if json_out is not None:  # one sampler: its result as before; a sweep: {"n", "bicubic", "runs": [...]}
+            atomic_write_json(json_out, result["runs"][0] if len(result["runs"]) == 1 and not samplers else result)
 
     @app.command("evaluate-nodules")
     def evaluate_nodules(

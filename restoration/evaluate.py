@@ -7,7 +7,9 @@ Only reference-based, weight-free metrics are computed here. LPIPS and FID need 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from restoration.ddpm_hq import load_model, make_scheduler, restore, upsample_condition
+from restoration.ddpm_hq import SCHEDULERS, load_model, make_scheduler, restore, upsample_condition
 from restoration.degrade import bicubic_degrade
+from restoration.pairs import in_pairs_folder
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig
 
 
@@ -109,6 +112,168 @@ def figure(
     return atomic_write_bytes(path, encode_png(img))
 
 
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler setting to evaluate: scheduler name, steps, strength (see ``restore``).
+
+    Args:
+        scheduler: one of ``SCHEDULERS`` (ddpm, ddim, dpmsolver++).
+        steps: sampler steps (before ``strength`` shortens the run).
+        strength: 1.0 starts from pure noise; below 1 from the noised bicubic upsample.
+    """
+
+    scheduler: str
+    steps: int
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scheduler.lower() not in (*SCHEDULERS, "dpmsolver"):  # make_scheduler's alias of dpmsolver++
+            raise ValueError(f"unknown scheduler {self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+
+    @classmethod
+    def parse(cls, text: str, strength: float = 1.0) -> SamplerSpec:
+        """``scheduler:steps[:strength]`` (e.g. ``ddim:20``, ``dpmsolver++:20:0.5``); ``strength`` is the default."""
+        parts = text.strip().split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"sampler {text!r}: expected scheduler:steps[:strength], e.g. ddim:20 or ddpm:1000")
+        try:
+            return cls(parts[0].lower(), int(parts[1]), float(parts[2]) if len(parts) == 3 else strength)
+        except ValueError as err:
+            raise ValueError(f"sampler {text!r}: {err}") from err
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: ``ddim:20`` or ``ddim:20:0.5``."""
+        return f"{self.scheduler}:{self.steps}" + ("" if self.strength == 1.0 else f":{self.strength:g}")
+
+    @property
+    def steps_run(self) -> int:
+        """UNet evaluations per image (``restore`` runs the last ``round(steps * strength)`` steps)."""
+        return max(1, round(self.steps * self.strength))
+
+
+def _sync(device: str | torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings cover it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate_samplers(
+    model_dir: str | Path,
+    hq_paths: Sequence[str | Path],
+    samplers: Sequence[SamplerSpec],
+    degrade: Callable[[torch.Tensor], torch.Tensor] | Sequence[str | Path] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 8,
+    figure_path: str | Path | None = None,
+    prewindowed: bool | None = None,
+) -> dict[str, Any]:
+    """PSNR/SSIM and wall seconds of DDPM-HQ under each sampler, on the same pairs, next to the bicubic baseline.
+
+    The model and the pairs are loaded once; every sampler restores the same LQ images from the same seed, and
+    only restoring is timed (one untimed warm-up forward pass first), so speed/quality trade-offs compare
+    like with like (e.g. DDPM-1000 vs DDIM-20 vs DPM-Solver++-20). LPIPS/FID are not computed: they need
+    downloaded pretrained weights.
+
+    Args:
+        model_dir: trained DDPM-HQ folder (see ``load_model``).
+        hq_paths: reference HQ images (preprocessed to the model's HQ size like in training).
+        samplers: settings to evaluate, in order.
+        degrade: HQ batch -> LQ batch function (default bicubic), or LQ image paths paired with ``hq_paths``.
+        batch_size: images per ``restore`` call.
+        figure_path: optional PNG of the first images (LQ | restored | reference) under the first sampler.
+        prewindowed: whether the image files are already windowed (pairs folders), so they are mapped linearly
+            instead of windowed again; None decides per side (HQ, LQ) by whether the files lie in a pairs folder.
+
+    Returns:
+        {"n", "bicubic": {"psnr", "ssim"}, "runs": [one ``evaluate_model``-style result per sampler]}.
+    """
+    if not samplers:
+        raise ValueError("evaluate_samplers needs at least one sampler (e.g. SamplerSpec('ddim', 20))")
+    unet, cfg = load_model(model_dir, device=device)
+    hq_paths = [Path(p) for p in hq_paths]
+    hq_pre = all(in_pairs_folder(p) for p in hq_paths) if prewindowed is None else prewindowed
+    hq_cfg = PreprocessConfig.from_dict({**cfg.preprocess, "size": cfg.hq_size})
+    hq_ds = ImageFolderDataset(hq_paths, hq_cfg, prewindowed=hq_pre)
+    lq_ds = None
+    if degrade is not None and not callable(degrade):
+        lq_paths = [Path(p) for p in degrade]
+        lq_pre = all(in_pairs_folder(p) for p in lq_paths) if prewindowed is None else prewindowed
+        lq_cfg = PreprocessConfig.from_dict({**cfg.preprocess, "size": cfg.lq_size})
+        lq_ds = ImageFolderDataset(lq_paths, lq_cfg, prewindowed=lq_pre)
+        if len(lq_ds) != len(hq_ds):
+            raise ValueError(f"{len(lq_ds)} LQ paths for {len(hq_ds)} HQ paths")
+    fn = degrade if callable(degrade) else (lambda x: bicubic_degrade(x, cfg.scale))
+    batches: list[tuple[range, torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(hq_ds), batch_size):
+        idx = range(start, min(len(hq_ds), start + batch_size))
+        hq = torch.stack([hq_ds[i] for i in idx])
+        batches.append((idx, hq, torch.stack([lq_ds[i] for i in idx]) if lq_ds is not None else fn(hq)))
+    refs = {i: to01(hq[j, 0]) for idx, hq, _ in batches for j, i in enumerate(idx)}
+    base = {}
+    for idx, _, lq in batches:
+        up = upsample_condition(lq, cfg.scale)
+        base |= {i: psnr_ssim(to01(up[j, 0]), refs[i]) for j, i in enumerate(idx)}
+    with torch.no_grad():  # warm-up: first-call allocations/kernel selection must not count against sampler 1
+        _, _, lq0 = batches[0]
+        cond = upsample_condition(lq0[:1].to(device), cfg.scale)
+        unet(torch.cat([cond, cond], dim=1), torch.zeros(1, dtype=torch.long, device=device))
+        _sync(device)
+
+    runs = []
+    for k, spec in enumerate(samplers):
+        sched = make_scheduler(spec.scheduler, cfg)
+        gen = torch.Generator().manual_seed(seed)
+        per_image: list[dict[str, Any]] = []
+        restore_s = 0.0
+        for idx, hq, lq in batches:
+            _sync(device)
+            t0 = time.perf_counter()
+            out = restore(
+                unet, sched, lq.to(device), spec.steps, gen, scale=cfg.scale, strength=spec.strength,
+                residual_scale=cfg.residual_scale,
+            ).cpu()  # fmt: skip
+            dt = time.perf_counter() - t0
+            restore_s += dt
+            for j, i in enumerate(idx):
+                mp, ms = psnr_ssim(to01(out[j, 0]), refs[i])
+                bp, bs = base[i]
+                per_image.append({
+                    "path": str(hq_ds.paths[i]), "psnr": mp, "ssim": ms, "bicubic_psnr": bp, "bicubic_ssim": bs,
+                    "seconds": dt / len(idx),
+                })  # fmt: skip
+            if k == 0 and figure_path is not None and idx.start == 0:
+                figure(lq[:4], out[:4], hq[:4], figure_path, zoom=max(1, 256 // cfg.hq_size))
+        runs.append(_summary(spec, per_image, restore_s))
+    return {"n": len(refs), "bicubic": runs[0]["bicubic"], "runs": runs}
+
+
+def _summary(spec: SamplerSpec, per_image: list[dict[str, Any]], restore_s: float) -> dict[str, Any]:
+    """Mean metrics and timings of one sampler run."""
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in per_image]))
+
+    n = len(per_image)
+    return {
+        "n": n,
+        "sampler": spec.label,
+        "scheduler": spec.scheduler,
+        "steps": spec.steps,
+        "strength": spec.strength,
+        "steps_run": spec.steps_run,
+        "model": {"psnr": mean("psnr"), "ssim": mean("ssim")},
+        "bicubic": {"psnr": mean("bicubic_psnr"), "ssim": mean("bicubic_ssim")},
+        "seconds": {"total": restore_s, "per_image": restore_s / max(1, n)},
+        "per_image": per_image,
+    }
+
+
 def evaluate_model(
     model_dir: str | Path,
     hq_paths: Sequence[str | Path],
@@ -120,64 +285,21 @@ def evaluate_model(
     batch_size: int = 8,
     figure_path: str | Path | None = None,
     strength: float = 1.0,
+    prewindowed: bool | None = None,
 ) -> dict[str, Any]:
-    """PSNR/SSIM of DDPM-HQ restorations vs references, next to the bicubic-upsampled LQ baseline.
-
-    LPIPS/FID are not computed: they need downloaded pretrained weights.
+    """PSNR/SSIM and wall seconds of DDPM-HQ restorations under one sampler (see ``evaluate_samplers``).
 
     Args:
-        model_dir: trained DDPM-HQ folder (see ``load_model``).
-        hq_paths: reference HQ images (preprocessed to the model's HQ size like in training).
-        degrade: HQ batch -> LQ batch function (default bicubic), or LQ image paths paired with ``hq_paths``.
+        model_dir, hq_paths, degrade, seed, device, batch_size, figure_path, prewindowed: see ``evaluate_samplers``.
         steps, scheduler, strength: sampler settings (``make_scheduler`` names; see ``restore``).
-        figure_path: optional PNG of the first images (LQ | restored | reference).
 
     Returns:
-        {"n", "model": {"psnr", "ssim"}, "bicubic": {...}, "per_image": [...], ...}.
+        {"n", "sampler", "scheduler", "steps", "strength", "steps_run", "model": {"psnr", "ssim"},
+        "bicubic": {...}, "seconds": {"total", "per_image"}, "per_image": [...]}.
     """
-    unet, cfg = load_model(model_dir, device=device)
-    sched = make_scheduler(scheduler, cfg)
-    pcfg = PreprocessConfig.from_dict({**cfg.preprocess, "size": cfg.hq_size})
-    hq_ds = ImageFolderDataset(hq_paths, pcfg)
-    lq_ds = None
-    if degrade is not None and not callable(degrade):
-        lq_ds = ImageFolderDataset(list(degrade), PreprocessConfig.from_dict({**cfg.preprocess, "size": cfg.lq_size}))
-        if len(lq_ds) != len(hq_ds):
-            raise ValueError(f"{len(lq_ds)} LQ paths for {len(hq_ds)} HQ paths")
-    fn = degrade if callable(degrade) else (lambda x: bicubic_degrade(x, cfg.scale))
-    gen = torch.Generator().manual_seed(seed)
-    per_image: list[dict[str, Any]] = []
-    fig_batch = None
-    for start in range(0, len(hq_ds), batch_size):
-        idx = range(start, min(len(hq_ds), start + batch_size))
-        hq = torch.stack([hq_ds[i] for i in idx])
-        lq = torch.stack([lq_ds[i] for i in idx]) if lq_ds is not None else fn(hq)
-        out = restore(unet, sched, lq.to(device), steps, gen, scale=cfg.scale, strength=strength,
-            residual_scale=cfg.residual_scale,
-        ).cpu()  # fmt: skip
-        base = upsample_condition(lq, cfg.scale)
-        for j, i in enumerate(idx):
-            ref = to01(hq[j, 0])
-            mp, ms = psnr_ssim(to01(out[j, 0]), ref)
-            bp, bs = psnr_ssim(to01(base[j, 0]), ref)
-            per_image.append(
-                {"path": str(hq_ds.paths[i]), "psnr": mp, "ssim": ms, "bicubic_psnr": bp, "bicubic_ssim": bs}
-            )
-        if fig_batch is None:
-            fig_batch = (lq[:4], out[:4], hq[:4])
-    if figure_path is not None and fig_batch is not None:
-        figure(*fig_batch, figure_path, zoom=max(1, 256 // cfg.hq_size))
-
-    def mean(key: str) -> float:
-        return float(np.mean([r[key] for r in per_image]))
-
-    return {
-        "n": len(per_image),
-        "scheduler": scheduler,
-        "steps": steps,
-        "strength": strength,
-        "steps_run": max(1, round(steps * strength)),
-        "model": {"psnr": mean("psnr"), "ssim": mean("ssim")},
-        "bicubic": {"psnr": mean("bicubic_psnr"), "ssim": mean("bicubic_ssim")},
-        "per_image": per_image,
-    }
+    spec = SamplerSpec(scheduler, steps, strength)
+    result = evaluate_samplers(
+        model_dir, hq_paths, [spec], degrade, seed=seed, device=device, batch_size=batch_size,
+        figure_path=figure_path, prewindowed=prewindowed,
+    )  # fmt: skip
+    return result["runs"][0]

@@ -88,3 +88,31 @@ def source_record(name: str, hq_source: Path) -> dict[str, Any]:
     except ValueError:
         pass  # not an MHH image: the source file itself is the group
     return rec
+
+
+def pairs_root(folder: str | Path) -> Path | None:
+    """The pairs folder that ``folder`` (the folder itself, or its ``hq/`` or ``lq/``) belongs to, or None."""
+    f = Path(folder)
+    for cand in (f, f.parent) if f.name in ("hq", "lq") else (f,):
+        if (cand / PAIRS_INFO_NAME).is_file():
+            return cand
+    return None
+
+
+def in_pairs_folder(path: str | Path) -> bool:
+    """Whether an image file lies in the ``hq/`` or ``lq/`` of a pairs folder (then it is already windowed)."""
+    p = Path(path)
+    return p.parent.name in ("hq", "lq") and (p.parent.parent / PAIRS_INFO_NAME).is_file()
+
+
+def pair_records(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Pair name -> its ``pairs.json`` record (``name``, ``hq_source``, maybe ``patient``); {} without pairs.json.
+
+    Args:
+        folder: a pairs folder or its ``hq/`` / ``lq/`` subfolder.
+    """
+    root = pairs_root(folder)
+    if root is None:
+        return {}
+    info = json.loads((root / PAIRS_INFO_NAME).read_text(encoding="utf-8"))
+    return {str(r["name"]): r for r in info.get("pairs", []) if "name" in r}

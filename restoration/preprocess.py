@@ -161,6 +161,14 @@ def preprocess_image(img01: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return resize_square(normalize(img01, cfg), cfg.size)
 
 
+def prewindowed_image(img01: np.ndarray, size: int) -> np.ndarray:
+    """Already-windowed [0, 1] image (a pairs folder's PNG) -> [-1, 1] square of side ``size``, mapped linearly.
+
+    A second percentile window would stretch LQ and HQ of a pair differently (their percentiles differ).
+    """
+    return resize_square(np.asarray(img01, dtype=np.float32) * 2.0 - 1.0, size)
+
+
 # ----------------------------------------------------------------------------------------- listing/splits
 
 
@@ -273,14 +281,23 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         paths: image files (see ``list_images``).
         cfg: preprocessing settings.
         augment: apply small random flip-free jitter (shift/zoom/rotation/gamma) on every access.
+        prewindowed: the files are already windowed (pairs folders): map [0, 1] linearly to [-1, 1] instead of
+            applying the percentile window of ``cfg`` again.
     """
 
-    def __init__(self, paths: Sequence[str | Path], cfg: PreprocessConfig | None = None, augment: bool = False):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        cfg: PreprocessConfig | None = None,
+        augment: bool = False,
+        prewindowed: bool = False,
+    ):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("ImageFolderDataset: no images given")
         self.cfg = cfg or PreprocessConfig()
         self.augment = augment
+        self.prewindowed = prewindowed
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -289,7 +306,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def array(self, i: int) -> np.ndarray:
         """Preprocessed (size, size) float32 array in [-1, 1] (cached, no augmentation)."""
         if i not in self._cache:
-            self._cache[i] = preprocess_image(load_grayscale(self.paths[i]), self.cfg)
+            img = load_grayscale(self.paths[i])
+            self._cache[i] = (
+                prewindowed_image(img, self.cfg.size) if self.prewindowed else preprocess_image(img, self.cfg)
+            )
         return self._cache[i]
 
     def __getitem__(self, i: int) -> torch.Tensor:

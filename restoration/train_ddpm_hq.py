@@ -27,6 +27,7 @@ from restoration.ddpm_hq import (
     upsample_condition,
 )
 from restoration.degrade import ClassicalDegradationConfig, bicubic_degrade, classical_degrade
+from restoration.pairs import pair_records
 from restoration.preprocess import (
     ImageFolderDataset,
     PreprocessConfig,
@@ -45,6 +46,7 @@ from restoration.training_setup import (
 )
 
 PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
+SPLIT_NAME = "split.json"
 GROUP_BY = ("auto", "mhh", "stem", "parent")
 
 
@@ -57,8 +59,9 @@ class TrainConfig:
         output_dir: final model + ``checkpoint-N`` folders + ``logs`` (TensorBoard).
         pair_source: "bicubic" (paper baseline), "classical" (Real-ESRGAN chain) or "pairs_dir"
             (precomputed LQ images in ``lq_dir`` with the same relative names/stems as the HQ files).
-        group_by: split groups: "mhh" (patient from data.csv), "stem", "parent" folder, "auto" (mhh if a
-            data.csv is found, else stem).
+        group_by: split groups of the source images (for pairs_dir: each pair's ``hq_source`` in pairs.json):
+            "mhh" (patient from data.csv, required), "stem", "parent" folder, "auto" (the patient where a data.csv
+            or pairs.json knows it, else the stem). The split is written to ``split.json`` beside the model.
         lq_size, scale: training LQ side and SR factor (HQ side = lq_size * scale).
         prediction_type, residual_scale: what the diffusion model learns (see ``DDPMHQConfig``); defaults are the
             data-efficient residual/x0 setting, ``residual_scale=0, prediction_type=epsilon`` is the paper's.
@@ -193,20 +196,73 @@ def batch_indices(n: int, batch: int, position: int, seed: int) -> list[int]:
     return out
 
 
-def group_function(cfg: TrainConfig, paths: list[Path]) -> Any:
-    """Split grouping for ``cfg.group_by`` (see TrainConfig)."""
-    mode = cfg.group_by
-    if mode == "auto":
-        try:
-            mhh_patient_of(paths[0])
-            mode = "mhh"
-        except ValueError:
-            mode = "stem"
-    if mode == "mhh":
-        return mhh_patient_of
-    if mode == "parent":
-        return lambda p: str(Path(p).parent)
-    return lambda p: Path(p).stem
+@dataclass
+class SplitGroups:
+    """Which source image and which split group (patient, else source image) every training file comes from.
+
+    Callable as the ``group_of`` of ``split_by_source``.
+
+    Args:
+        mode: the grouping actually used ("mhh", "stem", "parent", or "auto" = patient where known, else stem).
+        source_of: file -> source image (the file itself, or a pair's ``hq_source`` from its pairs.json).
+        group_of: file -> group key.
+    """
+
+    mode: str
+    source_of: dict[Path, str]
+    group_of: dict[Path, str]
+
+    def __call__(self, path: str | Path) -> str:
+        return self.group_of[Path(path)]
+
+    def split_record(self, train: list[Path], val: list[Path]) -> dict[str, Any]:
+        """JSON-able train/val lists of sources and groups (written as ``split.json`` beside the model)."""
+
+        def side(paths: list[Path]) -> dict[str, list[str]]:
+            return {
+                "sources": sorted({self.source_of[p] for p in paths}),
+                "groups": sorted({self.group_of[p] for p in paths}),
+            }
+
+        return {"group_by": self.mode, "train": side(train), "val": side(val)}
+
+
+def _patient(source: str, record: dict[str, Any] | None) -> str | None:
+    """MHH patient id of a source image: recorded in pairs.json, or looked up in the nearest data.csv."""
+    if record is not None and record.get("patient"):
+        return str(record["patient"])
+    try:
+        return mhh_patient_of(source)
+    except ValueError:
+        return None
+
+
+def group_function(cfg: TrainConfig, paths: list[Path]) -> SplitGroups:
+    """Split grouping for ``cfg.group_by`` (see TrainConfig), applied to each file's *source* image.
+
+    For ``pair_source="pairs_dir"`` the source is the pair's ``hq_source`` in the folder's ``pairs.json``: pairs
+    made from one patient's images must not land on both sides of the split.
+    """
+    records: dict[str, dict[str, Any]] = {}
+    if cfg.pair_source == "pairs_dir":
+        records = pair_records(cfg.hq_dir) or pair_records(cfg.lq_dir or "")
+        if not records:
+            print(f"warning: {cfg.hq_dir}: no pairs.json beside it; the split groups pairs by their own file names")
+    source_of, group_of = {}, {}
+    for p in paths:
+        rec = records.get(p.name)
+        source = str(rec["hq_source"]) if rec and rec.get("hq_source") else str(p)
+        source_of[p] = source
+        if cfg.group_by in ("auto", "mhh"):
+            patient = _patient(source, rec)
+            if patient is None and cfg.group_by == "mhh":
+                raise ValueError(f"{p}: no MHH patient id for source {source} (group_by=mhh; try auto, stem or parent)")
+            group_of[p] = f"patient:{patient}" if patient is not None else f"image:{Path(source).stem}"
+        elif cfg.group_by == "parent":
+            group_of[p] = str(Path(source).parent)
+        else:
+            group_of[p] = Path(source).stem
+    return SplitGroups(cfg.group_by, source_of, group_of)
 
 
 def match_lq_paths(hq_paths: list[Path], hq_dir: Path, lq_dir: Path) -> list[Path]:
@@ -229,8 +285,11 @@ class PairSource:
 
     def __init__(self, cfg: TrainConfig, hq_paths: list[Path], lq_paths: list[Path] | None) -> None:
         self.cfg = cfg
-        self.hq = ImageFolderDataset(hq_paths, cfg.preprocess_config())
-        self.lq = ImageFolderDataset(lq_paths, cfg.preprocess_config(cfg.lq_size)) if lq_paths else None
+        pre = cfg.pair_source == "pairs_dir"  # pairs folders are windowed already: linear mapping, no second window
+        self.hq = ImageFolderDataset(hq_paths, cfg.preprocess_config(), prewindowed=pre)
+        self.lq = None
+        if lq_paths:
+            self.lq = ImageFolderDataset(lq_paths, cfg.preprocess_config(cfg.lq_size), prewindowed=pre)
         self.classical = ClassicalDegradationConfig(scale=cfg.scale)
 
     def __len__(self) -> int:
@@ -313,7 +372,10 @@ def train(cfg: TrainConfig) -> Path:
     paths = list_images(hq_dir)
     if len(paths) < 2:
         raise ValueError(f"{hq_dir}: need at least 2 images to train and validate, found {len(paths)}")
-    train_paths, val_paths = split_by_source(paths, cfg.val_fraction, cfg.split_seed, group_function(cfg, paths))
+    groups = group_function(cfg, paths)
+    train_paths, val_paths = split_by_source(paths, cfg.val_fraction, cfg.split_seed, groups)
+    if accelerator.is_main_process:
+        atomic_write_json(out_dir / SPLIT_NAME, groups.split_record(train_paths, val_paths))
     lq_of = None
     if cfg.pair_source == "pairs_dir":
         lq_of = dict(zip(paths, match_lq_paths(paths, hq_dir, Path(cfg.lq_dir or ""))))

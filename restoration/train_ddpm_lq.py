@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from data.atomic import atomic_write_json
 from restoration import ddpm_lq
 from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, model_input, sdedit
-from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images, load_grayscale, resize_square
+from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images, load_grayscale, prewindowed_image
 from restoration.pairs import (
     PAIRS_INFO_NAME,
     PREPROCESS_NAME,
@@ -191,7 +191,7 @@ class PairsDataset(torch.utils.data.Dataset):
         return len(self.names)
 
     def _read(self, sub: str, name: str) -> torch.Tensor:
-        img = resize_square(load_grayscale(self.root / sub / name) * 2.0 - 1.0, self.size)
+        img = prewindowed_image(load_grayscale(self.root / sub / name), self.size)
         return torch.from_numpy(np.ascontiguousarray(img))[None]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,7 +71,24 @@ def test_evaluate_reports_psnr_ssim(trained: tuple[Path, Path], tmp_path: Path) 
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 8 and np.isfinite(metrics["model"]["psnr"]) and 0 < metrics["bicubic"]["ssim"] <= 1
+    assert metrics["sampler"] == "ddim:2" and metrics["seconds"]["per_image"] > 0
     assert (tmp_path / "fig.png").is_file()
+
+
+def test_evaluate_sampler_sweep_table_and_json(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    hq, model = trained
+    out = tmp_path / "sweep.json"
+    args = ["evaluate", "--model", str(model), "--hq-dir", str(hq), "--device", "cpu", "--json", str(out),
+            "--sampler", "ddim:2", "--sampler", "dpmsolver++:2", "--sampler", "ddpm:4", "--strength", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines()]
+    assert [r[0] for r in rows if r and r[0].endswith(":0.5")] == ["ddim:2:0.5", "dpmsolver++:2:0.5", "ddpm:4:0.5"]
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 8 and [r["steps_run"] for r in metrics["runs"]] == [1, 1, 2]
+    assert all(r["seconds"]["per_image"] > 0 and np.isfinite(r["model"]["psnr"]) for r in metrics["runs"])
+    bad = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--hq-dir", str(hq), "--sampler", "ddim"])
+    assert bad.exit_code != 0 and "scheduler:steps" in bad.output
 
 
 def test_missing_model_says_how_to_train_one(tmp_path: Path) -> None:

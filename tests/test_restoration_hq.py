@@ -436,6 +436,62 @@ def test_train_checkpoint_limit_and_exact_resume(tmp_path):
     assert cfg.hq_size == 16 and cfg.preprocess["size"] == 16
 
 
+def _fake_pairs_folder(root: Path, n_patients: int = 4, per_patient: int = 2) -> Path:
+    """An MHH-like source folder (png/ + data.csv) and a pairs folder made from it (windowed 16-bit PNGs)."""
+    src = root / "mhh"
+    rows = ["image_id,patient_id"]
+    records = []
+    rng = np.random.default_rng(0)
+    for k in range(n_patients * per_patient):
+        image_id, patient = f"img{k:02d}", f"pat{k % n_patients}"  # a patient's images are not adjacent
+        rows.append(f"{image_id},{patient}")
+        write_png16(src / "png" / f"{image_id}.png", (rng.random((20, 20)) * 65535).astype(np.uint16))
+        # pairs hold windowed images; these use only the middle of the range, which a 2nd window would stretch
+        hq = 0.5 + 0.25 * smooth_images(1, 32, seed=k)[0, 0].numpy()  # in [0.25, 0.75]
+        write_png16(root / "pairs" / "hq" / f"{image_id}.png", np.rint(hq * 65535).astype(np.uint16))
+        lq = bicubic_degrade(torch.from_numpy(hq * 2 - 1)[None, None].float())[0, 0].numpy()
+        write_png16(root / "pairs" / "lq" / f"{image_id}.png", np.rint((lq + 1) / 2 * 65535).astype(np.uint16))
+        records.append({"name": f"{image_id}.png", "hq_source": str(src / "png" / f"{image_id}.png")})
+    (src / "data.csv").write_text("\n".join(rows) + "\n")
+    (root / "pairs" / "pairs.json").write_text(json.dumps({"method": "test", "pairs": records}))
+    return root / "pairs"
+
+
+def test_pairs_dir_linear_mapping_and_patient_split(tmp_path):
+    from restoration.pairs import in_pairs_folder, source_record
+    from restoration.train_ddpm_hq import PairSource, TrainConfig, group_function, match_lq_paths, train
+
+    pairs = _fake_pairs_folder(tmp_path)
+    assert source_record("x.png", tmp_path / "mhh" / "png" / "img05.png")["patient"] == "pat1"
+    assert "patient" not in source_record("x.png", pairs / "hq" / "img05.png")
+    assert in_pairs_folder(pairs / "lq" / "img00.png") and not in_pairs_folder(tmp_path / "mhh" / "png" / "img00.png")
+    cfg = TrainConfig(
+        hq_dir=str(pairs / "hq"), lq_dir=str(pairs / "lq"), pair_source="pairs_dir", output_dir=str(tmp_path / "m"),
+        lq_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, train_batch_size=2,
+        max_train_steps=1, checkpointing_steps=0, validation_steps=0, cpu=True, disable_progress=True,
+        val_fraction=0.25, lr_warmup_steps=0,
+    )  # fmt: skip
+    paths = list_images(pairs / "hq")
+    groups = group_function(cfg, paths)
+    assert {groups(p) for p in paths} == {f"patient:pat{i}" for i in range(4)}  # from pairs.json -> data.csv
+    tr, va = split_by_source(paths, cfg.val_fraction, cfg.split_seed, groups)
+    assert va and not {groups(p) for p in tr} & {groups(p) for p in va}
+    with pytest.raises(ValueError, match="group_by=mhh"):  # the pair files alone name no patient
+        group_function(TrainConfig(hq_dir=str(pairs / "hq"), group_by="mhh"), paths)
+    # pairs are windowed already: mapped linearly, so the pair's value range survives (no second window)
+    src = PairSource(cfg, paths[:1], match_lq_paths(paths[:1], pairs / "hq", pairs / "lq"))
+    hq, lq = src.batch([0], torch.Generator(), augment=False)
+    png = read_png16(paths[0]).astype(np.float64) / 65535 * 2 - 1
+    assert torch.allclose(hq[0, 0].double(), torch.from_numpy(resize_square(png, 32)).double(), atol=1e-5)
+    assert -0.55 < hq.min() and hq.max() < 0.55 and -0.6 < lq.min() and lq.max() < 0.6
+    # the model folder records the split by source patient
+    model = train(cfg)
+    split = json.loads((model / "split.json").read_text())
+    assert split["group_by"] == "auto" and split["train"]["sources"] and split["val"]["sources"]
+    assert not set(split["train"]["groups"]) & set(split["val"]["groups"])
+    assert all(s.startswith(str(tmp_path / "mhh")) for s in split["train"]["sources"] + split["val"]["sources"])
+
+
 # ---------------------------------------------------------------------------------------------- metrics/enhance
 
 
@@ -472,3 +528,31 @@ def test_enhance_and_evaluate(tmp_path, tiny_model):
     r = evaluate_model(model_dir, hq_paths, steps=2, scheduler="ddim", figure_path=tmp_path / "e.png")
     assert r["n"] == 2 and r["bicubic"]["psnr"] > 20 and np.isfinite(r["model"]["psnr"])
     assert (tmp_path / "e.png").is_file()
+    assert r["seconds"]["total"] > 0 and r["seconds"]["per_image"] == pytest.approx(r["seconds"]["total"] / 2)
+
+
+def test_evaluate_sampler_sweep_timing_and_pairs(tmp_path, tiny_model):
+    from restoration.evaluate import SamplerSpec, evaluate_samplers
+
+    model_dir, _ = tiny_model
+    hq_paths = write_toy_folder(tmp_path / "hq", n=3, size=40)
+    specs = [SamplerSpec("ddim", 2), SamplerSpec.parse("ddpm:8"), SamplerSpec.parse("dpmsolver++:4:0.5")]
+    r = evaluate_samplers(model_dir, hq_paths, specs, batch_size=2)
+    assert [x["sampler"] for x in r["runs"]] == ["ddim:2", "ddpm:8", "dpmsolver++:4:0.5"]
+    assert [x["steps_run"] for x in r["runs"]] == [2, 8, 2]
+    assert all(x["bicubic"] == r["bicubic"] and x["n"] == 3 for x in r["runs"])  # same pairs for every sampler
+    sec = {x["sampler"]: x["seconds"]["per_image"] for x in r["runs"]}
+    assert sec["ddpm:8"] > sec["ddim:2"] > 0  # 8 UNet passes cost more than 2
+    assert all(len(x["per_image"]) == 3 and x["per_image"][0]["seconds"] > 0 for x in r["runs"])
+    with pytest.raises(ValueError, match="expected one of ddpm, ddim, dpmsolver"):
+        SamplerSpec.parse("euler:20")
+    with pytest.raises(ValueError, match="scheduler:steps"):
+        SamplerSpec.parse("ddim")
+    # a pairs folder is detected and mapped linearly (HQ and LQ alike): the references keep the PNG values
+    pairs = _fake_pairs_folder(tmp_path / "p", n_patients=1, per_patient=2)
+    hq, lq = list_images(pairs / "hq"), list_images(pairs / "lq")
+    det = evaluate_model(model_dir, hq, lq, steps=1)
+    win = evaluate_model(model_dir, hq, lq, steps=1, prewindowed=False)
+    lin = evaluate_model(model_dir, hq, lq, steps=1, prewindowed=True)
+    assert det["bicubic"] == lin["bicubic"] != win["bicubic"]
+    assert lin["bicubic"]["psnr"] > 25  # LQ is HQ's bicubic degradation: only a double window would break that
