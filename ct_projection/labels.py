@@ -24,11 +24,13 @@ class LabelConfig:
 
     Args:
         min_chord_mm: a ray is in the footprint if it crosses ≥ this much nodule material (at the nodule's contrast).
-        faint_conspicuity: nodules with conspicuity below this are flagged ``faint``.
+        faint_conspicuity: nodules with conspicuity below this are flagged ``faint``. 0.5 was read off
+            ``benchmarks/conspicuity_sheet.py`` (docs/images/conspicuity.png): above ~0.6 a nodule stands out from its
+            nodule-free twin, below ~0.4 it cannot be told apart from the rib/vessel/heart-border structure around it.
     """
 
     min_chord_mm: float = 0.5
-    faint_conspicuity: float = 1.0
+    faint_conspicuity: float = 0.5
 
 
 @dataclass

@@ -876,7 +876,11 @@ class InsertedNodule:
         delta_hu: float32 (a, b, c) new − old HU in the sub-box (zero outside the nodule).
         occupancy: float32 partial-volume fraction in [0, 1] of the nodule (incl. spicules) per voxel.
         core_occupancy: same for the solid core of a part-solid nodule, else None.
-        mean_hu: occupancy-weighted mean HU of the new volume over the nodule.
+        mean_hu: mean HU of the nodule's material: the new volume over the voxels it touches, with the lung share of
+            each partial-volume voxel taken out, ``Σ(HU − (1 − occ)·lung) / Σ occ`` (≈ ``hu_target`` for a solid or
+            ground-glass nodule whatever the slice thickness; the core/halo mix for a part-solid one).
+        mean_hu_partial_volume: occupancy-weighted mean HU of the new volume as a CT ROI over the nodule measures it
+            (pulled towards lung by the partial-volume rim, strongly for small nodules on thick slices).
         core_mean_hu: mean HU of the new volume over voxels fully inside (occupancy > 0.99); NaN if none.
         volume_mm3: sum of occupancy × voxel volume.
         diameter_measured_mm: diameter of the sphere with ``volume_mm3``.
@@ -891,6 +895,7 @@ class InsertedNodule:
     occupancy: np.ndarray
     core_occupancy: np.ndarray | None
     mean_hu: float
+    mean_hu_partial_volume: float
     core_mean_hu: float
     volume_mm3: float
     diameter_measured_mm: float
@@ -909,6 +914,7 @@ class InsertedNodule:
             "offset": [int(x) for x in self.offset],
             "box_shape": [int(x) for x in self.delta_hu.shape],
             "mean_hu": _nan_to_none(self.mean_hu),
+            "mean_hu_partial_volume": _nan_to_none(self.mean_hu_partial_volume),
             "core_mean_hu": _nan_to_none(self.core_mean_hu),
             "volume_mm3": float(self.volume_mm3),
             "diameter_measured_mm": float(self.diameter_measured_mm),
@@ -1105,7 +1111,10 @@ def insert_nodules(
         sub = hu_new[gsl].astype(np.float64)
         w = occ.astype(np.float64)
         vol_mm3 = float(w.sum() * voxel_mm3)
-        mean_hu = float((sub * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
+        mean_pv = float((sub * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
+        # Unmix: a voxel with occupancy w holds (1 - w) of lung at the local mean m, the rest is nodule material.
+        touched = w > 0
+        mean_hu = float((sub - (1.0 - w) * m)[touched].sum() / w.sum()) if w.sum() > 0 else float("nan")
         full = occ > 0.99
         core_mean = float(sub[full].mean()) if full.any() else float("nan")
         # World extent of all touched cells: the 8 corners of the sub-box's outer cell boundary.
@@ -1122,6 +1131,7 @@ def insert_nodules(
                 occupancy=occ,
                 core_occupancy=core,
                 mean_hu=mean_hu,
+                mean_hu_partial_volume=mean_pv,
                 core_mean_hu=core_mean,
                 volume_mm3=vol_mm3,
                 diameter_measured_mm=float((6.0 * vol_mm3 / math.pi) ** (1.0 / 3.0)),

@@ -1,0 +1,66 @@
+"""Conspicuity and the ``faint`` flag: nodule signal against the local structure of the nodule-free image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ct_projection.geometry import ProjectionGeometry, base_pose
+from ct_projection.labels import LabelConfig, project_nodule
+from ct_projection.render import DRRRenderer
+from ct_projection.volume import CTVolume
+
+SPACING = np.array([4.0, 4.0, 4.0])
+GEOM = ProjectionGeometry(size_px=96, detector_mm=300.0, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
+OFFSET = np.array([19, 14, 19])  # the nodule's sub-box, near the grid centre
+NODULE = (3, 3, 3)  # 12 mm cube
+
+
+def chest_slab(ribs_hu: float | None) -> CTVolume:
+    """Water-equivalent slab (RAS+ affine), optionally crossed by dense horizontal bars every 16 mm ("ribs")."""
+    shape = (40, 32, 40)
+    affine = np.diag([*SPACING, 1.0])
+    affine[:3, 3] = [-78.0, -62.0, -78.0]
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[4:36, 8:24, 4:36] = 0.0
+    if ribs_hu is not None:
+        for k in range(6, 36, 4):
+            hu[4:36, 20:22, k : k + 2] = ribs_hu  # bars along x, one voxel pair thick in z
+    return CTVolume(hu, affine)
+
+
+def project(vol: CTVolume, delta_value: float):
+    """Render ``vol`` and project a ``delta_value`` HU cube nodule on it (PA, no jitter)."""
+    renderer = DRRRenderer(vol, GEOM, isocentre_world=np.zeros(3), device="cpu", body_only=False)
+    pose = base_pose(GEOM)
+    background = renderer.render(pose)
+    delta = np.full(NODULE, delta_value, np.float32)
+    lo = vol.voxel_to_world(OFFSET - 0.5)[0]
+    hi = vol.voxel_to_world(OFFSET + np.array(NODULE) - 0.5)[0]
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    return project_nodule(
+        renderer, pose, delta, OFFSET, np.stack([lo, hi]), (lo + hi) / 2, corners, background,
+        LabelConfig(), contrast_hu=abs(delta_value),
+    )  # fmt: skip
+
+
+def test_visible_on_smooth_background_faint_among_ribs() -> None:
+    smooth = project(chest_slab(None), 900.0)
+    ribs = project(chest_slab(1200.0), 900.0)
+    assert smooth is not None and ribs is not None
+    # Same nodule, same signal: only the surrounding structure differs.
+    assert smooth.mean_delta_l == pytest.approx(ribs.mean_delta_l, rel=1e-4)
+    assert smooth.conspicuity > 10 * LabelConfig().faint_conspicuity and not smooth.faint
+    assert ribs.background_std > 20 * smooth.background_std
+    assert ribs.conspicuity < smooth.conspicuity / 20
+
+
+def test_conspicuity_scales_with_contrast_and_flags_faint() -> None:
+    vol = chest_slab(300.0)
+    strong, weak = project(vol, 900.0), project(vol, 36.0)
+    assert strong is not None and weak is not None
+    # Line integrals are linear in ΔHU, so is the conspicuity (same footprint threshold relative to contrast).
+    assert weak.conspicuity == pytest.approx(strong.conspicuity / 25, rel=0.02)
+    assert not strong.faint
+    assert weak.faint and weak.conspicuity < LabelConfig().faint_conspicuity
+    assert strong.attributes()["faint"] is False and weak.attributes()["faint"] is True
