@@ -96,11 +96,11 @@ class DicomSeries:
         return abs(float(self.first.normal[2])) > math.cos(math.radians(45))
 
     def describe(self) -> str:
-        """Short human-readable summary for messages."""
+        """Short summary for messages, without UIDs or free-text descriptions (identifying under PS3.15 Annex E)."""
         f = self.first
         number = f"series {f.series_number}" if f.series_number is not None else "unnumbered series"
-        desc = f" '{f.description}'" if f.description else ""
-        return f"{self.key} ({number}{desc}, {f.modality or 'no modality'}, {len(self.slices)} images)"
+        thickness = f"{f.thickness:g} mm" if f.thickness else "unknown thickness"
+        return f"{number} ({f.modality or 'no modality'}, {len(self.slices)} slices, {thickness})"
 
 
 @dataclass
@@ -357,9 +357,18 @@ def choose_series(series: list[DicomSeries], source: Path, series_uid: str | Non
     if not series:
         raise CTInputError(source, "no DICOM files found in folder")
     if series_uid is not None:
-        matches = [s for s in series if s.first.series_uid == series_uid or s.key == series_uid]
+        # A SeriesNumber (as listed in messages) or a SeriesInstanceUID / fallback key.
+        by_number = series_uid.isdigit()
+        matches = [
+            s
+            for s in series
+            if s.first.series_uid == series_uid
+            or s.key == series_uid
+            or (by_number and s.first.series_number == int(series_uid))
+        ]
         if not matches:
-            available = "; ".join(s.describe() for s in series)
+            listed = sorted(series, key=lambda s: (s.first.series_number is None, s.first.series_number or 0, s.key))
+            available = "; ".join(s.describe() for s in listed)
             raise CTInputError(source, f"series_uid {series_uid!r} not found (available: {available})")
         candidates = matches
         non_ct = [s for s in candidates if s.first.modality not in ("CT", "")]
@@ -651,7 +660,7 @@ def read_series(path: Path, series_uid: str | None = None) -> DicomVolume:
 
     Args:
         path: a folder searched recursively, or one DICOM file (its folder's series that contains it is used).
-        series_uid: SeriesInstanceUID (or the fallback key shown in error messages) to pick among several series.
+        series_uid: SeriesInstanceUID, SeriesNumber (as error messages list them) or fallback key of the series to use.
     """
     path = Path(path)
     folder = path if path.is_dir() else path.parent

@@ -24,11 +24,21 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``cuda`` when available unless told otherwise; ``cpu`` elsewhere."""
+    """``cuda`` when available unless told otherwise; ``cpu`` elsewhere; an unusable choice is a one-line ValueError."""
+    allowed = "expected one of auto, cpu, cuda, cuda:N"
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}: expected one of auto, cpu, cuda, cuda:N")
+    if device == "cpu":
+        return torch.device("cpu")
+    index = device[5:] if device.startswith("cuda:") else None
+    if device != "cuda" and not (index and index.isdigit()):
+        raise ValueError(f"unknown device {device!r}: {allowed}")
+    # Checked here, before any work, instead of failing deep inside torch half-way through a run.
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is available on this machine ({allowed}; try cpu)")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {device!r}: only {count} CUDA device(s) available (cuda:0 to cuda:{count - 1})")
     return torch.device(device)
 
 

@@ -156,8 +156,8 @@ def test_generate_outputs_carry_no_identifiers(phi_series: Path, tmp_path: Path)
     assert "series_description" not in json.dumps(info)
 
 
-def test_series_listing_goes_to_the_terminal_only(phi_series: Path, tmp_path: Path) -> None:
-    """A --series-uid miss lists the folder's series (descriptions, UIDs) on stderr, never into the dataset."""
+def test_series_listing_names_no_uids_or_descriptions(phi_series: Path, tmp_path: Path) -> None:
+    """A --series-uid miss lists series by number, modality, slices and thickness: no UIDs, no free text (Annex E)."""
     other = write_phantom_dicom(
         tmp_path / "input2" / "series",
         {**PHI, "StudyInstanceUID": "2.25.1000001", "SeriesInstanceUID": "2.25.1000002"},
@@ -169,12 +169,49 @@ def test_series_listing_goes_to_the_terminal_only(phi_series: Path, tmp_path: Pa
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "not found (available:" in errors[0]
-    assert PHI["SeriesDescription"] in errors[0] and PHI["SeriesInstanceUID"] in errors[0]  # shown to the user…
+    assert len(errors) == 1 and "not found (available: series 2 (CT, 44 slices, 6 mm))" in errors[0], errors
+    assert PHI["SeriesDescription"] not in result.output and PHI["SeriesInstanceUID"] not in result.output
+    assert PHI["StudyInstanceUID"] not in result.output
     files = [p for p in out.rglob("*") if p.is_file()]
     assert files
     leaked = leaks(out, "", [*_identifying_values(), "2.25.1000001", "2.25.1000002", "2.25.1000003"])
-    assert leaked == []  # …but written nowhere
+    assert leaked == []  # the selector UID is kept only as a hash in config.json / dataset.json
+
+
+def test_series_uid_accepts_a_series_number(phi_series: Path, tmp_path: Path) -> None:
+    """Two series in one folder: pick one by the SeriesNumber the error message lists."""
+    import shutil
+
+    from ct_projection.ingest import load_ct
+    from ct_projection.volume import CTInputError
+
+    folder = tmp_path / "study"
+    shutil.copytree(phi_series, folder / "a")
+    write_phantom_dicom(
+        folder / "b", {**PHI, "SeriesInstanceUID": "2.25.2000002", "SeriesNumber": "5"}, sop_root="2.25.2000003"
+    )
+    assert load_ct(folder).info["series_number"] == 2  # default: equal slice counts, lowest number
+    assert load_ct(folder, series_uid="5").info["series_number"] == 5
+    assert load_ct(folder, series_uid="2.25.2000002").info["series_number"] == 5  # a UID still works
+    with pytest.raises(CTInputError) as err:
+        load_ct(folder, series_uid="7")
+    message = str(err.value)
+    assert "'7' not found (available: series 2 (CT, 44 slices, 6 mm); series 5 (CT, 44 slices, 6 mm))" in message
+    assert "2.25." not in message.replace("'7'", "") and PHI["SeriesDescription"] not in message
+
+
+def test_phi_in_the_input_path_stays_out_of_outputs_and_stderr(phi_series: Path, tmp_path: Path) -> None:
+    """An input folder named after the patient: a successful run names it nowhere (files, stdout or stderr)."""
+    import shutil
+
+    folder = tmp_path / "in" / "Quintessa_Zyxwvut_PID-ZQ-90417"
+    shutil.copytree(phi_series, folder)
+    out = tmp_path / "out"
+    args = ["generate", str(folder), "--out", str(out), "--no-progress", "--size", "64", "-n", "1"]
+    result = CliRunner().invoke(app, args)  # result.output holds stderr too
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 images" in result.output
+    assert leaks(out, result.output, ["Quintessa_Zyxwvut_PID-ZQ-90417", "Quintessa", "PID-ZQ-90417"]) == []
 
 
 def test_leak_scanner_finds_planted_values(tmp_path: Path) -> None:
