@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -16,6 +17,8 @@ import numpy as np
 
 # NamedTemporaryFile creates files 0600; dataset files should be readable like any other output.
 _NEW_FILE_MODE = 0o644
+# Names of atomic_write_bytes temp files: "." + target name + "." + tempfile's 8 random characters + ".tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 class DatasetWriteError(OSError):
@@ -149,3 +152,25 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def remove_stale_temp_files(root: str | Path) -> list[Path]:
+    """Delete temp files that :func:`atomic_write_bytes` left under ``root`` when its process was killed.
+
+    Call it only while no other writer uses ``root`` (at the start of a run): a live writer's temp file looks the
+    same. Returns the removed paths; files that vanish or cannot be removed meanwhile are left alone.
+    """
+    removed: list[Path] = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if _TEMP_NAME.match(name):
+                path = Path(folder) / name
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                removed.append(path)
+    return sorted(removed)

@@ -37,6 +37,7 @@ class Manifest:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._tail_checked = False
+        self.bad_lines: list[int] = []  # unparsable non-final lines skipped by the last read(skip_bad=True)
 
     def _drop_torn_tail(self, fd: int) -> None:
         """Cut a partial last line left by a crash, so the next entry does not get glued onto it."""
@@ -89,8 +90,13 @@ class Manifest:
         except OSError as exc:
             raise DatasetWriteError(self.path, f"cannot append to manifest: {exc.strerror or exc}") from exc
 
-    def read(self) -> list[dict[str, Any]]:
-        """All complete entries; a torn last line (crash mid-write) is ignored, a bad line elsewhere raises ValueError."""
+    def read(self, skip_bad: bool = False) -> list[dict[str, Any]]:
+        """All complete entries; a torn last line (crash mid-write) is ignored, a bad line elsewhere raises ValueError.
+
+        With ``skip_bad`` a bad line elsewhere is skipped too and its 1-based number kept in :attr:`bad_lines`, so
+        a resuming caller can warn and treat it as a missing record (its sample gets redone).
+        """
+        self.bad_lines = []
         if not self.path.exists():
             return []
         lines = self.path.read_bytes().split(b"\n")
@@ -105,8 +111,14 @@ class Manifest:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 if is_last:
                     continue
+                if skip_bad:
+                    self.bad_lines.append(lineno)
+                    continue
                 raise ValueError(f"{self.path}:{lineno}: corrupt manifest line ({exc})") from exc
             if not isinstance(entry, dict):
+                if skip_bad:
+                    self.bad_lines.append(lineno)
+                    continue
                 raise ValueError(f"{self.path}:{lineno}: manifest entry is not a JSON object")
             entries.append(entry)
         return entries
