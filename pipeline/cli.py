@@ -39,7 +39,18 @@ def generate(
     jitter_deg: float = typer.Option(2.0, "--jitter-deg", help="Max pose rotation jitter per axis."),
     jitter_mm: float = typer.Option(5.0, "--jitter-mm", help="Max isocentre jitter per axis."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to use when a folder has several."),
+    series_uid: Optional[str] = typer.Option(
+        None,
+        "--series-uid",
+        help="DICOM series to use when a folder has several: its SeriesNumber (as the error message lists them) "
+        "or its SeriesInstanceUID.",
+    ),
+    alias: Optional[str] = typer.Option(
+        None, "--alias", help="Alias of the one input CT (letters, digits, . _ -; other characters become _)."
+    ),
+    alias_csv: Optional[Path] = typer.Option(
+        None, "--alias-csv", help="CSV of sha256,alias rows: an alias per CT by content sha256 (see dataset.json)."
+    ),
     no_nodule_free: bool = typer.Option(False, "--no-nodule-free", help="Do not write the paired nodule-free DRRs."),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
@@ -71,7 +82,15 @@ def generate(
         )
         nodules = NoduleConfig(count_range=(nodules_min, nodules_max), diameter_range_mm=(diameter_min, diameter_max))
         config = cfg.GenerateConfig(
-            images_per_ct=n_images, seed=seed, geometry=geometry, nodules=nodules, write_nodule_free=not no_nodule_free
+            images_per_ct=n_images,
+            seed=seed,
+            geometry=geometry,
+            nodules=nodules,
+            write_nodule_free=not no_nodule_free,
+            dicom=dicom,
+            series_uid=series_uid,
+            alias=alias,
+            aliases=cfg.read_alias_csv(alias_csv) if alias_csv is not None else {},
         )
     except ValueError as err:  # NoduleConfigError is a ValueError
         _fail(str(err))
@@ -96,11 +115,11 @@ def generate(
         err=True,
     )
     from data.atomic import DatasetWriteError
-    from pipeline.generate import RunMismatchError
+    from pipeline.generate import RunSettingsError
 
     if backend not in ("serial", "ray"):
         _fail(f"unknown backend {backend!r}: expected one of serial, ray")
-    kwargs = dict(device=str(dev), series_uid=series_uid, progress=progress, restart=restart, dicom=dicom)
+    kwargs = dict(device=str(dev), progress=progress, restart=restart)
     if enhance is not None:
         from pipeline.enhancer import EnhanceConfig, Enhancer
         from restoration.ddpm_hq import ModelNotFoundError
@@ -119,7 +138,7 @@ def generate(
             result = generate_ray(inputs, out, config, address=ray_address, num_workers=workers, **kwargs)
         else:
             result = run_generate(inputs, out, config, **kwargs)
-    except (RunMismatchError, DatasetWriteError, RuntimeError) as err:
+    except (RunSettingsError, DatasetWriteError, RuntimeError) as err:
         _fail(str(err))
     if result.skipped_done:
         typer.echo(f"resumed: {result.skipped_done} finished images verified and kept", err=True)
@@ -139,6 +158,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ct_projection.attenuation import AttenuationModel
@@ -17,6 +19,51 @@ CPU_DEFAULT_SIZE_PX = 512
 CPU_DEFAULT_IMAGES_PER_CT = 6
 GPU_DEFAULT_SIZE_PX = 1024
 GPU_DEFAULT_IMAGES_PER_CT = 16
+ALIAS_MAX = 64  # DICOM LO/PN limit: the alias becomes PatientName/PatientID of --dicom output
+_ALIAS_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def sanitize_alias(alias: str) -> str:
+    """A user alias reduced to ``[A-Za-z0-9._-]`` (other runs → ``_``), trimmed of edge punctuation, ≤ 64 chars."""
+    # Aliases end up in JSON and DICOM (never in a path), but a clean token is safe in all of them.
+    clean = _ALIAS_BAD.sub("_", alias.strip())
+    clean = re.sub(r"_{2,}", "_", re.sub(r"\.{2,}", "_", clean))  # no ".." anywhere, even if never a path
+    clean = clean.strip("._-")[:ALIAS_MAX].strip("._-")
+    if not clean:
+        raise ValueError(f"alias {alias!r} is empty after sanitising: use letters, digits, '.', '_' or '-'")
+    return clean
+
+
+def read_alias_csv(path: str | Path) -> dict[str, str]:
+    """``sha256,alias`` rows (optional header ``sha256,alias``) → {sha256: sanitised alias}; one-line ValueError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read alias CSV: {getattr(err, 'strerror', None) or err}") from err
+    aliases: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = [f.strip() for f in line.split(",")]
+        if not line.strip() or (lineno == 1 and fields[0].lower() == "sha256"):
+            continue
+        if len(fields) != 2 or not _SHA256.fullmatch(fields[0]):
+            raise ValueError(
+                f"{path}: line {lineno}: expected 'sha256,alias' with the CT's 64-hex content sha256 "
+                "(as in dataset.json sources)"
+            )
+        try:
+            aliases[fields[0].lower()] = sanitize_alias(fields[1])
+        except ValueError as err:
+            raise ValueError(f"{path}: line {lineno}: {err}") from err
+    return aliases
+
+
+def series_selector_digest(selector: str) -> str:
+    """What the run settings keep of a ``--series-uid`` value: a series number as is, a UID only as a hash."""
+    # A SeriesInstanceUID identifies the study (PS3.15 Annex E), so only its hash reaches config.json/dataset.json.
+    if selector.isdigit():
+        return selector
+    return "sha256:" + hashlib.sha256(selector.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -32,6 +79,10 @@ class GenerateConfig:
         attenuation: HU → μ and pixel mapping.
         write_nodule_free: also write the nodule-free DRR of the same pose.
         enhance: restore each DRR with a trained DDPM-HQ (2x) before writing; None keeps raw DRRs.
+        dicom: also write each image as a DICOM Secondary Capture.
+        series_uid: DICOM series to use when a folder holds several (SeriesInstanceUID or SeriesNumber).
+        alias: user alias of the source CT of a single-CT run (sanitised; DICOM PatientName, manifest, dataset.json).
+        aliases: per-CT aliases by content sha256 (from ``--alias-csv``); they win over ``alias``.
     """
 
     images_per_ct: int = CPU_DEFAULT_IMAGES_PER_CT
@@ -42,15 +93,27 @@ class GenerateConfig:
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)
     write_nodule_free: bool = True
     enhance: EnhanceConfig | None = None
+    dicom: bool = False
+    series_uid: str | None = None
+    alias: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:
             raise ValueError(f"images_per_ct must be >= 1, got {self.images_per_ct}")
+        if self.alias is not None:
+            self.alias = sanitize_alias(self.alias)
+        self.aliases = {str(k).lower(): sanitize_alias(v) for k, v in sorted(self.aliases.items())}
+
+    def alias_for(self, checksum: str) -> str | None:
+        """The sanitised alias of the CT with this content sha256, if the user gave one."""
+        return self.aliases.get(checksum.lower(), self.alias)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
+        """JSON-able form (a series UID appears only as a hash)."""
         out = asdict(self)
         out["nodules"] = self.nodules.to_dict()
+        out["series_uid"] = None if self.series_uid is None else series_selector_digest(self.series_uid)
         return out
 
     def fingerprint(self) -> str:

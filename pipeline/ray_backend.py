@@ -3,54 +3,63 @@
 Each actor is created once and keeps its heavy state (torch, DiffDRR and, when enabled, the restoration model)
 loaded across CTs; it renders a CT's missing samples and writes their images straight into the output folder
 (which must be on storage shared by the nodes). The driver alone appends the manifest (one writer, no interleaved
-lines) and builds the dataset-level files from it, sorted by input order and sample index, so a Ray run is
-byte-identical to the serial run with the same seed: every sample's randomness comes from
-``SeedSequence(seed, spawn_key=(ct_key, k))``, never from which worker ran it or when.
+lines, one entry per (CT, sample) even when two inputs are the same CT) and builds the dataset-level files from it,
+sorted by input order and sample index, so a Ray run is byte-identical to the serial run with the same seed: every
+sample's randomness comes from ``SeedSequence(seed, spawn_key=(ct_key, k))``, never from which worker ran it or when.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
+from data.atomic import DatasetWriteError
 from pipeline.config import GenerateConfig
 from pipeline.generate import (
-    MANIFEST,
     CTOutcome,
     GenerateResult,
-    check_run_settings,
-    completed_entries,
+    RunRecorder,
+    describe_failure,
     finalize,
+    note_outcome,
     process_ct,
+    start_run,
 )
 
 
 class GenerateWorker:
     """Ray actor body: processes whole CTs with the serial code path, returning manifest entries to the driver."""
 
-    def __init__(self, config: GenerateConfig, out_dir: str, device: str | None, dicom: bool) -> None:
+    def __init__(self, config: GenerateConfig, out_dir: str, device: str | None) -> None:
         import torch
 
         torch.set_num_threads(1)  # one CPU per actor: Ray schedules the parallelism
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
-        self.dicom = dicom
         self.enhancer = None
         if config.enhance is not None:  # the restoration model is loaded once per actor, not per CT
             from pipeline.enhancer import Enhancer
 
             self.enhancer = Enhancer(config.enhance, device or "cpu")
 
-    def process(self, index: int, path: str, done: set[tuple[str, int]], series_uid: str | None) -> tuple:
+    def process(
+        self, index: int, path: str, done: frozenset[tuple[str, int]]
+    ) -> tuple[int, CTOutcome, list[dict[str, Any]]]:
         """Render one CT's missing samples; returns (input index, outcome, manifest entries)."""
         entries: list[dict[str, Any]] = []
         outcome = process_ct(
-            path, self.config, self.out_dir, done, entries.append, self.device, series_uid, False, self.dicom,
-            self.enhancer,
+            path, self.config, self.out_dir, done, entries.append, self.device, False, self.enhancer
         )
         return index, outcome, entries
+
+
+def pool_size(requested: int | None, gpus: int, cpus: int, n_inputs: int) -> int:
+    """Actors to start: the request (default one per GPU, else per CPU), never more than the cluster can place."""
+    # Each actor holds a CPU (and a GPU when there are GPUs); an actor that cannot be placed waits forever, and
+    # ActorPool would wait on it: more actors than CPUs/GPUs is Ray's known hang.
+    limit = min(cpus, gpus) if gpus else cpus
+    return max(1, min(requested or (gpus or cpus), limit, n_inputs or 1))
 
 
 def generate_ray(
@@ -58,10 +67,8 @@ def generate_ray(
     out_dir: Path,
     config: GenerateConfig,
     device: str | None = None,
-    series_uid: str | None = None,
     progress: bool = True,
     restart: bool = False,
-    dicom: bool = False,
     address: str | None = None,
     num_workers: int | None = None,
 ) -> GenerateResult:
@@ -69,48 +76,69 @@ def generate_ray(
 
     Args:
         address: Ray cluster address (``auto`` for an existing cluster); None starts a local one.
-        num_workers: actors in the pool (default: one per GPU, else one per CPU of the cluster).
+        num_workers: actors in the pool (default: one per GPU, else one per CPU of the cluster; capped by both).
+
+    A CT whose actor dies (e.g. killed for memory) is reported in one line like any failed CT and the actor replaced.
     """
     try:
         import ray
-        from ray.util import ActorPool
+        from ray.exceptions import RayActorError, RayTaskError
     except ImportError as err:  # optional extra
         raise RuntimeError('the Ray backend needs Ray: pip install "diffusionxray[ray]"') from err
     from tqdm.auto import tqdm
 
-    from data.manifest import Manifest
-
     out_dir = Path(out_dir).resolve()
-    check_run_settings(out_dir, config, restart)
+    done = start_run(inputs, out_dir, config, restart)
+    recorder = RunRecorder(out_dir, config, done)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(int(resources.get("CPU", 1)), 1)
-    # Never more actors than CPUs: Ray actors each hold a CPU and extra ones would wait forever (known hang).
-    workers = max(1, min(num_workers or (gpus or cpus), cpus, len(inputs) or 1))
+    workers = pool_size(num_workers, gpus, cpus, len(inputs))
     actor_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(GenerateWorker)
     worker_device = "cuda" if gpus else "cpu" if device in (None, "auto") else device
-    pool = ActorPool([actor_cls.remote(config, str(out_dir), worker_device, dicom) for _ in range(workers)])
-    done = set(completed_entries(out_dir, config.fingerprint()))
+
+    def new_actor() -> Any:
+        return actor_cls.remote(config, str(out_dir), worker_device)
+
+    idle = [new_actor() for _ in range(workers)]
+    done_ref = ray.put(frozenset(done))  # shipped to the object store once, not with every task
+    queue = list(enumerate(inputs))
+    pending: dict[Any, tuple[int, Any]] = {}
     outcomes: dict[int, CTOutcome] = {}
-    manifest: Manifest | None = None
-    jobs = pool.map_unordered(lambda a, job: a.process.remote(job[0], job[1], done, series_uid), list(enumerate(inputs)))
-    for index, outcome, entries in tqdm(jobs, total=len(inputs), disable=not progress, unit="CT", desc="ray"):
+    bar = tqdm(total=len(inputs), disable=not progress, unit="CT", desc="ray")
+    while queue or pending:
+        while queue and idle:
+            index, path = queue.pop(0)
+            actor = idle.pop()
+            pending[actor.process.remote(index, path, done_ref)] = (index, actor)
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        index, actor = pending.pop(ready)
+        entries: list[dict[str, Any]] = []
+        try:
+            _, outcome, entries = ray.get(ready)
+        except RayActorError as err:  # the worker process died: this CT fails, a fresh actor takes its place
+            outcome = CTOutcome(error=f"{inputs[index]}: {type(err).__name__}: the Ray worker died (out of memory?)")
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
+            actor = new_actor()
+        except RayTaskError as err:
+            if isinstance(err.cause, DatasetWriteError):  # output folder unusable: end the run with its one line
+                raise err.cause from None
+            outcome = CTOutcome(error=describe_failure(inputs[index], err.cause))
+        idle.append(actor)
         outcomes[index] = outcome
-        if entries:
-            manifest = manifest or Manifest(out_dir / MANIFEST)
-            for entry in entries:
-                manifest.append(entry)
+        for entry in entries:  # the recorder drops keys already recorded (a copy of a CT on another actor)
+            recorder.append(entry)
+        bar.update(1)
+    bar.close()
     result = GenerateResult(out_dir)
     sources: list[dict[str, Any]] = []
-    for index in range(len(inputs)):
-        outcome = outcomes[index]
-        result.skipped_done += outcome.skipped_done
-        if outcome.error is not None:
-            print(f"error: {outcome.error}", file=sys.stderr)
-            result.failed.append(outcome.error)
-        elif all(src["sha256"] != outcome.source["sha256"] for src in sources):
-            sources.append(outcome.source)
+    firsts: dict[str, str] = {}
+    for index, path in enumerate(inputs):  # reported in input order, like the serial run
+        note_outcome(result, sources, firsts, path, outcomes[index])
     result.records = finalize(out_dir, config, sources, result.failed)
     return result

@@ -612,3 +612,79 @@ def test_metadata_cannot_steer_output_paths(tmp_path: Path) -> None:
         rel = p.relative_to(out)
         assert ".." not in rel.parts and "evil" not in str(rel) and "x" not in rel.parts, rel
     assert not (tmp_path / "x").exists() and not (tmp_path / "a" / "x").exists()
+
+
+# ------------------------------------------------------------- failures while rendering one CT of a run
+
+
+@pytest.fixture(scope="module")
+def second_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another phantom (other noise, so another checksum): the CT made to fail mid-run."""
+    return write_chest_phantom(tmp_path_factory.mktemp("second") / "second.nii.gz", seed=1)
+
+
+def _fail_for(checksum: str, exc: BaseException, real: Callable) -> Callable:
+    """Wrap ``insert_nodules`` so that it raises ``exc`` for the CT with ``checksum`` only."""
+
+    def patched(vol, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if vol.checksum == checksum:
+            raise exc
+        return real(vol, *args, **kwargs)
+
+    return patched
+
+
+@pytest.mark.parametrize(
+    ("exc", "shown"),
+    [
+        (RuntimeError("CUDA error: illegal memory access\nmore text"), "RuntimeError: CUDA error: illegal memory access more"),
+        (MemoryError(), "MemoryError"),
+        ("placement", "NodulePlacementError: no room"),
+    ],
+)
+def test_any_failure_of_one_ct_is_one_line_and_the_run_goes_on(
+    exc: BaseException | str,
+    shown: str,
+    good_ct: Path,
+    second_ct: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch/DiffDRR errors, memory and placement failures skip that CT only: `<file>: <Type>: message`."""
+    import ct_projection.nodules as nodules
+
+    if exc == "placement":
+        exc = nodules.NodulePlacementError("no room for a 30 mm nodule")
+    checksum = hashlib.sha256(second_ct.read_bytes()).hexdigest()
+    monkeypatch.setattr(nodules, "insert_nodules", _fail_for(checksum, exc, nodules.insert_nodules))
+    out = tmp_path / "out"
+    result = run_cli([second_ct, good_ct], out)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: {second_ct}: {shown}"), line
+    assert "wrote 1 images" in result.output and "Traceback" not in result.output
+    assert not any(p.name.startswith(checksum[:12]) for p in out.rglob("*"))
+    # Alone, the failing CT makes the run fail, and leaves no file behind.
+    alone = tmp_path / "alone"
+    result = run_cli([second_ct], alone)
+    assert_clean_failure(result)
+    assert len(error_lines(result)) == 1
+    assert not [p for p in alone.rglob("*") if p.is_file()]
+
+
+def test_failure_after_images_are_written_removes_that_sample(
+    good_ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample that fails half-written (PNGs out, DICOM not) leaves no partial files and no config.json."""
+    import data.dicom_out
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(data.dicom_out, "write_secondary_capture", broken)
+    out = tmp_path / "out"
+    result = run_cli([good_ct], out, "--dicom")
+    assert_clean_failure(result)
+    (line,) = error_lines(result)
+    assert line == f"error: {good_ct}: RuntimeError: encoder exploded", line
+    assert not [p for p in out.rglob("*") if p.is_file()], sorted(out.rglob("*"))

@@ -180,3 +180,137 @@ def test_cli_no_lungs_is_a_clear_error(tmp_path: Path) -> None:
 def test_cli_rejects_bad_option_values_listing_allowed(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", "--view", "oblique", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "PA, AP, LAT" in result.output
+
+
+# ------------------------------------------------------------------- labels, run settings, duplicates, aliases
+
+
+def test_no_written_box_has_zero_size(dataset: Path) -> None:
+    """COCO, YOLO and NODE21 nodule rows all have positive width and height."""
+    from data.node21 import read_node21_csv
+
+    coco = json.loads((dataset / "annotations" / "coco.json").read_text())
+    assert coco["annotations"]
+    assert all(a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in coco["annotations"])
+    assert all(r.width > 0 and r.height > 0 for r in read_node21_csv(dataset / "metadata.csv") if r.label == 1)
+    for txt in (dataset / "labels").glob("*.txt"):
+        for line in txt.read_text().splitlines():
+            _, _, _, w, h = (float(v) for v in line.split())
+            assert w > 0 and h > 0, (txt, line)
+
+
+def test_empty_footprints_become_unlabelled_nodules(chest_nifti: Path, tmp_path: Path) -> None:
+    """A nodule whose footprint is empty is kept as a fact of the image, never written as a zero-size box."""
+    from ct_projection.labels import LabelConfig
+    from data.node21 import read_node21_csv
+
+    config = small_config(n=1)
+    config.labels = LabelConfig(min_chord_mm=1e4)  # no ray crosses 10 m of nodule: every footprint is empty
+    out = tmp_path / "out"
+    result = generate([str(chest_nifti)], out, config, device="cpu", progress=False)
+    (record,) = result.records
+    assert record.nodules == []
+    unlabelled = record.attributes["unlabelled_nodules"]
+    assert unlabelled and all(u["reason"].startswith("empty footprint") for u in unlabelled)
+    assert all(u["footprint_px"] == 0 and u["diameter_mm"] >= 14.0 for u in unlabelled)
+    assert json.loads((out / "annotations" / "coco.json").read_text())["annotations"] == []
+    assert [(r.width, r.height, r.label) for r in read_node21_csv(out / "metadata.csv")] == [(0, 0, 0)]
+    assert (out / "labels" / f"{record.stem}.txt").read_text().strip() == ""
+
+
+def test_same_ct_twice_is_rendered_once(chest_nifti: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    copy = tmp_path / "copy.nii.gz"
+    shutil.copy(chest_nifti, copy)
+    out = tmp_path / "out"
+    result = generate([str(chest_nifti), str(copy)], out, small_config(n=2), device="cpu", progress=False)
+    assert len(result.records) == 2 and not result.failed
+    assert result.duplicates == [f"{copy}: same CT as {chest_nifti}; skipped"]
+    assert f"warning: {copy}: same CT as {chest_nifti}; skipped" in capsys.readouterr().err
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    keys = [(json.loads(x)["ct_sha256"], json.loads(x)["sample_index"]) for x in lines]
+    assert len(keys) == 2 and len(set(keys)) == 2
+    assert len(json.loads((out / "dataset.json").read_text())["sources"]) == 1
+
+
+def test_dicom_series_and_alias_are_run_settings(chest_nifti: Path, tmp_path: Path) -> None:
+    """Resuming with --dicom (or another series/alias) after a run without it is refused, not silently mixed."""
+    from pipeline.generate import RunMismatchError
+
+    out = tmp_path / "out"
+    generate([str(chest_nifti)], out, small_config(n=1), device="cpu", progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dicom"] is False and saved["series_uid"] is None and saved["alias"] is None
+    for change in ({"dicom": True}, {"series_uid": "3"}, {"alias": "P1"}, {"aliases": {"a" * 64: "P1"}}):
+        config = small_config(n=1)
+        for key, value in change.items():
+            setattr(config, key, value)
+        with pytest.raises(RunMismatchError, match="different settings"):
+            generate([str(chest_nifti)], out, config, device="cpu", progress=False)
+    assert not (out / "dicom").exists()
+
+
+def test_series_uid_is_kept_only_as_a_hash() -> None:
+    config = small_config()
+    config.series_uid = "2.25.314159"
+    assert config.to_dict()["series_uid"].startswith("sha256:") and "2.25.314159" not in json.dumps(config.to_dict())
+    config.series_uid = "3"  # a series number is not identifying
+    assert config.to_dict()["series_uid"] == "3"
+
+
+def test_alias_is_sanitised_and_recorded(chest_nifti: Path, tmp_path: Path) -> None:
+    import pydicom
+
+    out = tmp_path / "out"
+    args = ["generate", str(chest_nifti), "--out", str(out), "--no-progress", "--size", "48", "-n", "1", "--dicom",
+            "--alias", "../Case 7/.."]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    entry = json.loads((out / "manifest.jsonl").read_text())
+    assert entry["record"]["attributes"]["alias"] == "Case_7"
+    assert json.loads((out / "dataset.json").read_text())["sources"][0]["alias"] == "Case_7"
+    (dcm,) = (out / "dicom").glob("*.dcm")
+    ds = pydicom.dcmread(dcm)
+    assert str(ds.PatientName) == ds.PatientID == "Case_7"
+    assert all("Case" not in p.name for p in out.rglob("*"))  # an alias never names a file
+
+
+def test_alias_csv_and_alias_errors(chest_nifti: Path, tmp_path: Path) -> None:
+    from pipeline.config import read_alias_csv
+
+    sha = hashlib.sha256(chest_nifti.read_bytes()).hexdigest()
+    csv = tmp_path / "aliases.csv"
+    csv.write_text(f"sha256,alias\n{sha.upper()},Subject 01\n")
+    assert read_alias_csv(csv) == {sha: "Subject_01"}
+    out = tmp_path / "out"
+    args = ["generate", str(chest_nifti), "--out", str(out), "--no-progress", "--size", "48", "-n", "1"]
+    result = CliRunner().invoke(app, [*args, "--alias-csv", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "dataset.json").read_text())["sources"][0]["alias"] == "Subject_01"
+    csv.write_text("not-a-checksum,x\n")
+    result = CliRunner().invoke(app, [*args, "--alias-csv", str(csv)])
+    assert result.exit_code == 1 and f"error: {csv}: line 1: expected 'sha256,alias'" in result.output
+    result = CliRunner().invoke(app, [*args, "--alias", "..."])
+    assert result.exit_code == 1 and "is empty after sanitising" in result.output and "Traceback" not in result.output
+    two = [*args[:2], str(chest_nifti), *args[2:]]
+    result = CliRunner().invoke(app, [*two, "--out", str(tmp_path / "o2"), "--alias", "A"])
+    assert result.exit_code == 1 and "--alias names one CT but 2 inputs" in result.output
+    assert not (tmp_path / "o2").exists()
+
+
+def test_cuda_without_cuda_is_one_line_before_any_work(
+    chest_nifti: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o"
+    for device in ("cuda", "cuda:1"):
+        result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(out), "--device", device])
+        errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+        assert result.exit_code == 1 and len(errors) == 1, result.output
+        assert "no CUDA device is available" in errors[0] and "auto, cpu, cuda, cuda:N" in errors[0]
+        assert "Traceback" not in result.output and not out.exists()
+    result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(out), "--device", "tpu"])
+    assert result.exit_code == 1 and "auto, cpu, cuda, cuda:N" in result.output

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import write_chest_phantom
 
 from ct_projection.geometry import ProjectionGeometry
 from pipeline.config import GenerateConfig
 from pipeline.generate import generate
 
 ray = pytest.importorskip("ray")
+
+HANG_LIMIT_S = 420  # a pool waiting on actors that cannot be placed would block forever; fail instead
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -24,24 +31,52 @@ def digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    # num_cpus=2 and at most 2 actors: more actors than CPUs is Ray's known hang.
+def local_ray() -> Iterator[None]:
+    # num_cpus=2: the test below asks for more actors than that, which must be capped, not hang.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
 
-def test_ray_equals_serial(local_ray, tmp_path: Path) -> None:
+def _timeout(signum: int, frame: object) -> None:
+    raise TimeoutError(f"generate_ray did not finish in {HANG_LIMIT_S} s (actor pool hang?)")
+
+
+def test_pool_size_never_exceeds_what_the_cluster_can_place() -> None:
+    from pipeline.ray_backend import pool_size
+
+    assert pool_size(5, gpus=0, cpus=2, n_inputs=10) == 2
+    assert pool_size(None, gpus=0, cpus=2, n_inputs=10) == 2
+    assert pool_size(None, gpus=0, cpus=8, n_inputs=3) == 3
+    assert pool_size(8, gpus=2, cpus=16, n_inputs=10) == 2  # one GPU per actor
+    assert pool_size(None, gpus=4, cpus=2, n_inputs=10) == 2
+    assert pool_size(0, gpus=0, cpus=1, n_inputs=0) == 1
+
+
+def test_ray_equals_serial(local_ray: None, tmp_path: Path) -> None:
+    """Bad CT skipped, a copy of a CT counted once, 5 actors asked of 2 CPUs: same bytes as serial, no hang."""
     from pipeline.ray_backend import generate_ray
-    from tests.conftest import write_chest_phantom
 
     cts = [str(write_chest_phantom(tmp_path / f"ct{i}.nii.gz", seed=i)) for i in range(3)]
+    copy = tmp_path / "copy_of_ct0.nii.gz"
+    shutil.copy(cts[0], copy)
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not a CT")
-    inputs = [cts[0], str(bad), cts[1], cts[2]]
+    inputs = [cts[0], str(bad), cts[1], str(copy), cts[2]]
     config = GenerateConfig(images_per_ct=2, seed=11, geometry=ProjectionGeometry(size_px=64))
     serial = generate(inputs, tmp_path / "serial", config, device="cpu", progress=False)
-    distributed = generate_ray(inputs, tmp_path / "ray", config, device="cpu", progress=False, num_workers=2)
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(HANG_LIMIT_S)
+    try:
+        distributed = generate_ray(inputs, tmp_path / "ray", config, device="cpu", progress=False, num_workers=5)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert len(serial.records) == len(distributed.records) == 6
     assert len(distributed.failed) == 1 and str(bad) in distributed.failed[0]
+    assert distributed.duplicates == serial.duplicates == [f"{copy}: same CT as {cts[0]}; skipped"]
     assert digest(tmp_path / "ray") == digest(tmp_path / "serial")
+    for run in ("serial", "ray"):  # one manifest entry per (CT, sample), even for the copy rendered on another actor
+        lines = (tmp_path / run / "manifest.jsonl").read_text().splitlines()
+        keys = [(json.loads(x)["ct_sha256"], json.loads(x)["sample_index"]) for x in lines]
+        assert len(keys) == 6 and len(set(keys)) == 6, run

@@ -29,10 +29,25 @@ def digest(root: Path, skip: tuple[str, ...] = ("manifest.jsonl",)) -> dict[str,
     }
 
 
-def run_cli(ct: Path, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(ct: Path, out: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
     cmd = [sys.executable, "-m", "pipeline.cli", "generate", str(ct), "--out", str(out), *ARGS]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def manifest_keys(out: Path) -> list[tuple[str, int]]:
+    """(CT checksum, sample index) of every readable manifest entry, in file order."""
+    from data.manifest import Manifest
+
+    return [(e["ct_sha256"], e["sample_index"]) for e in Manifest(out / "manifest.jsonl").read(skip_bad=True)]
+
+
+def assert_one_entry_per_sample(out: Path) -> None:
+    """Exactly one manifest entry per (CT, sample) key, none missing, and no temp files left anywhere."""
+    keys = manifest_keys(out)
+    assert len(keys) == 12 and len(set(keys)) == 12, keys
+    assert sorted(k[1] for k in keys) == list(range(12))
+    assert not list(out.rglob("*.tmp")) and not [p for p in out.rglob("*") if p.name.startswith(".")]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +83,43 @@ def test_sigkill_then_resume_is_byte_identical(chest_nifti: Path, reference: Pat
     coco = json.loads((out / "annotations" / "coco.json").read_text())
     names = [im["file_name"] for im in coco["images"]]
     assert len(names) == 12 and len(set(names)) == 12
-    assert not list(out.rglob("*.tmp")) and not [p for p in out.rglob("*") if p.name.startswith(".")]
+    assert_one_entry_per_sample(out)
+
+
+def test_kill_between_image_and_record_then_resume(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
+    """SIGKILL right after an image is published but before its record; a leftover temp file is cleaned on resume."""
+    out = tmp_path / "ds"
+    killed = run_cli(chest_nifti, out, DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES="3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(manifest_keys(out)) == 2  # the third sample's image is there, its record is not
+    assert len(list((out / "images").glob("*.png"))) == 3
+    stale = out / "images" / ".x_0002.png.k3j9z0aq.tmp"  # what atomic_write_bytes leaves when killed mid-write
+    stale.write_bytes(b"partial")
+    resumed = run_cli(chest_nifti, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 finished images verified" in resumed.stderr and "removed 1 temp file(s)" in resumed.stderr
+    assert digest(out) == digest(reference)
+    assert_one_entry_per_sample(out)
+
+
+def test_corrupt_manifest_line_is_a_missing_record(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
+    """A garbled line that is not the last: one warning line, no traceback, that sample redone, rest kept."""
+    import shutil
+
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    manifest = out / "manifest.jsonl"
+    lines = manifest.read_bytes().split(b"\n")
+    lines[4] = lines[4][: len(lines[4]) // 2] + b"\xff\x00garbage"
+    manifest.write_bytes(b"\n".join(lines))
+    result = run_cli(chest_nifti, out)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: {manifest}: ignored unreadable records (line 5); their samples will be redone"]
+    assert "11 finished images verified" in result.stderr
+    assert digest(out) == digest(reference)
+    assert_one_entry_per_sample(out)
 
 
 def test_torn_or_missing_outputs_are_redone(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
@@ -96,6 +147,11 @@ def test_mixing_runs_with_other_settings_is_refused(chest_nifti: Path, reference
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "different settings" in result.output and "--restart" in result.output
     assert digest(out, skip=()) == before  # nothing touched
+    same = ["generate", str(chest_nifti), "--out", str(out), *ARGS]
+    for extra in (["--dicom"], ["--series-uid", "3"], ["--alias", "P1"]):  # output-shaping options are settings too
+        result = CliRunner().invoke(app, [*same, *extra])
+        assert result.exit_code == 1 and "different settings" in result.output, (extra, result.output)
+    assert digest(out, skip=()) == before
     result = CliRunner().invoke(app, [*args, "--restart"])
     assert result.exit_code == 0, result.output
     assert len(list((out / "images").glob("*.png"))) == 1
