@@ -1,14 +1,53 @@
-"""Apply a trained DDPM-HQ to a folder of DRRs: window, restore + 2x super-resolve, write 16-bit PNGs."""
+"""Apply a trained DDPM-HQ to DRRs: window, resize to the model's scale, restore + super-resolve, write 16-bit PNGs.
+
+DDPM-HQ learns from whole radiographs resized so their longer side is ``lq_size`` (its training LQ side), so
+anatomy has one scale in training. Inputs are resized the same way before restoring (window first, at full
+resolution, as in training); the output is ``scale * lq_size`` on its longer side whatever the input size.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from restoration.ddpm_hq import load_model, make_scheduler, restore
-from restoration.preprocess import PreprocessConfig, list_images, load_grayscale, normalize
+from restoration.ddpm_hq import load_model, make_scheduler, restore, upsample_condition
+from restoration.preprocess import (
+    PreprocessConfig,
+    list_images,
+    load_grayscale,
+    model_scale_size,
+    normalize,
+    resize_image,
+)
+
+ENHANCE_INFO_NAME = "enhance.json"
+
+
+def model_input(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None) -> np.ndarray:
+    """[0, 1] HxW image -> the model's LQ input in [-1, 1]: percentile window, then longer side ``lq_size``.
+
+    Args:
+        img01: image in [0, 1].
+        pcfg: the model's preprocessing (its percentile window).
+        lq_size: the model's training LQ side; None keeps the native size.
+    """
+    lq = normalize(img01, pcfg)  # window at full resolution, as in training
+    if lq_size is None:
+        return lq
+    return resize_image(lq, model_scale_size(*lq.shape, lq_size))
+
+
+def conditioning_image(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None, scale: int) -> np.ndarray:
+    """The image as the restorer sees it, at output size, in [0, 1]: ``model_input`` bicubic-upsampled by ``scale``.
+
+    Compare restored outputs with this (e.g. nodule contrast before vs after restoration).
+    """
+    lq = torch.from_numpy(model_input(img01, pcfg, lq_size))[None, None]
+    return ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
 
 
 def enhance_image(
@@ -24,14 +63,56 @@ def enhance_image(
     device: str | torch.device,
     strength: float = 1.0,
     residual_scale: float = 0.0,
+    lq_size: int | None = None,
 ) -> np.ndarray:
-    """One [0, 1] HxW image -> restored (H*scale)x(W*scale) float array in [0, 1]."""
-    lq = torch.from_numpy(normalize(img01, pcfg))[None, None].to(device)  # same percentile window as training
+    """One [0, 1] HxW image -> restored float array in [0, 1] of ``scale`` x its model-input size.
+
+    Args:
+        img01: the image in [0, 1].
+        unet, scheduler: from ``load_model`` / ``make_scheduler``.
+        pcfg: the model's preprocessing (percentile window).
+        steps, strength: sampler steps and start (see ``restore``).
+        scale: the model's SR factor.
+        tile, overlap: tiled sampling in HQ px (memory), see ``restore``.
+        seed: noise seed of this image.
+        device: where the UNet runs.
+        residual_scale: the model's ``DDPMHQConfig.residual_scale``.
+        lq_size: resize the input so its longer side is this (the model's ``lq_size``); None keeps the native size.
+    """
+    lq = torch.from_numpy(model_input(img01, pcfg, lq_size))[None, None].to(device)
     gen = torch.Generator().manual_seed(seed)  # per-image seed: output independent of folder order
     out = restore(unet, scheduler, lq, steps, gen, tile=tile, overlap=overlap, scale=scale, strength=strength,
         residual_scale=residual_scale,
     )  # fmt: skip
     return ((out[0, 0].float().cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+
+@dataclass
+class EnhanceRun:
+    """Settings of one ``enhance_folder`` run and each file's sizes (saved as ``enhance.json`` beside the outputs).
+
+    Args:
+        model_dir: the DDPM-HQ folder.
+        scheduler, steps, strength, seed, tile, overlap: sampler settings.
+        lq_size: longer side the inputs were resized to (None: native size).
+        scale: the model's SR factor.
+        files: per input, ``{"input", "output", "input_size", "model_input_size", "output_size"}`` ([h, w]).
+    """
+
+    model_dir: str
+    scheduler: str
+    steps: int
+    strength: float
+    seed: int
+    tile: int | None
+    overlap: int
+    lq_size: int | None
+    scale: int
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
 
 
 def enhance_folder(
@@ -46,8 +127,9 @@ def enhance_folder(
     overlap: int = 32,
     seed: int = 0,
     strength: float = 1.0,
+    input_size: int | str | None = "model",
 ) -> list[Path]:
-    """Restore every image under ``in_dir`` to 2x and write 16-bit PNGs with the same relative names.
+    """Restore every image under ``in_dir`` and write 16-bit PNGs with the same relative names, + ``enhance.json``.
 
     Args:
         model_dir: trained DDPM-HQ folder (local only; see ``load_model``).
@@ -57,12 +139,15 @@ def enhance_folder(
         tile: HQ tile side; "auto" = the model's training HQ size, None = whole image at once.
         progress: show a tqdm bar over files.
         strength: 1.0 = sample from pure noise; <1 = start from the noised upsampled DRR (see ``restore``).
+        input_size: longer side inputs are resized to before restoring: "model" = the model's training
+            ``lq_size`` (the scale it learned anatomy at), an int, or None for the native size.
 
     Returns:
         Written paths, in input order.
     """
     from tqdm.auto import tqdm
 
+    from data.atomic import atomic_write_json
     from data.images import write_png16
 
     unet, cfg = load_model(model_dir, device=device)
@@ -71,16 +156,27 @@ def enhance_folder(
     tile_px = cfg.hq_size if tile == "auto" else tile
     if tile_px is not None and not isinstance(tile_px, int):
         raise ValueError(f"tile must be an int, 'auto' or None, got {tile!r}")
+    lq_size = cfg.lq_size if input_size == "model" else input_size
+    if lq_size is not None and (not isinstance(lq_size, int) or lq_size < 1):
+        raise ValueError(f"input_size must be 'model', a positive int or None, got {input_size!r}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     paths = list_images(in_dir)
     if not paths:
         raise ValueError(f"{in_dir}: no png/jpg/jpeg/dcm images to enhance")
+    run = EnhanceRun(str(model_dir), scheduler, steps, strength, seed, tile_px, overlap, lq_size, cfg.scale)
     written: list[Path] = []
     for p in tqdm(paths, desc="enhance", disable=not progress):
         img = load_grayscale(p)
         hq = enhance_image(
-            img, unet, sched, pcfg, steps, cfg.scale, tile_px, overlap, seed, device, strength, cfg.residual_scale
-        )
+            img, unet, sched, pcfg, steps, cfg.scale, tile_px, overlap, seed, device, strength, cfg.residual_scale,
+            lq_size,
+        )  # fmt: skip
         dest = (out_dir / p.relative_to(in_dir)).with_suffix(".png")
         written.append(write_png16(dest, np.rint(hq * 65535.0).astype(np.uint16)))
+        mh, mw = img.shape if lq_size is None else model_scale_size(*img.shape, lq_size)
+        run.files.append({
+            "input": p.relative_to(in_dir).as_posix(), "output": dest.relative_to(out_dir).as_posix(),
+            "input_size": list(img.shape), "model_input_size": [mh, mw], "output_size": list(hq.shape),
+        })  # fmt: skip
+    atomic_write_json(out_dir / ENHANCE_INFO_NAME, run.to_dict())
     return written

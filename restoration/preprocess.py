@@ -141,19 +141,37 @@ def center_crop_square(img: np.ndarray) -> np.ndarray:
     return img[..., top : top + s, left : left + s]
 
 
+def resize_image(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize HxW to ``size_hw`` (area when shrinking, antialiased bicubic clamped to the input range else)."""
+    a = np.ascontiguousarray(np.asarray(img, dtype=np.float32))
+    h, w = (int(v) for v in size_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"resize target must be at least 1x1, got {h}x{w}")
+    if (h, w) == a.shape[-2:]:
+        return a.astype(np.float32, copy=True)
+    t = torch.from_numpy(a)[None, None]
+    if h * w <= a.shape[-2] * a.shape[-1]:
+        out = F.interpolate(t, size=(h, w), mode="area")  # box average: no aliasing, no overshoot
+    else:
+        out = F.interpolate(t, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+        out = out.clamp(float(a.min()), float(a.max()))  # bicubic overshoot would leave the value range
+    return out[0, 0].numpy().astype(np.float32)
+
+
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Center-crop HxW to a square, then resize to size x size (area when shrinking, antialiased bicubic else)."""
-    sq = np.ascontiguousarray(center_crop_square(np.asarray(img, dtype=np.float32)))
-    s = sq.shape[-1]
-    if s == size:
-        return sq.astype(np.float32, copy=True)
-    t = torch.from_numpy(sq)[None, None]
-    if size < s:
-        out = F.interpolate(t, size=(size, size), mode="area")  # box average: no aliasing, no overshoot
-    else:
-        out = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        out = out.clamp(float(sq.min()), float(sq.max()))  # bicubic overshoot would leave the value range
-    return out[0, 0].numpy().astype(np.float32)
+    return resize_image(center_crop_square(np.asarray(img, dtype=np.float32)), (size, size))
+
+
+def model_scale_size(height: int, width: int, longer_side: int) -> tuple[int, int]:
+    """(h, w) with the longer side ``longer_side`` and the aspect ratio kept (rounded, each side >= 1).
+
+    Restoration models learn anatomy at one scale: whole radiographs resized to their training side.
+    """
+    if height < 1 or width < 1 or longer_side < 1:
+        raise ValueError(f"model_scale_size needs positive sizes, got {height}x{width} -> {longer_side}")
+    f = longer_side / max(height, width)
+    return max(1, round(height * f)), max(1, round(width * f))
 
 
 def preprocess_image(img01: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 TINY = [
-    "--set", "lq_size=16", "--set", "block_out_channels=[8,16]", "--set", "norm_num_groups=4",
+    "--set", "lq_size=48", "--set", "block_out_channels=[8,16]", "--set", "norm_num_groups=4",
     "--set", "layers_per_block=1", "--set", "attention_levels=[false,false]", "--set", "train_batch_size=2",
     "--set", "checkpointing_steps=2", "--set", "validation_steps=1000", "--set", "val_fraction=0.25",
     "--set", "group_by=stem", "--set", "disable_progress=true", "--set", "lr_warmup_steps=0",
@@ -58,7 +58,8 @@ def test_enhance_doubles_the_size_deterministically(trained: tuple[Path, Path], 
     b = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")])
     assert a.exit_code == 0 and b.exit_code == 0, a.output
     img = read_png16(tmp_path / "a" / "cxr0.png")
-    assert img.shape == (96, 96)  # 48 px input restored at 2x
+    assert img.shape == (96, 96)  # 48 px input (the model's lq_size) restored at 2x
+    assert json.loads((tmp_path / "a" / "enhance.json").read_text())["files"][0]["output_size"] == [96, 96]
     assert (tmp_path / "a" / "cxr0.png").read_bytes() == (tmp_path / "b" / "cxr0.png").read_bytes()
 
 
@@ -123,6 +124,27 @@ def test_generate_enhance_scales_boxes(trained: tuple[Path, Path], chest_nifti: 
     data = json.loads(summary.read_text())
     assert data["nodules"] == len(rec.nodules) and "median contrast ratio" in result.output
     assert all(np.isfinite(r["before"]) for r in data["per_nodule"])
+
+
+def test_generate_enhance_non_integer_factor(trained: tuple[Path, Path], chest_nifti: Path, tmp_path: Path) -> None:
+    """64 px DRRs are resized to the model's 48 px scale and restored 2x: 96 px, boxes x1.5, footprints resampled."""
+    from data.coco import read_coco
+    from data.images import read_png16
+
+    _, model = trained
+    out = tmp_path / "ds"
+    args = ["generate", str(chest_nifti), "--out", str(out), "--size", "64", "-n", "1", "--no-progress",
+            "--device", "cpu", "--enhance", str(model), "--enhance-steps", "1", "--diameter-min", "15"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (rec,) = read_coco(out / "annotations" / "coco.json")
+    assert (rec.width, rec.height) == (96, 96) and read_png16(out / rec.attributes["drr_file"]).shape == (64, 64)
+    assert rec.attributes["enhanced"]["input_size"] == 48
+    assert rec.nodules
+    for nod in rec.nodules:
+        box, drr_box = np.array(nod.bbox_xywh), np.array(nod.attributes["drr_bbox_xywh"])
+        assert np.allclose(box, 1.5 * drr_box)
+        assert nod.footprint.shape == (96, 96) and nod.footprint.any()
 
 
 def test_evaluate_nodules_refuses_a_dataset_without_restoration(tmp_path: Path) -> None:

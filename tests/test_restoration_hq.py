@@ -521,14 +521,63 @@ def test_enhance_and_evaluate(tmp_path, tiny_model):
     write_png16(tmp_path / "in" / "b.png", np.full((8, 8), 1000, np.uint16))
     out = enhance_folder(model_dir, tmp_path / "in", tmp_path / "out", steps=2, progress=False, tile=16, overlap=4)
     assert [p.relative_to(tmp_path / "out").as_posix() for p in out] == ["b.png", "sub/drr.png"]
-    assert read_png16(out[1]).shape == (40, 24) and read_png16(out[0]).shape == (16, 16)
+    # inputs are resized to the model's scale (longer side lq_size = 16, aspect kept), then restored 2x
+    assert read_png16(out[1]).shape == (32, 20) and read_png16(out[0]).shape == (32, 32)
+    info = json.loads((tmp_path / "out" / "enhance.json").read_text())
+    assert info["lq_size"] == 16 and info["scale"] == 2 and info["steps"] == 2
+    assert info["files"][1] == {
+        "input": "sub/drr.png", "output": "sub/drr.png", "input_size": [20, 12], "model_input_size": [16, 10],
+        "output_size": [32, 20],
+    }  # fmt: skip
     again = enhance_folder(model_dir, tmp_path / "in", tmp_path / "out2", steps=2, progress=False, tile=16, overlap=4)
     assert np.array_equal(read_png16(again[1]), read_png16(out[1]))
+    native = enhance_folder(model_dir, tmp_path / "in", tmp_path / "o3", steps=1, progress=False, input_size=None)
+    assert read_png16(native[1]).shape == (40, 24)  # opt-out: native size
     hq_paths = write_toy_folder(tmp_path / "hq", n=2, size=40)
     r = evaluate_model(model_dir, hq_paths, steps=2, scheduler="ddim", figure_path=tmp_path / "e.png")
     assert r["n"] == 2 and r["bicubic"]["psnr"] > 20 and np.isfinite(r["model"]["psnr"])
     assert (tmp_path / "e.png").is_file()
     assert r["seconds"]["total"] > 0 and r["seconds"]["per_image"] == pytest.approx(r["seconds"]["total"] / 2)
+
+
+def test_enhancer_resizes_to_model_scale_and_scales_labels(tiny_model):
+    from data.records import NoduleLabel, bbox_from_mask
+    from pipeline.enhancer import EnhanceConfig, Enhancer
+    from restoration.enhance import conditioning_image, model_input
+
+    model_dir, cfg = tiny_model
+    enh = Enhancer(EnhanceConfig(str(model_dir), steps=1))
+    assert enh.input_size == cfg.lq_size == 16 and enh.config.input_size == 16 and len(enh.config.weights_sha256) == 64
+    rng = np.random.default_rng(0)
+    drr = (rng.random((40, 24)) * 65535).astype(np.uint16)  # 40 x 24 -> model input 16 x 10 -> output 32 x 20
+    out = enh(drr, seed=3)
+    assert out.shape == enh.output_size(drr.shape) == (32, 20) and out.dtype == np.uint16
+    assert enh.last_sizes == ((40, 24), (32, 20)) and np.array_equal(enh(drr, seed=3), out)
+    sx, sy = enh.factors(drr.shape)
+    assert (sx, sy) == (20 / 24, 32 / 40)
+    yy, xx = np.mgrid[:40, :24]
+    fp = (yy - 20) ** 2 + (xx - 10) ** 2 <= 16
+    label = NoduleLabel(1, bbox_from_mask(fp), fp, attributes={"footprint_px": int(fp.sum())})
+    scaled = enh.scale_label(label)  # sizes from the footprint
+    x, y, w, h = label.bbox_xywh
+    assert scaled.bbox_xywh == pytest.approx((x * sx, y * sy, w * sx, h * sy))
+    assert scaled.footprint.shape == (32, 20) and scaled.attributes["drr_bbox_xywh"] == list(label.bbox_xywh)
+    fx, fy, fw, fh = bbox_from_mask(scaled.footprint)  # the resampled footprint sits where the scaled box does
+    assert abs(fx - x * sx) <= 1 and abs(fy - y * sy) <= 1 and abs(fw - w * sx) <= 1.5 and abs(fh - h * sy) <= 1.5
+    assert enh.scale_label(NoduleLabel(2, label.bbox_xywh), in_size=(40, 24)).bbox_xywh == scaled.bbox_xywh
+    assert enh.scale_label(NoduleLabel(2, label.bbox_xywh)).bbox_xywh == scaled.bbox_xywh  # last call's sizes
+    # an integer factor replicates footprint pixels exactly (8 px -> 16 px model input -> 32 px: 4x)
+    small = np.zeros((8, 8), bool)
+    small[2:4, 5] = True
+    s4 = enh.scale_label(NoduleLabel(3, bbox_from_mask(small), small))
+    assert np.array_equal(s4.footprint, np.kron(small, np.ones((4, 4), bool))) and s4.bbox_xywh == (20, 8, 4, 8)
+    # a tiny footprint on a shrinking image keeps at least one pixel
+    big = np.zeros((64, 64), bool)
+    big[30, 30] = True
+    assert enh.scale_label(NoduleLabel(4, bbox_from_mask(big), big)).footprint.sum() == 1
+    # what the model is conditioned on, at output size (for before/after comparisons)
+    assert model_input(drr / 65535.0, enh.preprocess, 16).shape == (16, 10)
+    assert conditioning_image(drr / 65535.0, enh.preprocess, 16, 2).shape == out.shape
 
 
 def test_evaluate_sampler_sweep_timing_and_pairs(tmp_path, tiny_model):
