@@ -84,6 +84,11 @@ for name in bicubic classical munit ddpm_lq; do
     done
 done
 
+# 5b. quality vs speed of the samplers (DDPM-HQ on bicubic pairs, held-out patients)
+[ -f "$RUN/eval/samplers.json" ] || diffusionxray evaluate --model "$RUN/hq_bicubic" --hq-dir "$RUN/hq_val" \
+    --sampler ddpm:1000 --sampler ddim:50 --sampler ddim:20 --sampler dpmsolver++:20 --sampler dpmsolver++:10 \
+    --sampler ddim:20:0.4 --json "$RUN/eval/samplers.json" | tee "$RUN/eval/samplers.txt"
+
 # 6. nodules through the restorer: generate --enhance, then contrast inside each footprint before vs after
 for name in bicubic munit; do
     [ -f "$RUN/enh_$name/dataset.json" ] || diffusionxray generate --out "$RUN/enh_$name" -n 8 --size 64 \

@@ -228,6 +228,7 @@ def _render_sample(
         facts = {
             **nodule.params.to_dict(),
             "mean_hu": round(float(nodule.mean_hu), 2),
+            "mean_hu_partial_volume": round(float(nodule.mean_hu_partial_volume), 2),
             "core_mean_hu": None if np.isnan(nodule.core_mean_hu) else round(float(nodule.core_mean_hu), 2),
             "local_lung_mean_hu": round(float(nodule.local_lung_mean_hu), 2),
             "volume_mm3": round(float(nodule.volume_mm3), 3),
@@ -259,12 +260,22 @@ def _render_sample(
     stem = f"{ct_id}_{index:04d}"
     pixels = config.attenuation.to_uint16(image)
     width = height = size
+    free_pixels = config.attenuation.to_uint16(background) if config.write_nodule_free else None
     if enhancer is not None:
         drr_name = f"images_drr/{stem}.png"
         publish(drr_name, lambda path: write_png16(path, pixels))
-        pixels = enhancer(pixels, seed=int(rng.integers(2**31)))
-        labels = [enhancer.scale_label(label) for label in labels]
+        drr_size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        restore_seed = int(rng.integers(2**31))
+        pixels = enhancer(pixels, seed=restore_seed)
+        labels = [enhancer.scale_label(label, in_size=drr_size, out_size=pixels.shape) for label in labels]
         height, width = pixels.shape
+        if free_pixels is not None:
+            # The nodule-free twin goes through the same restorer with the same noise, so the pair still differs
+            # only where the nodules are (up to what the restorer makes of them); its raw DRR is kept too.
+            free_drr_name = f"images_drr_nodule_free/{stem}.png"
+            raw_free = free_pixels
+            publish(free_drr_name, lambda path: write_png16(path, raw_free))
+            free_pixels = enhancer(free_pixels, seed=restore_seed)
     file_name = f"images/{stem}.png"
     publish(file_name, lambda path: write_png16(path, pixels))
     _maybe_kill_for_test()
@@ -285,10 +296,12 @@ def _render_sample(
     if enhancer is not None:
         attributes["drr_file"] = drr_name
         attributes["enhanced"] = enhancer.config.to_dict()
-    if config.write_nodule_free:
+    if free_pixels is not None:
         free_name = f"images_nodule_free/{stem}.png"
-        publish(free_name, lambda path: write_png16(path, config.attenuation.to_uint16(background)))
+        publish(free_name, lambda path: write_png16(path, free_pixels))
         attributes["nodule_free_file"] = free_name
+        if enhancer is not None:
+            attributes["drr_nodule_free_file"] = free_drr_name
     if config.dicom:
         from data.dicom_out import write_secondary_capture
 
@@ -461,6 +474,7 @@ OUTPUT_NAMES = (
     "images",
     "images_nodule_free",
     "images_drr",
+    "images_drr_nodule_free",
     "dicom",
     "labels",
     "annotations",

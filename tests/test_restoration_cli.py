@@ -112,6 +112,9 @@ def test_generate_enhance_scales_boxes(trained: tuple[Path, Path], chest_nifti: 
     assert (rec.width, rec.height) == (96, 96)
     assert read_png16(out / rec.file_name).shape == (96, 96)
     assert read_png16(out / rec.attributes["drr_file"]).shape == (48, 48)
+    # the nodule-free twin is restored the same way (same size, same noise); its raw DRR is kept beside it
+    assert read_png16(out / rec.attributes["nodule_free_file"]).shape == (96, 96)
+    assert read_png16(out / rec.attributes["drr_nodule_free_file"]).shape == (48, 48)
     for nod in rec.nodules:
         x, y, w, h = nod.bbox_xywh
         dx, dy, dw, dh = nod.attributes["drr_bbox_xywh"]
