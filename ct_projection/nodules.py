@@ -1067,6 +1067,19 @@ def insert_nodules(
 ) -> tuple[CTVolume, list[InsertedNodule]]:
     """Insert nodules into a copy of ``vol`` (the input is untouched); deterministic.
 
+    Renderers that only need each nodule's ΔHU sub-box (line integrals add) should call :func:`nodule_deltas`,
+    which skips the whole-volume copy.
+    """
+    inserted = nodule_deltas(vol, params, supersample)
+    hu_new = vol.hu.copy()
+    for n in inserted:
+        hu_new[n.slices] += n.delta_hu
+    return vol.with_hu(hu_new), inserted
+
+
+def nodule_deltas(vol: CTVolume, params: list[NoduleParams], supersample: int = 4) -> list[InsertedNodule]:
+    """Each nodule's ΔHU sub-box and statistics, as :func:`insert_nodules` would insert them; deterministic.
+
     Blending keeps the CT's noise texture: ``hu_new = hu_old + occ * (hu_target − m)`` with ``m`` the local lung mean
     (:data:`SHELL_MM` shell of parenchyma around the body); part-solid:
     ``hu_old + occ_outer * (hu_ggo − m) + occ_core * (hu_solid − hu_ggo)``. Each ΔHU is computed against the
@@ -1080,7 +1093,6 @@ def insert_nodules(
     if supersample < 1:
         raise ValueError(f"supersample must be ≥ 1, got {supersample}")
     hu_old = vol.hu
-    hu_new = hu_old.copy()
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
     parts = []
     for p in params:
@@ -1103,12 +1115,20 @@ def insert_nodules(
         core = core[tsl] if core is not None else None
         offset = tuple(int(x) for x in start + lo)
         gsl = tuple(slice(o, o + n) for o, n in zip(offset, occ.shape))
-        hu_new[gsl] += delta
         parts.append((p, offset, gsl, occ, core, delta, m))
 
     out: list[InsertedNodule] = []
     for p, offset, gsl, occ, core, delta, m in parts:
-        sub = hu_new[gsl].astype(np.float64)
+        # The new HU over this sub-box: the original plus every nodule's ΔHU that reaches into it (rims may touch).
+        sub = hu_old[gsl].copy()  # float32 adds in parameter order, exactly as the inserted volume holds them
+        for _, o2, g2, _, _, d2, _ in parts:
+            lo = [max(a.start, b.start) for a, b in zip(gsl, g2)]
+            hi = [min(a.stop, b.stop) for a, b in zip(gsl, g2)]
+            if all(a < b for a, b in zip(lo, hi)):
+                here = tuple(slice(a - g.start, b - g.start) for a, b, g in zip(lo, hi, gsl))
+                there = tuple(slice(a - q, b - q) for a, b, q in zip(lo, hi, o2))
+                sub[here] += d2[there]
+        sub = sub.astype(np.float64)
         w = occ.astype(np.float64)
         vol_mm3 = float(w.sum() * voxel_mm3)
         mean_pv = float((sub * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
@@ -1139,7 +1159,7 @@ def insert_nodules(
                 local_lung_mean_hu=m,
             )
         )
-    return vol.with_hu(hu_new), out
+    return out
 
 
 def nodule_surface_points(params: NoduleParams, n: int = 512, include_spicules: bool = True) -> np.ndarray:

@@ -203,7 +203,7 @@ def _render_sample(
     """
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules import insert_nodules, nodule_surface_points
+    from ct_projection.nodules import nodule_deltas, nodule_surface_points
     from data.images import write_png16
 
     files: dict[str, str] = {}
@@ -219,7 +219,7 @@ def _render_sample(
     rng = sample_rng(config.seed, vol.checksum, index)
     pose = get_pose_params(rng, config.geometry)
     params = sampler.get_params(rng, vol, lungs, lobes)
-    _, inserted = insert_nodules(vol, params, supersample=config.nodules.supersample)
+    inserted = nodule_deltas(vol, params, supersample=config.nodules.supersample)
     background = renderer.render(pose)
     image = background.copy()
     labels: list[NoduleLabel] = []

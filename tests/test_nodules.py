@@ -396,3 +396,19 @@ def test_oblique_grid(ph: Phantom) -> None:
         analytic = np.pi / 6 * float(np.prod(n.params.axes_mm))
         assert abs(n.volume_mm3 - analytic) / analytic < 0.1
         np.testing.assert_allclose(vol.voxel_to_world(np.array(n.params.centre_voxel))[0], n.params.centre_world_mm)
+
+
+def test_nodule_deltas_match_insert_nodules(ph: Phantom) -> None:
+    """The copy-free path gives the same sub-boxes and statistics as inserting into a volume copy."""
+    from ct_projection.nodules import nodule_deltas
+
+    cfg = NoduleConfig(**SMALL, count_range=(3, 3))
+    params = NoduleSampler(cfg).get_params(np.random.default_rng(4), ph.vol, ph.lung)
+    new, inserted = insert_nodules(ph.vol, params)
+    deltas = nodule_deltas(ph.vol, params)
+    assert len(deltas) == len(inserted) == 3
+    for a, b in zip(inserted, deltas):
+        assert a.offset == b.offset
+        np.testing.assert_array_equal(a.delta_hu, b.delta_hu)
+        assert (a.mean_hu, a.mean_hu_partial_volume, a.volume_mm3) == (b.mean_hu, b.mean_hu_partial_volume, b.volume_mm3)
+        np.testing.assert_array_equal(new.hu[a.slices], ph.vol.hu[a.slices] + a.delta_hu)
