@@ -9,6 +9,7 @@ TotalSegmentator lobes with Dice ≈ 0.98.
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 from ct_projection.volume import CTInputError, CTVolume
@@ -29,9 +30,10 @@ BODY_OPENING_MM = 3.0  # detaches the CT table, which touches the back only thro
 CLOSING_MM = 3.0  # closes vessels and fissures that touch the mask border before hole filling
 SECOND_LUNG_FRACTION = 0.1  # the second component counts as a lung if at least this fraction of the first
 
-# In-plane 4-connectivity inside a 3D array: makes labelling, opening and hole filling act slice by slice.
+# In-plane 4-connectivity inside a 3D array: one labelling fills the holes of every slice.
 _INPLANE = np.zeros((3, 3, 3), dtype=bool)
 _INPLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+
 
 
 def lung_mask(
@@ -103,7 +105,10 @@ def side_of(vol: CTVolume, mask: np.ndarray) -> np.ndarray:
 
 
 def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float) -> np.ndarray:
-    """HU-threshold lung segmentation (no weights) returned on the full grid."""
+    """HU-threshold lung segmentation (no weights) returned on the full grid.
+
+    SimpleITK filters do the morphology: in-plane opening, connected components ranked by size, in-plane closing.
+    """
     factor = tuple(max(1, int(working_mm // float(s))) for s in spacing)
     low = _block_mean(hu, factor)
     low_spacing = np.asarray(spacing, dtype=np.float64) * factor
@@ -112,21 +117,19 @@ def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float) -> np.ndarr
     inside = _inside_body(low, low_spacing)
     candidates = inside & (low > LUNG_HU[0]) & (low < LUNG_HU[1])
     # Thin partial-volume rims around airways and gas bubbles vanish; lungs are thick.
-    candidates = ndimage.binary_opening(candidates, structure=_INPLANE)
-    labels, count = ndimage.label(candidates)
-    if count == 0:
+    img = sitk.BinaryMorphologicalOpening(_to_sitk(candidates), [1, 1, 0], sitk.sitkCross)
+    relabelled = sitk.RelabelComponentImageFilter()  # label 1 = largest, 2 = second largest, ...
+    ranked = relabelled.Execute(sitk.ConnectedComponent(img, False))
+    sizes = relabelled.GetSizeOfObjectsInPixels()
+    if not sizes:
         return np.zeros(hu.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
-    keep = [order[0]]
-    if count > 1 and sizes[order[1]] >= SECOND_LUNG_FRACTION * sizes[order[0]]:
-        keep.append(order[1])  # separate left and right lungs; merged lungs are one large component
-    low_mask = np.isin(labels, keep)
+    # Separate left and right lungs are two components; lungs merged at the front are one large one.
+    n_keep = 2 if len(sizes) > 1 and sizes[1] >= SECOND_LUNG_FRACTION * sizes[0] else 1
+    lungs = sitk.BinaryThreshold(ranked, 1, n_keep, 1, 0)
 
     radius = max(1, int(round(CLOSING_MM / float(min(low_spacing[:2])))))
-    low_mask = _close_inplane(low_mask, radius)
-    low_mask = _fill_holes_inplane(low_mask)
+    lungs = sitk.BinaryMorphologicalClosing(lungs, [radius, radius, 0], sitk.sitkBall, 1, True)  # in-plane disc
+    low_mask = _fill_holes_inplane(_from_sitk(lungs))
 
     # Back to the full grid: each block maps onto the voxels it averaged (exact alignment, no shift).
     full = np.zeros(hu.shape, dtype=bool)
@@ -144,16 +147,22 @@ def _inside_body(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     Like ``body.body_mask`` but with the table-separating opening sized in mm rather than voxels, so coarse grids
     keep a thin chest wall.
     """
-    fg = hu > -500.0
-    iterations = int(round(BODY_OPENING_MM / float(min(spacing[:2]))))
-    if iterations:
-        fg = ndimage.binary_opening(fg, structure=np.ones((3, 3, 1), dtype=bool), iterations=iterations)
-    labels, count = ndimage.label(fg)
-    if count == 0:
-        return fg
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return _fill_holes_inplane(labels == int(np.argmax(sizes)))
+    img = _to_sitk(hu > -500.0)
+    radius = int(round(BODY_OPENING_MM / float(min(spacing[:2]))))
+    if radius:
+        img = sitk.BinaryMorphologicalOpening(img, [radius, radius, 0], sitk.sitkBox)
+    ranked = sitk.RelabelComponent(sitk.ConnectedComponent(img, False))
+    return _fill_holes_inplane(_from_sitk(sitk.BinaryThreshold(ranked, 1, 1, 1, 0)))
+
+
+def _to_sitk(mask: np.ndarray) -> sitk.Image:
+    """(i, j, k) bool array → uint8 SimpleITK image with x = i, y = j, z = k (unit spacing: radii are in voxels)."""
+    return sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0), dtype=np.uint8))
+
+
+def _from_sitk(img: sitk.Image) -> np.ndarray:
+    """Inverse of ``_to_sitk``."""
+    return sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(bool)
 
 
 def _block_mean(hu: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
@@ -165,20 +174,11 @@ def _block_mean(hu: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
     return cropped.reshape(n[0], factor[0], n[1], factor[1], n[2], factor[2]).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
-def _close_inplane(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary closing with an in-plane disc (padded so the border does not erode)."""
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    disc = np.zeros((2 * radius + 1, 2 * radius + 1, 1), dtype=bool)
-    disc[:, :, 0] = yy**2 + xx**2 <= radius**2
-    pad = radius + 1
-    closed = ndimage.binary_closing(np.pad(mask, ((pad, pad), (pad, pad), (0, 0))), structure=disc)
-    return closed[pad:-pad, pad:-pad, :]
-
-
 def _fill_holes_inplane(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice: background not 4-connected in-plane to the slice border is a hole.
 
-    One 3D labelling with an in-plane structuring element does every slice at once (faster than a Python loop).
+    SimpleITK's BinaryFillhole is N-dimensional (a hole open in z is not filled), and looping it over 2D slices is
+    ~10x slower than one 3D labelling with an in-plane structuring element, which fills every slice at once.
     """
     background = ~mask
     labels, _ = ndimage.label(background, structure=_INPLANE)

@@ -624,7 +624,7 @@ def second_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fail_for(checksum: str, exc: BaseException, real: Callable) -> Callable:
-    """Wrap ``insert_nodules`` so that it raises ``exc`` for the CT with ``checksum`` only."""
+    """Wrap ``nodule_deltas`` so that it raises ``exc`` for the CT with ``checksum`` only."""
 
     def patched(vol, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if vol.checksum == checksum:
@@ -656,7 +656,7 @@ def test_any_failure_of_one_ct_is_one_line_and_the_run_goes_on(
     if exc == "placement":
         exc = nodules.NodulePlacementError("no room for a 30 mm nodule")
     checksum = hashlib.sha256(second_ct.read_bytes()).hexdigest()
-    monkeypatch.setattr(nodules, "insert_nodules", _fail_for(checksum, exc, nodules.insert_nodules))
+    monkeypatch.setattr(nodules, "nodule_deltas", _fail_for(checksum, exc, nodules.nodule_deltas))
     out = tmp_path / "out"
     result = run_cli([second_ct, good_ct], out)
     assert result.exit_code == 0 and result.exception is None, result.output
