@@ -22,6 +22,41 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+# Config fields the generate options set: errors about them name the options the user typed.
+_FLAGS = {
+    "count_range": "--nodules-min/--nodules-max",
+    "diameter_range_mm": "--diameter-min/--diameter-max",
+    "size_px": "--size",
+    "images_per_ct": "--images-per-ct/-n",
+}
+
+
+def _with_flags(message: str) -> str:
+    """Name the command-line options behind config field names in an error message."""
+    for field_name, flags in _FLAGS.items():
+        message = message.replace(field_name, f"{flags} ({field_name})", 1) if field_name in message else message
+    return message
+
+
+def _pick(value: float | None, default: float) -> float:
+    """The option's value when given, else the config's."""
+    return default if value is None else value
+
+
+def _mix(flag: str, text: str) -> dict[str, float]:
+    """Parse 'a=0.6,b=0.4' (or 'a') into {name: weight}; NoduleConfig checks names and normalises."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, weight = part.partition("=")
+        try:
+            out[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"{flag}: {part!r} is not name=weight (e.g. solid=0.6,ground_glass=0.4)") from None
+    if not out:
+        raise ValueError(f"{flag}: empty mix (e.g. solid=0.6,ground_glass=0.4)")
+    return out
+
+
 @app.command()
 def generate(
     ct: list[str] = typer.Argument(
@@ -30,14 +65,26 @@ def generate(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
     images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 on CPU, 16 on GPU."),
     size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 on CPU, 1024 on GPU."),
-    view: str = typer.Option("PA", "--view", help="PA, AP or LAT."),
+    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
     seed: int = typer.Option(0, "--seed"),
-    nodules_min: int = typer.Option(1, "--nodules-min"),
-    nodules_max: int = typer.Option(3, "--nodules-max"),
-    diameter_min: float = typer.Option(3.0, "--diameter-min", help="mm"),
-    diameter_max: float = typer.Option(30.0, "--diameter-max", help="mm"),
-    jitter_deg: float = typer.Option(2.0, "--jitter-deg", help="Max pose rotation jitter per axis."),
-    jitter_mm: float = typer.Option(5.0, "--jitter-mm", help="Max isocentre jitter per axis."),
+    nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
+    nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
+    diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 3)."),
+    diameter_max: Optional[float] = typer.Option(None, "--diameter-max", help="mm (default 30)."),
+    types: Optional[str] = typer.Option(
+        None, "--types", help="Nodule type mix, e.g. solid=0.6,part_solid=0.2,ground_glass=0.2 (or just solid)."
+    ),
+    shapes: Optional[str] = typer.Option(
+        None, "--shapes", help="Nodule shape mix, e.g. sphere=0.4,lobulated=0.3,spiculated=0.3 (or just sphere)."
+    ),
+    jitter_deg: Optional[float] = typer.Option(None, "--jitter-deg", help="Max pose rotation jitter per axis (default 2)."),
+    jitter_mm: Optional[float] = typer.Option(None, "--jitter-mm", help="Max isocentre jitter per axis (default 5)."),
+    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm)."),
+    detector_mm: Optional[float] = typer.Option(None, "--detector-mm", help="Detector side (default 430 mm)."),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="JSON with any of the sections nodules, geometry, labels (fields of NoduleConfig, "
+        "ProjectionGeometry, LabelConfig; see a dataset's config.json); the options above override it.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     series_uid: Optional[str] = typer.Option(
         None,
@@ -75,17 +122,37 @@ def generate(
     try:
         dev = pick_device(device)
         on_gpu = dev.type == "cuda"
+        sections = cfg.read_generate_config_file(config_file) if config_file is not None else {}
+        size = size or sections.get("geometry", {}).get("size_px")
         size_px = size or (cfg.GPU_DEFAULT_SIZE_PX if on_gpu else cfg.CPU_DEFAULT_SIZE_PX)
         n_images = images_per_ct or (cfg.GPU_DEFAULT_IMAGES_PER_CT if on_gpu else cfg.CPU_DEFAULT_IMAGES_PER_CT)
-        geometry = ProjectionGeometry(
-            view=view.upper(), size_px=size_px, jitter_rotation_deg=jitter_deg, jitter_translation_mm=jitter_mm
-        )
-        nodules = NoduleConfig(count_range=(nodules_min, nodules_max), diameter_range_mm=(diameter_min, diameter_max))
+        geo = {**sections.get("geometry", {}), "size_px": size_px}
+        if view is not None or "view" not in geo:
+            geo["view"] = (view or "PA").upper()
+        for key, value in (("jitter_rotation_deg", jitter_deg), ("jitter_translation_mm", jitter_mm),
+                           ("sdd_mm", sdd_mm), ("detector_mm", detector_mm)):  # fmt: skip
+            if value is not None:
+                geo[key] = value
+        geometry = cfg.geometry_from_dict(geo)
+        nod = dict(sections.get("nodules", {}))
+        base = NoduleConfig.from_dict(nod)
+        if nodules_min is not None or nodules_max is not None:
+            nod["count_range"] = (_pick(nodules_min, base.count_range[0]), _pick(nodules_max, base.count_range[1]))
+        if diameter_min is not None or diameter_max is not None:
+            nod["diameter_range_mm"] = (
+                _pick(diameter_min, base.diameter_range_mm[0]), _pick(diameter_max, base.diameter_range_mm[1])
+            )
+        if types is not None:
+            nod["type_probs"] = _mix("--types", types)
+        if shapes is not None:
+            nod["shape_probs"] = _mix("--shapes", shapes)
+        nodules = NoduleConfig.from_dict(nod)
         config = cfg.GenerateConfig(
             images_per_ct=n_images,
             seed=seed,
             geometry=geometry,
             nodules=nodules,
+            labels=cfg.labels_from_dict(sections.get("labels", {})),
             write_nodule_free=not no_nodule_free,
             dicom=dicom,
             series_uid=series_uid,
@@ -93,7 +160,7 @@ def generate(
             aliases=cfg.read_alias_csv(alias_csv) if alias_csv is not None else {},
         )
     except ValueError as err:  # NoduleConfigError is a ValueError
-        _fail(str(err))
+        _fail(_with_flags(str(err)))
     inputs = [EXAMPLE_CT]
     input_errors: list[str] = []
     if ct:

@@ -120,3 +120,40 @@ class GenerateConfig:
         """Short hash of the settings (a resumed run must match it)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_generate_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Sections nodules / geometry / labels of a JSON run config (e.g. a dataset's config.json); one-line errors."""
+    sections = ("nodules", "geometry", "labels")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the config: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config is a JSON object with sections {', '.join(sections)}")
+    out = {k: data[k] for k in sections if k in data}
+    if any(not isinstance(v, dict) for v in out.values()):
+        raise ValueError(f"{path}: sections {', '.join(sections)} must be JSON objects")
+    return out
+
+
+def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """``data`` restricted to ``cls``'s fields; unknown keys are an error listing the known ones."""
+    from dataclasses import fields
+
+    known = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in known:
+            raise ValueError(f"unknown {what} field {key!r}: expected one of {', '.join(known)}")
+    return data
+
+
+def geometry_from_dict(data: dict[str, Any]) -> ProjectionGeometry:
+    """ProjectionGeometry from a config section (unknown keys refused)."""
+    return ProjectionGeometry(**_known_fields(ProjectionGeometry, data, "geometry"))
+
+
+def labels_from_dict(data: dict[str, Any]) -> LabelConfig:
+    """LabelConfig from a config section (unknown keys refused)."""
+    return LabelConfig(**_known_fields(LabelConfig, data, "labels"))
+

@@ -180,6 +180,40 @@ def test_cli_no_lungs_is_a_clear_error(tmp_path: Path) -> None:
 def test_cli_rejects_bad_option_values_listing_allowed(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["generate", "--view", "oblique", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "PA, AP, LAT" in result.output
+    result = CliRunner().invoke(app, ["generate", "--nodules-min", "5", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--nodules-min/--nodules-max" in result.output  # names the options typed
+    result = CliRunner().invoke(app, ["generate", "--types", "solid=1,big=2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "solid, part_solid, ground_glass" in result.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"nodules": {"colour": "red"}}))
+    result = CliRunner().invoke(app, ["generate", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "'colour'" in result.output and "type_probs" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_config_file_and_options(chest_nifti: Path, tmp_path: Path) -> None:
+    """A JSON config sets any nodule/geometry/label field; explicit options override it; config.json records all."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({
+        "nodules": {"count_range": [2, 2], "diameter_range_mm": [14, 20], "type_probs": {"ground_glass": 1}},
+        "geometry": {"size_px": 64, "view": "AP", "sdd_mm": 1500.0},
+        "labels": {"faint_conspicuity": 0.25},
+    }))  # fmt: skip
+    out = tmp_path / "ds"
+    args = ["generate", str(chest_nifti), "--out", str(out), "--config", str(cfg), "-n", "1", "--no-progress",
+            "--device", "cpu", "--shapes", "sphere", "--detector-mm", "400"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["geometry"] | {"size_px": 64, "view": "AP", "sdd_mm": 1500.0, "detector_mm": 400.0} == saved["geometry"]
+    assert saved["nodules"]["count_range"] == [2, 2]
+    assert saved["nodules"]["type_probs"]["ground_glass"] == 1.0 and saved["nodules"]["type_probs"]["solid"] == 0.0
+    assert saved["nodules"]["shape_probs"]["sphere"] == 1.0 and saved["nodules"]["shape_probs"]["spiculated"] == 0.0
+    assert saved["labels"]["faint_conspicuity"] == 0.25
+    records = [json.loads(line)["record"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+    nodules = [n for r in records for n in r["nodules"]] + [n for r in records for n in r["attributes"]["unlabelled_nodules"]]
+    assert len(nodules) == 2
+    assert all(n["attributes"]["type"] == "ground_glass" if "attributes" in n else n["type"] == "ground_glass" for n in nodules)
 
 
 # ------------------------------------------------------------------- labels, run settings, duplicates, aliases
