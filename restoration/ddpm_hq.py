@@ -378,7 +378,8 @@ def restore(
 
 
 def save_model(folder: str | Path, unet: UNet2DModel, cfg: DDPMHQConfig, ema: Any | None = None) -> Path:
-    """Save UNet weights (safetensors; the EMA weights when ``ema`` is given) and ``ddpm_hq_config.json``."""
+    """Save UNet weights (safetensors; the EMA weights when ``ema`` is given), ``ddpm_hq_config.json`` and the
+    training scheduler's config under ``scheduler/``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if ema is not None:
@@ -390,6 +391,8 @@ def save_model(folder: str | Path, unet: UNet2DModel, cfg: DDPMHQConfig, ema: An
         if ema is not None:
             ema.restore(unet.parameters())
     cfg.save(folder)
+    # The training noise schedule, diffusers-style, so the folder documents itself (make_scheduler rebuilds it).
+    make_scheduler("ddpm", cfg).save_pretrained(folder / "scheduler")
     return folder
 
 

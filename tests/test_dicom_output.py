@@ -132,3 +132,26 @@ def test_dciodvfy_finds_no_errors(tmp_path: Path, view: str, alias: str | None) 
     allowed = ("not present in standard DICOM IOD", "needed to build DICOMDIR - Study Date",
                "needed to build DICOMDIR - Study Time", "PN [1] = <SYNTHETIC> - Retired Person Name form")
     assert all(any(a in w for a in allowed) for w in warnings), "\n".join(warnings)
+
+
+def test_generate_dicom_output_passes_dciodvfy(chest_nifti: Path, tmp_path: Path) -> None:
+    """The files ``generate --dicom`` writes (not just the writer) validate, and carry the run's geometry."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "ds"
+    args = ["generate", str(chest_nifti), "--out", str(out), "--size", "64", "-n", "1", "--dicom", "--no-progress",
+            "--device", "cpu", "--diameter-min", "14"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (path,) = sorted((out / "dicom").glob("*.dcm"))
+    run = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    report = (run.stdout + run.stderr).splitlines()
+    assert [line for line in report if line.startswith("Error")] == [], "\n".join(report)
+    ds = pydicom.dcmread(path)
+    assert ds.ConversionType == "SYN" and list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.Rows == ds.Columns == 64

@@ -380,6 +380,11 @@ def test_save_load_roundtrip_and_missing(tmp_path, tiny_model):
     unet = build_unet(cfg).eval()
     save_model(tmp_path / "m", unet, cfg)
     assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").is_file()
+    from diffusers import DDPMScheduler
+
+    saved_sched = DDPMScheduler.from_pretrained(tmp_path / "m" / "scheduler")  # diffusers-style scheduler folder
+    assert saved_sched.config.num_train_timesteps == cfg.num_train_timesteps
+    assert saved_sched.config.beta_schedule == cfg.beta_schedule
     loaded, cfg2 = load_model(tmp_path / "m")
     assert cfg2 == cfg
     lq = smooth_images(1, 16)
