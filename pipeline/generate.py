@@ -517,6 +517,14 @@ def finalize(
     wanted = {s["sha256"] for s in sources}
     done = completed_entries(out_dir, config.fingerprint())
     keys = sorted(k for k in done if k[0] in wanted and k[1] < config.images_per_ct)
+    others = {k[0] for k in done if k[0] not in wanted}
+    if others:  # an earlier run with the same settings but other CTs wrote here: say so rather than mix silently
+        n_other = sum(1 for k in done if k[0] not in wanted)
+        print(
+            f"note: {out_dir}: {n_other} finished image(s) of {len(others)} CT(s) not given to this run stay on disk "
+            "but are left out of the dataset files (give all CTs to include them, or --restart to discard them)",
+            file=sys.stderr,
+        )
     order = {s["sha256"]: i for i, s in enumerate(sources)}
     keys.sort(key=lambda k: (order[k[0]], k[1]))
     records = [ImageRecord.from_json(done[k]["record"]) for k in keys]

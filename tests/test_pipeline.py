@@ -268,6 +268,24 @@ def test_same_ct_twice_is_rendered_once(chest_nifti: Path, tmp_path: Path, capsy
     assert len(json.loads((out / "dataset.json").read_text())["sources"]) == 1
 
 
+def test_other_cts_of_an_earlier_run_are_reported_not_mixed(
+    chest_nifti: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same settings, other CT in the same folder: the dataset files list this run's CT, and a note says why."""
+    from conftest import write_chest_phantom
+
+    other = write_chest_phantom(tmp_path / "other.nii.gz", seed=3)
+    out = tmp_path / "out"
+    generate([str(other)], out, small_config(n=1), device="cpu", progress=False)
+    capsys.readouterr()
+    result = generate([str(chest_nifti)], out, small_config(n=1), device="cpu", progress=False)
+    assert len(result.records) == 1
+    err = capsys.readouterr().err
+    assert "1 finished image(s) of 1 CT(s) not given to this run stay on disk" in err
+    coco = json.loads((out / "annotations" / "coco.json").read_text())
+    assert len(coco["images"]) == 1 and len(list((out / "images").glob("*.png"))) == 2
+
+
 def test_dicom_series_and_alias_are_run_settings(chest_nifti: Path, tmp_path: Path) -> None:
     """Resuming with --dicom (or another series/alias) after a run without it is refused, not silently mixed."""
     from pipeline.generate import RunMismatchError
