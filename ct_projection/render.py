@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from ct_projection.attenuation import AttenuationModel
 from ct_projection.body import body_mask, bounding_slices
 from ct_projection.geometry import Pose, ProjectionGeometry
 from ct_projection.volume import CTVolume
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions at run time
+    from diffdrr.pose import RigidTransform
+    from torchio import Subject
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _subject(density: np.ndarray, affine: np.ndarray, orientation: str):
+def _subject(density: np.ndarray, affine: np.ndarray, orientation: str) -> Subject:
     """A torchio Subject in the layout DiffDRR's ``DRR`` reads (volume, density, reorient, mask)."""
     from torchio import ScalarImage, Subject
 
@@ -135,7 +140,7 @@ class DRRRenderer:
         ).to(self.device)
         self._orientation = geometry.diffdrr_orientation
 
-    def pose_transform(self, pose: Pose):
+    def pose_transform(self, pose: Pose) -> RigidTransform:
         """The DiffDRR ``RigidTransform`` for a pose."""
         from diffdrr.pose import convert
 

@@ -100,7 +100,9 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Conv2d:
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> activation, with norm in {"in", "ln", "none"} and activation in {"relu", "lrelu", "none"}."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, norm: str = "in", act: str = "relu"):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, norm: str = "in", act: str = "relu"
+    ) -> None:
         layers: list[nn.Module] = [_conv(in_ch, out_ch, kernel, stride)]
         if norm == "in":
             layers.append(nn.InstanceNorm2d(out_ch))  # no affine: content codes carry no style statistics
@@ -120,7 +122,7 @@ class ConvNormAct(nn.Sequential):
 class ResBlock(nn.Module):
     """Residual block of two 3x3 convs with instance norm (content encoder)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int) -> None:
         super().__init__()
         self.body = nn.Sequential(ConvNormAct(ch, ch, 3), ConvNormAct(ch, ch, 3, act="none"))
 
@@ -147,7 +149,7 @@ def adain(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float =
 class AdaINResBlock(nn.Module):
     """Residual block of two 3x3 convs normalised by AdaIN; takes 4 * ch AdaIN parameters per sample."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int) -> None:
         super().__init__()
         self.ch = ch
         self.conv1 = _conv(ch, ch, 3)
@@ -170,7 +172,7 @@ class AdaINResBlock(nn.Module):
 class ContentEncoder(nn.Module):
     """Downsampling convs + residual blocks, all instance-normalised: a spatial, style-free content code."""
 
-    def __init__(self, cfg: MUNITConfig):
+    def __init__(self, cfg: MUNITConfig) -> None:
         super().__init__()
         ch = cfg.dim
         layers: list[nn.Module] = [ConvNormAct(cfg.in_channels, ch, 7)]
@@ -188,7 +190,7 @@ class ContentEncoder(nn.Module):
 class StyleEncoder(nn.Module):
     """Downsampling convs (no normalisation: it would erase style) + global average pool + linear -> (B, style_dim)."""
 
-    def __init__(self, cfg: MUNITConfig):
+    def __init__(self, cfg: MUNITConfig) -> None:
         super().__init__()
         ch = cfg.dim
         layers: list[nn.Module] = [ConvNormAct(cfg.in_channels, ch, 7, norm="none")]
@@ -207,7 +209,7 @@ class StyleEncoder(nn.Module):
 class Decoder(nn.Module):
     """AdaIN residual blocks (parameters from an MLP on the style code), upsampling + layer-norm convs, tanh."""
 
-    def __init__(self, cfg: MUNITConfig, content_channels: int):
+    def __init__(self, cfg: MUNITConfig, content_channels: int) -> None:
         super().__init__()
         ch = content_channels
         self.res = nn.ModuleList(AdaINResBlock(ch) for _ in range(cfg.n_res))
@@ -241,7 +243,7 @@ class Decoder(nn.Module):
 class Generator(nn.Module):
     """One domain's auto-encoder: content encoder, style encoder and AdaIN decoder."""
 
-    def __init__(self, cfg: MUNITConfig):
+    def __init__(self, cfg: MUNITConfig) -> None:
         super().__init__()
         self.enc_content = ContentEncoder(cfg)
         self.enc_style = StyleEncoder(cfg)
@@ -262,7 +264,7 @@ class Generator(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """``n_scales`` PatchGAN-style discriminators on the image, its 2x and 4x (...) average-pooled versions."""
 
-    def __init__(self, cfg: MUNITConfig):
+    def __init__(self, cfg: MUNITConfig) -> None:
         super().__init__()
         self.nets = nn.ModuleList(self._one_scale(cfg) for _ in range(cfg.n_scales))
         self.down = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
@@ -317,7 +319,7 @@ class MUNIT(nn.Module):
     through ``forward`` (needed for DistributedDataParallel's gradient synchronisation).
     """
 
-    def __init__(self, cfg: MUNITConfig | None = None):
+    def __init__(self, cfg: MUNITConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or MUNITConfig()
         self.gen_a = Generator(self.cfg)
@@ -362,7 +364,9 @@ class MUNIT(nn.Module):
         z = torch.randn(n, self.cfg.style_dim, generator=generator, device=gen_device)
         return z.to(device) if device is not None else z
 
-    def _style_for(self, style: torch.Tensor | None, n: int, ref: torch.Tensor, generator: torch.Generator | None):
+    def _style_for(
+        self, style: torch.Tensor | None, n: int, ref: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         if style is None:
             return self.sample_style(n, ref.device, generator).to(ref.dtype)
         s = style.to(device=ref.device, dtype=ref.dtype)

@@ -309,7 +309,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         cfg: PreprocessConfig | None = None,
         augment: bool = False,
         prewindowed: bool = False,
-    ):
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("ImageFolderDataset: no images given")

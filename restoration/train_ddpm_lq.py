@@ -160,7 +160,7 @@ class DDPMLQTrainConfig:
 class UnconditionalDataset(torch.utils.data.Dataset):
     """(image, zeros) items: the condition channel of an unconditional stage."""
 
-    def __init__(self, images: torch.utils.data.Dataset):
+    def __init__(self, images: torch.utils.data.Dataset) -> None:
         self.images = images
 
     def __len__(self) -> int:
@@ -178,7 +178,7 @@ class PairsDataset(torch.utils.data.Dataset):
     shift LQ and HQ differently).
     """
 
-    def __init__(self, pairs_dir: str | Path, size: int):
+    def __init__(self, pairs_dir: str | Path, size: int) -> None:
         root = Path(pairs_dir)
         if not (root / "lq").is_dir() or not (root / "hq").is_dir():
             raise ValueError(f"{root}: not a pairs folder (needs lq/ and hq/)")
