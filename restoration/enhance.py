@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from restoration.ddpm_hq import load_model, make_scheduler, restore, upsample_condition
+from restoration.ddpm_hq import load_model, make_scheduler, upsample_condition
+from restoration.ddpm_hq_sampling import restore
 from restoration.preprocess import (
     PreprocessConfig,
     list_images,

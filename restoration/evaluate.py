@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from restoration.ddpm_hq import SCHEDULERS, load_model, make_scheduler, restore, upsample_condition
+from restoration.ddpm_hq import SCHEDULERS, load_model, make_scheduler, upsample_condition
+from restoration.ddpm_hq_sampling import restore
 from restoration.degrade import bicubic_degrade
 from restoration.pairs import in_pairs_folder
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig

@@ -21,11 +21,11 @@ from restoration.ddpm_hq import (
     DDPMHQConfig,
     build_unet,
     make_scheduler,
-    restore,
     save_model,
     training_loss,
     upsample_condition,
 )
+from restoration.ddpm_hq_sampling import restore
 from restoration.degrade import ClassicalDegradationConfig, bicubic_degrade, classical_degrade
 from restoration.pairs import pair_records
 from restoration.preprocess import (

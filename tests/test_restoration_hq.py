@@ -19,11 +19,11 @@ from restoration.ddpm_hq import (
     build_unet,
     load_model,
     make_scheduler,
-    restore,
     save_model,
     training_loss,
     upsample_condition,
 )
+from restoration.ddpm_hq_sampling import restore
 from restoration.degrade import ClassicalDegradationConfig, apply_params, bicubic_degrade, classical_degrade
 from restoration.evaluate import evaluate_model, figure, nodule_contrast, psnr_ssim
 from restoration.preprocess import (
