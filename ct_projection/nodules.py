@@ -270,6 +270,8 @@ class NoduleParams:
         spicule_widths_mm: base radius of each spicule cone.
         juxtapleural: placed touching the pleura.
         lobe: TotalSegmentator lobe name at the centre, or None; side: right | left (or None if unknown).
+        zone: upper | middle | lower — the third of its lung's head-foot extent the centre lies in (the radiographic
+            lung zones; recorded with or without a lobe map).
         seed: seed of the per-nodule generator it was drawn from (re-drawing with it reproduces the nodule).
     """
 
@@ -292,6 +294,7 @@ class NoduleParams:
     juxtapleural: bool = False
     lobe: str | None = None
     side: str | None = None
+    zone: str | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -508,6 +511,7 @@ class PlacementMap:
         offset: index of the maps' first voxel in the CT grid (may be −1 where the lung touches the grid edge).
         shape: CT grid shape; affine: CT affine.
         midline_x: world x (mm) of the lung mask's centroid (right/left when no lobe map is given).
+        lung_z: per side ("right", "left"), the world z (mm) range of that lung, apex to base (for ``zone``).
         key: fingerprint of (grid, mask, HU under the mask box, dense settings): a cached map is reused only for
             the same inputs.
     """
@@ -519,6 +523,7 @@ class PlacementMap:
     affine: np.ndarray
     midline_x: float
     key: str
+    lung_z: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _placement_key(vol: CTVolume, lung_mask: np.ndarray, box: tuple[slice, ...], dense_min_size_mm: float) -> str:
@@ -582,7 +587,15 @@ class NoduleSampler:
             for ax in range(3)
         ]
         midline_x = float(vol.voxel_to_world(np.array(centroid))[0, 0])
-        self._cache = PlacementMap(edt, thick, offset, vol.shape, vol.affine.copy(), midline_x, key)
+        # Each lung's head-foot extent (RAS+ canonical grid: +i is the patient's right, +k superior).
+        split = int(round(centroid[0])) - offset[0]
+        lung_z: dict[str, tuple[float, float]] = {}
+        for side, part in (("left", crop[:split]), ("right", crop[split:])):
+            ks = np.flatnonzero(part.any(axis=(0, 1)))
+            if ks.size:
+                zs = vol.voxel_to_world(np.array([[0, 0, ks[0] + offset[2]], [0, 0, ks[-1] + offset[2]]], float))[:, 2]
+                lung_z[side] = (float(zs.min()), float(zs.max()))
+        self._cache = PlacementMap(edt, thick, offset, vol.shape, vol.affine.copy(), midline_x, key, lung_z)
         return self._cache
 
     # -- random draws ------------------------------------------------------------------------------------------------
@@ -737,6 +750,7 @@ class NoduleSampler:
             p.centre_voxel = [float(x) for x in c_vox]
             p.centre_world_mm = [float(x) for x in c_world]
             p.lobe, p.side = _lobe_and_side(centre, c_world, lobes, pm)
+            p.zone = _zone(float(c_world[2]), pm.lung_z.get(p.side))
             return p
         return None
 
@@ -859,6 +873,14 @@ def _lobe_and_side(
             return LOBE_NAMES[lab], LOBE_SIDES[lab]
     # RAS+: world x increases toward the patient's right.
     return None, "right" if c_world[0] > pm.midline_x else "left"
+
+
+def _zone(z: float, extent: tuple[float, float] | None) -> str | None:
+    """upper / middle / lower third of a lung's head-foot extent (None when the extent is unknown)."""
+    if extent is None or extent[1] <= extent[0]:
+        return None
+    frac = (z - extent[0]) / (extent[1] - extent[0])  # 0 at the base, 1 at the apex
+    return "upper" if frac >= 2 / 3 else ("lower" if frac < 1 / 3 else "middle")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -412,3 +412,23 @@ def test_nodule_deltas_match_insert_nodules(ph: Phantom) -> None:
         np.testing.assert_array_equal(a.delta_hu, b.delta_hu)
         assert (a.mean_hu, a.mean_hu_partial_volume, a.volume_mm3) == (b.mean_hu, b.mean_hu_partial_volume, b.volume_mm3)
         np.testing.assert_array_equal(new.hu[a.slices], ph.vol.hu[a.slices] + a.delta_hu)
+
+
+def test_zone_is_the_third_of_the_lung_height(ph: Phantom) -> None:
+    """Every nodule gets its radiographic zone from its centre's height within its own lung."""
+    from ct_projection.nodules import _zone
+
+    assert [_zone(z, (0.0, 90.0)) for z in (5.0, 45.0, 85.0)] == ["lower", "middle", "upper"]
+    assert _zone(1.0, None) is None
+    sampler = NoduleSampler(NoduleConfig(**SMALL, count_range=(3, 3)))
+    pm = sampler.prepare(ph.vol, ph.lung)
+    assert set(pm.lung_z) == {"left", "right"}
+    zones = set()
+    for seed in range(8):
+        for p in sampler.get_params(np.random.default_rng(seed), ph.vol, ph.lung):
+            lo, hi = pm.lung_z[p.side]
+            frac = (p.centre_world_mm[2] - lo) / (hi - lo)
+            assert 0.0 <= frac <= 1.0
+            assert p.zone == ("upper" if frac >= 2 / 3 else "lower" if frac < 1 / 3 else "middle")
+            zones.add(p.zone)
+    assert zones == {"upper", "middle", "lower"}
