@@ -13,6 +13,7 @@ from data.atomic import atomic_write_bytes
 from data.images import encode_png
 
 BOX_COLOUR = (255, 0, 0)
+FAINT_BOX_COLOUR = (0, 160, 255)  # nodules labelled but flagged too faint to see: told apart at a glance
 TITLE_COLOUR = (255, 255, 0)
 TITLE_HEIGHT = 14  # pixels of text band above each thumbnail
 
@@ -37,6 +38,7 @@ def contact_sheet(
     path: str | Path,
     cols: int = 4,
     thumb: int = 256,
+    faint: Sequence[Sequence[bool]] | None = None,
 ) -> Path:
     """Save a grid of thumbnails (each fit into ``thumb`` x ``thumb``) with boxes and titles as an RGB PNG.
 
@@ -49,11 +51,15 @@ def contact_sheet(
         path: output PNG.
         cols: thumbnails per row.
         thumb: thumbnail box size in pixels.
+        faint: per image, per box, whether the nodule is flagged faint (drawn in ``FAINT_BOX_COLOUR``).
     """
     if not images:
         raise ValueError("contact_sheet needs at least one image")
     if not (len(images) == len(boxes) == len(titles)):
         raise ValueError(f"images/boxes/titles lengths differ: {len(images)}, {len(boxes)}, {len(titles)}")
+    flags = faint if faint is not None else [[False] * len(b) for b in boxes]
+    if len(flags) != len(boxes) or any(len(f) != len(b) for f, b in zip(flags, boxes)):
+        raise ValueError("faint flags must match boxes image by image")
     n = len(images)
     ncols = max(1, min(cols, n))
     nrows = math.ceil(n / ncols)
@@ -62,7 +68,7 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
 
-    for i, (img, img_boxes, title) in enumerate(zip(images, boxes, titles)):
+    for i, (img, img_boxes, title, img_faint) in enumerate(zip(images, boxes, titles, flags)):
         arr = np.asarray(img)
         if arr.ndim != 2:
             raise ValueError(f"contact_sheet image {i}: expected HxW grayscale, got shape {arr.shape}")
@@ -72,13 +78,14 @@ def contact_sheet(
         tile = Image.fromarray(window_to_uint8(arr)).resize((tw, th), Image.Resampling.BILINEAR).convert("RGB")
         ox, oy = (i % ncols) * thumb, (i // ncols) * cell_h
         sheet.paste(tile, (ox, oy + TITLE_HEIGHT))
-        for x, y, bw, bh in img_boxes:
+        for (x, y, bw, bh), is_faint in zip(img_boxes, img_faint):
             # Pixel-edge box -> inclusive corner pixels of the thumbnail, kept inside the tile.
             x0 = min(max(math.floor(x * scale), 0), tw - 1)
             y0 = min(max(math.floor(y * scale), 0), th - 1)
             x1 = min(max(math.ceil((x + bw) * scale) - 1, x0), tw - 1)
             y1 = min(max(math.ceil((y + bh) * scale) - 1, y0), th - 1)
-            draw.rectangle((ox + x0, oy + TITLE_HEIGHT + y0, ox + x1, oy + TITLE_HEIGHT + y1), outline=BOX_COLOUR)
+            colour = FAINT_BOX_COLOUR if is_faint else BOX_COLOUR
+            draw.rectangle((ox + x0, oy + TITLE_HEIGHT + y0, ox + x1, oy + TITLE_HEIGHT + y1), outline=colour)
         # Clip the title to the cell so long names do not spill into the neighbour.
         cell = Image.new("RGB", (thumb, TITLE_HEIGHT), (0, 0, 0))
         ImageDraw.Draw(cell).text((2, 1), str(title), fill=TITLE_COLOUR, font=font)

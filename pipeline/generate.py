@@ -507,6 +507,7 @@ def write_dataset_files(out_dir: Path, records: list[ImageRecord], run_info: dic
             [[n.bbox_xywh for n in r.nodules] for r in shown],
             [f"{r.stem} ({len(r.nodules)})" for r in shown],
             out_dir / "contact_sheet.png",
+            faint=[[bool(n.attributes.get("faint")) for n in r.nodules] for r in shown],
         )
 
 

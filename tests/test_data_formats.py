@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from data import atomic as atomic_mod
 from data.atomic import DatasetWriteError, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from data.coco import build_coco, read_coco, write_coco
-from data.contact_sheet import BOX_COLOUR, TITLE_HEIGHT, contact_sheet
+from data.contact_sheet import BOX_COLOUR, FAINT_BOX_COLOUR, TITLE_HEIGHT, contact_sheet
 from data.images import read_image, read_png16, write_png8, write_png16
 from data.manifest import Manifest, write_run_info
 from data.node21 import read_node21_csv, write_node21_csv
@@ -350,3 +350,11 @@ def test_contact_sheet(tmp_path: Path) -> None:
     assert px[:TITLE_HEIGHT, :96].any()  # title text drawn
     with pytest.raises(ValueError):
         contact_sheet(imgs, boxes[:2], ["x"] * 3, tmp_path / "c.png")
+    # faint nodules are drawn in their own colour
+    contact_sheet(imgs, boxes, ["one", "two", "three"], tmp_path / "f.png", cols=2, thumb=96,
+                  faint=[[True], [], [False, True]])  # fmt: skip
+    with Image.open(tmp_path / "f.png") as im:
+        pf = np.asarray(im)
+    assert tuple(pf[TITLE_HEIGHT + int(8 * scale), int(10 * scale)]) == FAINT_BOX_COLOUR
+    with pytest.raises(ValueError, match="faint flags"):
+        contact_sheet(imgs, boxes, ["x"] * 3, tmp_path / "g.png", faint=[[True], [], [False]])
