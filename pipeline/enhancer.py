@@ -64,7 +64,6 @@ class Enhancer:
     Attributes:
         scale: the model's SR factor (output side / model-input side).
         input_size: longer side each DRR is resized to before restoring (the model's training ``lq_size``).
-        last_sizes: ((h, w) in, (h, w) out) of the latest ``__call__``, or None.
     """
 
     def __init__(self, config: EnhanceConfig, device: str = "cpu") -> None:
@@ -80,7 +79,6 @@ class Enhancer:
         self.preprocess = PreprocessConfig.from_dict(pre) if pre else PreprocessConfig()
         self.scale = int(self.model_config.scale)
         self.device = device
-        self.last_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     def output_size(self, in_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the enhanced image of an (h, w) DRR."""
@@ -104,29 +102,21 @@ class Enhancer:
             self.model_config.hq_size, 32, seed, self.device, residual_scale=self.model_config.residual_scale,
             lq_size=self.input_size,
         )  # fmt: skip
-        self.last_sizes = ((int(pixels.shape[0]), int(pixels.shape[1])), (int(out.shape[0]), int(out.shape[1])))
         return np.rint(out * 65535.0).astype(np.uint16)
 
     def scale_label(
         self,
         label: NoduleLabel,
-        in_size: tuple[int, int] | None = None,
+        in_size: tuple[int, int],
         out_size: tuple[int, int] | None = None,
     ) -> NoduleLabel:
         """The same nodule on the enhanced image: box scaled by the output/input factors, footprint resampled.
 
         Args:
             label: the nodule on the DRR.
-            in_size: (h, w) of the DRR; default: the footprint's shape, else the latest ``__call__``'s input.
+            in_size: (h, w) of the DRR.
             out_size: (h, w) of the enhanced image; default: ``output_size(in_size)``.
         """
-        if in_size is None:
-            if label.footprint is not None:
-                in_size = (int(label.footprint.shape[0]), int(label.footprint.shape[1]))
-            elif self.last_sizes is not None:
-                in_size = self.last_sizes[0]
-            else:
-                raise ValueError("scale_label needs in_size (the DRR's (h, w)) for a label without a footprint")
         oh, ow = out_size if out_size is not None else self.output_size(in_size)
         sx, sy = ow / in_size[1], oh / in_size[0]
         x, y, w, h = label.bbox_xywh

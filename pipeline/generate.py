@@ -273,8 +273,7 @@ def _render_sample(
             # The nodule-free twin goes through the same restorer with the same noise, so the pair still differs
             # only where the nodules are (up to what the restorer makes of them); its raw DRR is kept too.
             free_drr_name = f"images_drr_nodule_free/{stem}.png"
-            raw_free = free_pixels
-            publish(free_drr_name, lambda path: write_png16(path, raw_free))
+            publish(free_drr_name, lambda path: write_png16(path, free_pixels))
             free_pixels = enhancer(free_pixels, seed=restore_seed)
     file_name = f"images/{stem}.png"
     publish(file_name, lambda path: write_png16(path, pixels))
@@ -512,11 +511,18 @@ def write_dataset_files(out_dir: Path, records: list[ImageRecord], run_info: dic
 
 
 def finalize(
-    out_dir: Path, config: GenerateConfig, sources: list[dict[str, Any]], failed: list[str]
+    out_dir: Path,
+    config: GenerateConfig,
+    sources: list[dict[str, Any]],
+    failed: list[str],
+    done: dict[tuple[str, int], dict[str, Any]],
 ) -> list[ImageRecord]:
-    """Build the dataset-level files from the manifest: one record per (CT, sample) of this run, sorted."""
+    """Build the dataset-level files from the manifest: one record per (CT, sample) of this run, sorted.
+
+    ``done`` is the run's manifest content (``RunRecorder.entries``): entries verified at start plus those written
+    by this run, so no output file is hashed a second time.
+    """
     wanted = {s["sha256"] for s in sources}
-    done = completed_entries(out_dir, config.fingerprint())
     keys = sorted(k for k in done if k[0] in wanted and k[1] < config.images_per_ct)
     others = {k[0] for k in done if k[0] not in wanted}
     if others:  # an earlier run with the same settings but other CTs wrote here: say so rather than mix silently
@@ -545,8 +551,10 @@ def finalize(
     return records
 
 
-def start_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: bool) -> set[tuple[str, int]]:
-    """Check the settings, clear temp files of a killed run and return the (CT, sample) keys already finished."""
+def start_run(
+    inputs: list[str], out_dir: Path, config: GenerateConfig, restart: bool
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Check the settings, clear temp files of a killed run and return the verified manifest entries by key."""
     if config.alias is not None and len(inputs) > 1:
         raise RunSettingsError(
             f"--alias names one CT but {len(inputs)} inputs were given; "
@@ -557,16 +565,22 @@ def start_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart:
     removed = remove_stale_temp_files(out_dir)
     if removed:
         print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run", file=sys.stderr)
-    return set(completed_entries(out_dir, config.fingerprint(), warn=True))
+    return completed_entries(out_dir, config.fingerprint(), warn=True)
 
 
 class RunRecorder:
-    """The run's one manifest writer: config.json before the first entry, at most one entry per (CT, sample)."""
+    """The run's one manifest writer: config.json before the first entry, at most one entry per (CT, sample).
 
-    def __init__(self, out_dir: Path, config: GenerateConfig, done: set[tuple[str, int]]) -> None:
+    ``entries`` holds the manifest's verified entries from the start of the run plus every entry appended since;
+    ``done`` their keys (it grows as samples complete, so a repeat, e.g. a copy of a CT on another Ray actor, is
+    dropped).
+    """
+
+    def __init__(self, out_dir: Path, config: GenerateConfig, entries: dict[tuple[str, int], dict[str, Any]]) -> None:
         self.out_dir = out_dir
         self.config = config
-        self.done = done  # grows as samples complete, so a repeat (e.g. a copy of a CT on another Ray actor) is dropped
+        self.entries = dict(entries)
+        self.done: set[tuple[str, int]] = set(entries)
         self._manifest: Any = None
 
     def append(self, entry: dict[str, Any]) -> None:
@@ -581,6 +595,7 @@ class RunRecorder:
             atomic_write_json(self.out_dir / "config.json", self.config.to_dict())
             self._manifest = Manifest(self.out_dir / MANIFEST)
         self._manifest.append(entry)
+        self.entries[key] = entry
         self.done.add(key)
 
 
@@ -619,14 +634,13 @@ def generate(
     sample; an input with the same content checksum as an earlier one is reported and skipped.
     """
     out_dir = Path(out_dir)
-    done = start_run(inputs, out_dir, config, restart)
-    recorder = RunRecorder(out_dir, config, done)
+    recorder = RunRecorder(out_dir, config, start_run(inputs, out_dir, config, restart))
     result = GenerateResult(out_dir)
     sources: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     firsts: dict[str, str] = {}
     for path in inputs:
-        outcome = process_ct(path, config, out_dir, done, recorder.append, device, progress, enhancer, seen)
+        outcome = process_ct(path, config, out_dir, recorder.done, recorder.append, device, progress, enhancer, seen)
         note_outcome(result, sources, firsts, path, outcome)
-    result.records = finalize(out_dir, config, sources, result.failed)
+    result.records = finalize(out_dir, config, sources, result.failed, recorder.entries)
     return result

@@ -88,8 +88,7 @@ def generate_ray(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir).resolve()
-    done = start_run(inputs, out_dir, config, restart)
-    recorder = RunRecorder(out_dir, config, done)
+    recorder = RunRecorder(out_dir, config, start_run(inputs, out_dir, config, restart))
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     resources = ray.cluster_resources()
@@ -103,7 +102,7 @@ def generate_ray(
         return actor_cls.remote(config, str(out_dir), worker_device)
 
     idle = [new_actor() for _ in range(workers)]
-    done_ref = ray.put(frozenset(done))  # shipped to the object store once, not with every task
+    done_ref = ray.put(frozenset(recorder.done))  # shipped to the object store once, not with every task
     queue = list(enumerate(inputs))
     pending: dict[Any, tuple[int, Any]] = {}
     outcomes: dict[int, CTOutcome] = {}
@@ -140,5 +139,5 @@ def generate_ray(
     firsts: dict[str, str] = {}
     for index, path in enumerate(inputs):  # reported in input order, like the serial run
         note_outcome(result, sources, firsts, path, outcomes[index])
-    result.records = finalize(out_dir, config, sources, result.failed)
+    result.records = finalize(out_dir, config, sources, result.failed, recorder.entries)
     return result
