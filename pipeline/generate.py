@@ -267,18 +267,22 @@ OUTPUT_NAMES = (
 )
 
 
-def write_dataset_files(out_dir: Path, records: list[ImageRecord], run_info: dict[str, Any]) -> None:
-    """COCO, YOLO, NODE21 csv, run provenance and a contact sheet, all built from ``records``."""
-    from data.coco import write_coco
+def write_dataset_files(
+    out_dir: Path,
+    records: list[ImageRecord],
+    run_info: dict[str, Any],
+    faint_labels: str = "drop",
+    negatives: bool = False,
+    val_fraction: float = 0.2,
+) -> None:
+    """COCO, YOLO, NODE21 csv, the detector view, run provenance and a contact sheet, all built from ``records``."""
     from data.contact_sheet import contact_sheet
+    from data.dataset_files import write_label_files
     from data.images import read_png16
     from data.manifest import write_run_info
-    from data.node21 import write_node21_csv
-    from data.yolo import write_yolo
 
-    write_coco(out_dir / "annotations" / "coco.json", records, {"description": "DiffusionXRay synthetic CXRs"})
-    write_yolo(out_dir, records)
-    write_node21_csv(out_dir / "metadata.csv", records)
+    info = {"description": "DiffusionXRay synthetic CXRs"}
+    write_label_files(out_dir, records, info, faint_labels, negatives, val_fraction)
     write_run_info(out_dir / "dataset.json", run_info)
     shown = records[:16]
     if shown:
@@ -328,7 +332,7 @@ def finalize(
         "images": len(records),
         "nodules": sum(len(r.nodules) for r in records),
     }
-    write_dataset_files(out_dir, records, run_info)
+    write_dataset_files(out_dir, records, run_info, config.faint_labels, config.negatives, config.val_fraction)
     return records
 
 

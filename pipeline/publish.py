@@ -8,7 +8,7 @@ it, removes a failed sample's files, and returns the image record plus the manif
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
@@ -33,11 +33,13 @@ class Output:
         name: path relative to the dataset root.
         write: writes the file (atomically) at the given absolute path.
         attribute: record attribute that names the file (``RECORD_FILE`` for the record's own image), or None.
+        extra: further record attributes that come with this file (e.g. the display window it was made with).
     """
 
     name: str
     write: Callable[[Path], Any]
     attribute: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Writer(Protocol):
@@ -100,12 +102,56 @@ class DicomWriter:
         return [Output(f"{self.folder}/{sample.stem}.dcm", write)]
 
 
-# Written in this order; the record's image comes after the raw DRRs and before the nodule-free twin and DICOM.
+@dataclass(frozen=True)
+class DetectorWriter:
+    """8-bit detector copies of the image and its twin, windowed to the image's lung field (one shared window)."""
+
+    folder: str = "detector"
+
+    def __call__(self, sample: Sample, config: GenerateConfig) -> list[Output]:
+        """The detector image (+ its display window as a record attribute) and the nodule-free one."""
+        from ct_projection.lung_field import resize_mask
+        from data.detector import WINDOW_PERCENTILES, detector_name, encode_uint8, lung_window
+        from data.images import write_png8
+
+        pixels = sample.images["image"]
+        lung_px = resize_mask(sample.masks["lung_field"], pixels.shape)
+        window = lung_window(pixels, lung_px)
+        facts = {
+            "lo": window[0],
+            "hi": window[1],
+            "units": "pixel values of file_name (uint16)",
+            "percentiles": list(WINDOW_PERCENTILES),
+            "region": "lung field (projected lung mask)",
+            "lung_field_px": int(lung_px.sum()),
+        }
+        outputs = [
+            Output(
+                detector_name(sample.stem),
+                lambda path: write_png8(path, encode_uint8(pixels, window)),
+                "detector_file",
+                {"detector_window": facts},
+            )
+        ]
+        free = sample.images.get("nodule_free")
+        if free is not None:  # the twin shares the window, so the pair still differs only where the nodules are
+            outputs.append(
+                Output(
+                    detector_name(sample.stem, nodule_free=True),
+                    lambda path: write_png8(path, encode_uint8(free, window)),
+                    "detector_nodule_free_file",
+                )
+            )
+        return outputs
+
+
+# Written in this order; the record's image comes after the raw DRRs and before the twin, detector copies, DICOM.
 WRITERS: list[Writer] = [
     Png16Writer("drr", "images_drr", "drr_file"),
     Png16Writer("drr_nodule_free", "images_drr_nodule_free", "drr_nodule_free_file"),
     Png16Writer("image", "images", RECORD_FILE),
     Png16Writer("nodule_free", "images_nodule_free", "nodule_free_file"),
+    DetectorWriter(),
     DicomWriter(),
 ]
 
@@ -155,6 +201,7 @@ def publish(
                     file_name = output.name
                 elif output.attribute is not None:
                     file_attrs[output.attribute] = output.name
+                file_attrs.update(output.extra)
         if file_name is None:
             raise RuntimeError(f"no writer wrote the image of sample {sample.stem}")
     except BaseException:

@@ -18,6 +18,7 @@ from data.records import NoduleLabel
 
 if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
+    from ct_projection.lung_field import LungField
     from ct_projection.nodules import InsertedNodule, NoduleSampler
     from ct_projection.volume import CTVolume
     from pipeline.config import GenerateConfig
@@ -45,13 +46,15 @@ class Sample:
     """One synthetic radiograph before it is written.
 
     Args:
-        ct_id: short content-derived CT id (file names).
+        ct_id: short content-derived CT id.
         ct_sha256: the CT's content checksum.
         index: sample index within the CT.
+        stem: file stem shared by all of this sample's files (run tag, CT id, index).
         pose: the drawn acquisition pose.
         nodules: the inserted nodules (parameters and ΔHU volumes), labelled or not.
         images: named uint16 images: ``image`` (with nodules), ``nodule_free`` (same pose, no nodules) when asked;
             steps may add others (enhancement keeps the raw DRRs as ``drr`` and ``drr_nodule_free``).
+        masks: named bool maps on the rendered detector grid: ``lung_field`` (where the lungs project).
         labels: one label per nodule with a box on ``image``.
         attributes: the image record's attributes (pose, geometry, unlabelled nodules and why, ...).
         seeds: the sample's child seeds by stream name (see ``SEED_STREAMS``).
@@ -60,17 +63,14 @@ class Sample:
     ct_id: str
     ct_sha256: str
     index: int
+    stem: str
     pose: Pose
     nodules: list[InsertedNodule]
     images: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
     labels: list[NoduleLabel]
     attributes: dict[str, Any]
     seeds: dict[str, np.random.SeedSequence] = field(repr=False)
-
-    @property
-    def stem(self) -> str:
-        """File stem shared by all of this sample's files."""
-        return f"{self.ct_id}_{self.index:04d}"
 
     @property
     def unlabelled(self) -> list[dict[str, Any]]:
@@ -92,6 +92,7 @@ class SampleContext:
     sampler: NoduleSampler
     lungs: np.ndarray
     lobes: np.ndarray | None
+    lung_field: LungField
     steps: Sequence[SampleStep] = ()
 
     @classmethod
@@ -105,6 +106,7 @@ class SampleContext:
     ) -> SampleContext:
         """Per-CT set-up: lung and lobe maps, the renderer centred on the lungs, the prepared nodule sampler."""
         from ct_projection.geometry import lung_isocentre
+        from ct_projection.lung_field import LungField
         from ct_projection.lungs import lobe_map, lung_mask
         from ct_projection.nodules import NoduleSampler
         from ct_projection.render import DRRRenderer
@@ -116,7 +118,7 @@ class SampleContext:
         )
         sampler = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
-        return cls(vol, config, ct_id, renderer, sampler, lungs, lobes, tuple(steps))
+        return cls(vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps))
 
 
 def _nodule_facts(nodule: InsertedNodule) -> dict[str, Any]:
@@ -191,7 +193,9 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     alias = config.alias_for(vol.checksum)
     if alias is not None:
         attributes["alias"] = alias
-    sample = Sample(context.ct_id, vol.checksum, index, pose, inserted, images, labels, attributes, seeds)
+    stem = f"{config.tag()}_{context.ct_id}_{index:04d}"
+    masks = {"lung_field": context.lung_field.mask(renderer, pose)}
+    sample = Sample(context.ct_id, vol.checksum, index, stem, pose, inserted, images, masks, labels, attributes, seeds)
     for step in context.steps:
         sample = step(sample)
     return sample

@@ -128,7 +128,9 @@ def test_publish_checksums_files_and_a_new_writer_is_one_entry(context: SampleCo
     assert record.file_name == f"images/{sample.stem}.png"
     assert record.attributes["mask_file"] == f"masks/{sample.stem}.bin"
     assert record.attributes["nodule_free_file"] == f"images_nodule_free/{sample.stem}.png"
-    assert set(entry["files"]) == {record.file_name, record.attributes["nodule_free_file"], f"masks/{sample.stem}.bin"}
+    names = ("nodule_free_file", "detector_file", "detector_nodule_free_file", "mask_file")
+    assert set(entry["files"]) == {record.file_name, *(record.attributes[n] for n in names)}
+    assert record.attributes["detector_window"]["lo"] < record.attributes["detector_window"]["hi"]
     for name, digest in entry["files"].items():
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
     assert entry["record"] == record.to_json() and entry["sample_index"] == 0
