@@ -157,6 +157,7 @@ def generate_for_ct(
         return []
     from tqdm.auto import tqdm
 
+    from ct_projection.lung_field import LungField
     from ct_projection.lungs import lobe_map, lung_mask
     from ct_projection.nodules import NoduleSampler
     from ct_projection.render import DRRRenderer
@@ -168,12 +169,13 @@ def generate_for_ct(
     )
     sampler = NoduleSampler(config.nodules)
     sampler.prepare(vol, lungs)
+    field = LungField(vol, lungs)
     records: list[ImageRecord] = []
     for index in tqdm(indices, desc=ct_id, disable=not progress, unit="img"):
         written: list[Path] = []  # this sample's files, removed again if it fails before its record
         try:
             record, entry = _render_sample(
-                vol, config, out_dir, ct_id, index, renderer, sampler, lungs, lobes, enhancer, written
+                vol, config, out_dir, ct_id, index, renderer, sampler, lungs, lobes, enhancer, written, field
             )
         except BaseException:
             _remove_quietly(written)
@@ -196,6 +198,7 @@ def _render_sample(
     lobes: np.ndarray | None,
     enhancer: Enhancer | None,
     written: list[Path],
+    field: Any,
 ) -> tuple[ImageRecord, dict[str, Any]]:
     """Render, label and write sample ``index`` of one CT; returns its record and manifest entry.
 
@@ -204,7 +207,9 @@ def _render_sample(
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
     from ct_projection.nodules import nodule_deltas, nodule_surface_points
-    from data.images import write_png16
+    from ct_projection.lung_field import resize_mask
+    from data.detector import WINDOW_PERCENTILES, detector_name, encode_uint8, lung_window
+    from data.images import write_png16, write_png8
 
     files: dict[str, str] = {}
 
@@ -257,7 +262,7 @@ def _render_sample(
             unlabelled.append({"nodule_id": nodule_id, "reason": reason, **facts, **proj.attributes()})
             continue
         labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes={**facts, **proj.attributes()}))
-    stem = f"{ct_id}_{index:04d}"
+    stem = f"{config.tag()}_{ct_id}_{index:04d}"
     pixels = config.attenuation.to_uint16(image)
     width = height = size
     free_pixels = config.attenuation.to_uint16(background) if config.write_nodule_free else None
@@ -301,6 +306,24 @@ def _render_sample(
         attributes["nodule_free_file"] = free_name
         if enhancer is not None:
             attributes["drr_nodule_free_file"] = free_drr_name
+    # Detector copy: 8-bit, windowed to this image's lung field (the twin shares the window, so the pair still
+    # differs only where the nodules are).
+    lung_px = resize_mask(field.mask(renderer, pose), pixels.shape)
+    window = lung_window(pixels, lung_px)
+    publish(detector_name(stem), lambda path: write_png8(path, encode_uint8(pixels, window)))
+    attributes["detector_file"] = detector_name(stem)
+    attributes["detector_window"] = {
+        "lo": window[0],
+        "hi": window[1],
+        "units": "pixel values of file_name (uint16)",
+        "percentiles": list(WINDOW_PERCENTILES),
+        "region": "lung field (projected lung mask)",
+        "lung_field_px": int(lung_px.sum()),
+    }
+    if free_pixels is not None:
+        free_det = detector_name(stem, nodule_free=True)
+        publish(free_det, lambda path: write_png8(path, encode_uint8(free_pixels, window)))
+        attributes["detector_nodule_free_file"] = free_det
     if config.dicom:
         from data.dicom_out import write_secondary_capture
 
@@ -475,6 +498,7 @@ OUTPUT_NAMES = (
     "images_drr",
     "images_drr_nodule_free",
     "dicom",
+    "detector",
     "labels",
     "annotations",
     "metadata.csv",
@@ -486,18 +510,22 @@ OUTPUT_NAMES = (
 )
 
 
-def write_dataset_files(out_dir: Path, records: list[ImageRecord], run_info: dict[str, Any]) -> None:
-    """COCO, YOLO, NODE21 csv, run provenance and a contact sheet, all built from ``records``."""
-    from data.coco import write_coco
+def write_dataset_files(
+    out_dir: Path,
+    records: list[ImageRecord],
+    run_info: dict[str, Any],
+    faint_labels: str = "drop",
+    negatives: bool = False,
+    val_fraction: float = 0.2,
+) -> None:
+    """COCO, YOLO, NODE21 csv, the detector view, run provenance and a contact sheet, all built from ``records``."""
     from data.contact_sheet import contact_sheet
+    from data.dataset_files import write_label_files
     from data.images import read_png16
     from data.manifest import write_run_info
-    from data.node21 import write_node21_csv
-    from data.yolo import write_yolo
 
-    write_coco(out_dir / "annotations" / "coco.json", records, {"description": "DiffusionXRay synthetic CXRs"})
-    write_yolo(out_dir, records)
-    write_node21_csv(out_dir / "metadata.csv", records)
+    info = {"description": "DiffusionXRay synthetic CXRs"}
+    write_label_files(out_dir, records, info, faint_labels, negatives, val_fraction)
     write_run_info(out_dir / "dataset.json", run_info)
     shown = records[:16]
     if shown:
@@ -547,7 +575,7 @@ def finalize(
         "images": len(records),
         "nodules": sum(len(r.nodules) for r in records),
     }
-    write_dataset_files(out_dir, records, run_info)
+    write_dataset_files(out_dir, records, run_info, config.faint_labels, config.negatives, config.val_fraction)
     return records
 
 
