@@ -28,6 +28,7 @@ _FLAGS = {
     "diameter_range_mm": "--diameter-min/--diameter-max",
     "size_px": "--size",
     "images_per_ct": "--images-per-ct/-n",
+    "renderer": "--renderer",
 }
 
 
@@ -86,6 +87,9 @@ def generate(
         "ProjectionGeometry, LabelConfig; see a dataset's config.json); the options above override it.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    renderer: str = typer.Option(
+        "diffdrr", "--renderer", help="diffdrr (exact Siddon, default) or nanodrr (trilinear ray marching, faster)."
+    ),
     series_uid: Optional[str] = typer.Option(
         None,
         "--series-uid",
@@ -158,6 +162,7 @@ def generate(
             series_uid=series_uid,
             alias=alias,
             aliases=cfg.read_alias_csv(alias_csv) if alias_csv is not None else {},
+            renderer=renderer,
         )
     except ValueError as err:  # NoduleConfigError is a ValueError
         _fail(_with_flags(str(err)))

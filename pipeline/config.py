@@ -13,6 +13,7 @@ from ct_projection.attenuation import AttenuationModel
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from ct_projection.renderer import DEFAULT_RENDERER, RENDERERS
 from pipeline.enhancer import EnhanceConfig
 
 CPU_DEFAULT_SIZE_PX = 512
@@ -83,6 +84,7 @@ class GenerateConfig:
         series_uid: DICOM series to use when a folder holds several (SeriesInstanceUID or SeriesNumber).
         alias: user alias of the source CT of a single-CT run (sanitised; DICOM PatientName, manifest, dataset.json).
         aliases: per-CT aliases by content sha256 (from ``--alias-csv``); they win over ``alias``.
+        renderer: DRR backend, ``diffdrr`` (exact Siddon, the reference) or ``nanodrr`` (trilinear ray marching).
     """
 
     images_per_ct: int = CPU_DEFAULT_IMAGES_PER_CT
@@ -97,10 +99,13 @@ class GenerateConfig:
     series_uid: str | None = None
     alias: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    renderer: str = DEFAULT_RENDERER
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:
             raise ValueError(f"images_per_ct must be >= 1, got {self.images_per_ct}")
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"unknown renderer {self.renderer!r}: expected one of {', '.join(RENDERERS)}")
         if self.alias is not None:
             self.alias = sanitize_alias(self.alias)
         self.aliases = {str(k).lower(): sanitize_alias(v) for k, v in sorted(self.aliases.items())}

@@ -86,7 +86,7 @@ def load_input(path: str, series_uid: str | None = None) -> CTVolume:
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape the output (provenance)."""
     out = {"python": platform.python_version()}
-    for name in ("diffusionxray", "diffdrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom"):
+    for name in ("diffusionxray", "diffdrr", "nanodrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -157,15 +157,18 @@ def generate_for_ct(
         return []
     from tqdm.auto import tqdm
 
+    from ct_projection.body import body_mask
     from ct_projection.lungs import lobe_map, lung_mask
     from ct_projection.nodules import NoduleSampler
-    from ct_projection.render import DRRRenderer
+    from ct_projection.renderer import make_renderer
 
-    lungs = lung_mask(vol)
+    body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
+    lungs = lung_mask(vol, body=body)
     lobes = lobe_map(vol)
-    renderer = DRRRenderer(
-        vol, config.geometry, config.attenuation, isocentre_world=lung_isocentre(vol, lungs), device=device
-    )
+    renderer = make_renderer(
+        config.renderer, vol, config.geometry, attenuation=config.attenuation,
+        isocentre_world=lung_isocentre(vol, lungs), device=device, body=body,
+    )  # fmt: skip
     sampler = NoduleSampler(config.nodules)
     sampler.prepare(vol, lungs)
     records: list[ImageRecord] = []
