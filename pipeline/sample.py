@@ -19,7 +19,8 @@ from data.records import NoduleLabel
 if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
     from ct_projection.lung_field import LungField
-    from ct_projection.nodules import InsertedNodule, NoduleSampler
+    from ct_projection.nodules.insertion import InsertedNodule
+    from ct_projection.nodules.placement import NoduleSampler
     from ct_projection.volume import CTVolume
     from pipeline.config import GenerateConfig
     from pipeline.enhancer import Enhancer
@@ -108,7 +109,7 @@ class SampleContext:
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import lobe_map, lung_mask
-        from ct_projection.nodules import NoduleSampler
+        from ct_projection.nodules.placement import NoduleSampler
         from ct_projection.render import DRRRenderer
 
         lungs = lung_mask(vol)
@@ -138,7 +139,8 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules import nodule_deltas, nodule_surface_points
+    from ct_projection.nodules.insertion import nodule_deltas
+    from ct_projection.nodules.shape import nodule_surface_points
 
     vol, config, renderer = context.vol, context.config, context.renderer
     seeds = sample_seeds(config.seed, vol.checksum, index)
