@@ -26,6 +26,7 @@ def _fail(message: str) -> None:
 # Config fields the generate options set (dotted GenerateConfig paths): errors about them name the option typed.
 _OPTION_FIELDS = {
     "images_per_ct": "--images-per-ct/-n",
+    "renderer": "--renderer",
     "seed": "--seed",
     "geometry.size_px": "--size",
     "geometry.view": "--view",
@@ -117,6 +118,9 @@ def generate(
         "nodules, geometry, labels, attenuation, ...); the options above override it.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    renderer: Optional[str] = typer.Option(
+        None, "--renderer", help="diffdrr (exact Siddon, default) or nanodrr (trilinear ray marching, faster)."
+    ),
     series_uid: Optional[str] = typer.Option(
         None,
         "--series-uid",
@@ -206,6 +210,7 @@ def generate(
         put("write_nodule_free", False if no_nodule_free else None)
         put("dicom", True if dicom else None)
         put("series_uid", series_uid)
+        put("renderer", renderer)
         put("alias", alias)
         put("aliases", None if alias_csv is None else cfg.read_alias_csv(alias_csv))
         put("run_tag", run_tag)

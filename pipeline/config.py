@@ -16,6 +16,7 @@ from ct_projection.attenuation import AttenuationModel
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from ct_projection.renderer import DEFAULT_RENDERER, RENDERERS
 from data.settings import SettingsError, field_names, load_settings, read_settings_file
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
@@ -98,6 +99,7 @@ class GenerateConfig:
             detector files) or ``keep``; every nodule stays in coco.json and metadata.csv with its ``faint`` flag.
         negatives: list each sample's nodule-free twin as a negative image (no boxes) in the detector files.
         val_fraction: share of CTs (or of images, for a one-CT run) held out as the validation split.
+        renderer: DRR backend, ``diffdrr`` (exact Siddon, the reference) or ``nanodrr`` (trilinear ray marching).
     """
 
     images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = CPU_DEFAULT_IMAGES_PER_CT
@@ -116,10 +118,13 @@ class GenerateConfig:
     faint_labels: str = "drop"
     negatives: bool = False
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    renderer: str = DEFAULT_RENDERER
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:
             raise ValueError(f"images_per_ct must be >= 1, got {self.images_per_ct}")
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"--renderer: unknown value {self.renderer!r}: expected one of {', '.join(RENDERERS)}")
         if self.faint_labels not in FAINT_LABELS:
             raise ValueError(f"--faint-labels: unknown value {self.faint_labels!r}: expected one of {', '.join(FAINT_LABELS)}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
