@@ -18,8 +18,7 @@ import numpy as np
 from nibabel import orientations
 
 from ct_projection import dicom
-from ct_projection.dicom import one_line_reason
-from ct_projection.volume import CTInputError, CTVolume, sha256_files
+from ct_projection.volume import CTInputError, CTVolume, check_size, one_line_reason, sha256_files
 
 AIR_HU = -1024.0
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -186,7 +185,7 @@ def _check_declared(p: Path, shape: tuple[int, ...]) -> None:
         raise CTInputError(p, f"expected a 3D volume, got shape {tuple(int(s) for s in shape)}")
     if len(shape) > 3 and int(np.prod(shape[3:])) != 1:
         raise CTInputError(p, f"expected a 3D volume, got a 4D series of shape {tuple(int(s) for s in shape)}")
-    dicom._check_size(p, tuple(shape[:3]), "declared size")
+    check_size(p, tuple(shape[:3]), "declared size")
 
 
 def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[Path]]:

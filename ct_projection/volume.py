@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+MAX_BYTES = 2 * 1024**3  # refuse volumes whose float32 array would exceed this, before allocating
 
 
 class CTInputError(ValueError):
@@ -17,6 +20,21 @@ class CTInputError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """First meaningful line of an exception, for one-line messages."""
+    text = " ".join(str(exc).split())
+    return (text[:160] + "…") if len(text) > 160 else (text or type(exc).__name__)
+
+
+def check_size(source: str | Path, shape: tuple[int, ...], what: str) -> None:
+    """Refuse absurd sizes before allocating them."""
+    nbytes = 4 * math.prod(int(s) for s in shape)
+    if nbytes > MAX_BYTES:
+        dims = "×".join(str(int(s)) for s in shape)
+        gib = nbytes / 1024**3
+        raise CTInputError(source, f"{what} {dims} voxels ({gib:.1f} GiB as float32) exceeds the 2 GiB limit")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from data.confine import check_not_link, open_file, parent_dir, remove_file
+from data.confine import check_not_link, note_written, open_file, parent_dir, remove_file
 from data.errors import DatasetWriteError
 
 __all__ = [
@@ -107,6 +107,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with parent_dir(path, create=True) as (dir_fd, name, confined):
             check_not_link(path, dir_fd, name, confined)
             _replace_in(dir_fd, name, data)
+        note_written(path)
     except DatasetWriteError:
         raise
     except (OSError, ValueError, TypeError) as exc:

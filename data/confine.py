@@ -22,6 +22,8 @@ from data.errors import UnsafePathError
 
 # Registered roots as absolute path parts (both as given and resolved) -> registration count.
 _ROOTS: dict[tuple[str, ...], int] = {}
+# Per registered root form: the root-relative names written by atomic writes while it is registered.
+_WRITTEN: dict[tuple[str, ...], set[str]] = {}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -43,6 +45,7 @@ def release(root: str | Path) -> None:
             _ROOTS[form] -= 1
         else:
             _ROOTS.pop(form, None)
+            _WRITTEN.pop(form, None)
 
 
 @contextmanager
@@ -65,6 +68,19 @@ def confined_root(path: str | Path) -> tuple[Path, tuple[str, ...]] | None:
     if best is None:
         return None
     return Path(*best), parts[len(best) :]
+
+
+def note_written(path: str | Path) -> None:
+    """Remember that ``path`` was written (called by the atomic writers); nothing happens outside confined roots."""
+    found = confined_root(path)
+    if found is not None:
+        _WRITTEN.setdefault(found[0].parts, set()).add("/".join(found[1]))
+
+
+def written_under(root: str | Path) -> set[str]:
+    """Root-relative names of the files atomically written under ``root`` (by this process) since it was guarded."""
+    forms = {_parts(os.path.abspath(root)), _parts(os.path.realpath(root))}
+    return set().union(*(_WRITTEN.get(form, set()) for form in forms))
 
 
 def _is_link(name: str, dir_fd: int) -> bool:

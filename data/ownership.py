@@ -50,14 +50,19 @@ def foreign_entries(root: str | Path) -> list[str]:
         return []
 
 
-def marker_content(fingerprint: str, version: str) -> dict[str, Any]:
-    """The marker of a folder holding a run with settings ``fingerprint`` (deterministic: no time, no host)."""
+def marker_content(fingerprint: str, version: str, dataset_files: list[str] | None = None) -> dict[str, Any]:
+    """The marker of a folder holding a run with settings ``fingerprint`` (deterministic: no time, no host).
+
+    Args:
+        dataset_files: root-relative dataset-level files the tool wrote there (label files, dataset.json, ...).
+    """
     return {
         "tool": TOOL,
         "created_by": f"{TOOL} {version}",
         "config_fingerprint": fingerprint,
-        "about": "DiffusionXRay dataset folder: generate writes here only its manifest-listed outputs and its own "
-        "dataset files; --restart removes only those.",
+        "dataset_files": sorted(set(dataset_files or [])),
+        "about": "DiffusionXRay dataset folder: generate writes here only its manifest-listed outputs and the "
+        "dataset files listed here; --restart removes only those.",
     }
 
 
@@ -73,12 +78,25 @@ def read_marker(root: str | Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) and marker.get("tool") == TOOL else None
 
 
-def write_marker(root: str | Path, fingerprint: str, version: str) -> None:
-    """Mark ``root`` as a DiffusionXRay dataset of the given settings (kept as is when it already says so)."""
+def write_marker(root: str | Path, fingerprint: str, version: str, dataset_files: list[str] | None = None) -> None:
+    """Mark ``root`` as a DiffusionXRay dataset of the given settings, adding ``dataset_files`` to those listed.
+
+    A marker of the same settings keeps its creating version and its list (so a resumed run writes the same bytes).
+    """
     old = read_marker(root)
     if old is not None and old.get("config_fingerprint") == fingerprint:
-        return  # keeps the version that created the folder, and the bytes of a resumed run
-    atomic_write_json(Path(root) / MARKER, marker_content(fingerprint, version))
+        listed = [n for n in old.get("dataset_files", []) if isinstance(n, str)]
+        if set(dataset_files or []) <= set(listed):
+            return
+        version = str(old.get("created_by", "")).removeprefix(f"{TOOL} ") or version
+        dataset_files = listed + list(dataset_files or [])
+    atomic_write_json(Path(root) / MARKER, marker_content(fingerprint, version, dataset_files))
+
+
+def listed_dataset_files(marker: dict[str, Any] | None) -> list[str]:
+    """The dataset-level files a marker says the tool wrote."""
+    files = (marker or {}).get("dataset_files", [])
+    return [n for n in files if isinstance(n, str)] if isinstance(files, list) else []
 
 
 def claim_check(root: str | Path) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""CLI commands of the restoration stage: train, make-pairs, enhance, evaluate (thin wrappers; heavy imports inside)."""
+"""CLI commands of the restoration stage: train, make-pairs, enhance, evaluate, evaluate-realism (thin wrappers; heavy imports inside)."""
 
 from __future__ import annotations
 
@@ -207,6 +207,34 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             )
         if json_out is not None:  # one sampler: its result as before; a sweep: {"n", "bicubic", "runs": [...]}
             atomic_write_json(json_out, result["runs"][0] if len(result["runs"]) == 1 and not samplers else result)
+
+    @app.command("evaluate-realism")
+    def evaluate_realism(
+        candidates: Path = typer.Argument(..., help="Folder of images to judge (e.g. a generate output's images/)."),
+        real: Path = typer.Argument(..., help="Folder of real chest radiographs (patients from its images.csv/data.csv)."),
+        out: Path = typer.Option(Path("realism"), "--out", "-o", help="Writes realism.json and realism.png here."),
+        size: int = typer.Option(512, "--size", help="Analysis side in px (common field-of-view scale)."),
+        epochs: int = typer.Option(8, "--epochs", help="Classifier training epochs (fixed small budget)."),
+        max_images: int = typer.Option(200, "--max-images", help="At most this many images per set (seeded choice)."),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Realism of CANDIDATES vs REAL: classifier AUC, spectrum distance, fine detail, lung histogram, background."""
+        from data.atomic import atomic_write_json
+        from restoration.realism import RealismConfig
+        from restoration.realism import evaluate_realism as run
+        from restoration.two_sample import TwoSampleConfig
+
+        try:
+            cfg = RealismConfig(size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs))
+            report = run(candidates, real, cfg, figure=out / "realism.png")
+        except ValueError as err:
+            fail(str(err))
+        atomic_write_json(out / "realism.json", report)
+        m, c = report["candidates_vs_real"], report["real_vs_real"]
+        typer.echo(f"{'figure':<26} {'candidates':>11} {'real/real':>10}")
+        for key in ("classifier_auc", "spectrum_distance", "fine_detail_ratio", "lung_histogram_distance", "background_share"):
+            typer.echo(f"{key:<26} {m[key]:>11.3f} {c[key]:>10.3f}")
+        typer.echo(f"wrote {out / 'realism.json'} and {out / 'realism.png'}", err=True)
 
     @app.command("evaluate-nodules")
     def evaluate_nodules(

@@ -14,25 +14,17 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from data.atomic import DatasetWriteError, atomic_write_json, remove_stale_temp_files, sha256_file
 from data.errors import UnsafePathError
 from pipeline.config import GenerateConfig
+from pipeline.publish import WRITERS, code_version
 
 MANIFEST = "manifest.jsonl"
-# Folders of per-sample and dataset outputs.
-OUTPUT_FOLDERS = (
-    "images",
-    "images_nodule_free",
-    "images_drr",
-    "images_drr_nodule_free",
-    "dicom",
-    "labels",
-    "annotations",
-)
+# Folders of per-sample outputs (one per writer) and of dataset-level label files.
+OUTPUT_FOLDERS = (*dict.fromkeys(writer.folder for writer in WRITERS), "labels", "annotations")
 # Dataset-level files, rebuilt from the manifest at the end of every run.
 DATASET_FILES = (
     "config.json",
@@ -68,14 +60,6 @@ class RunInterrupted(KeyboardInterrupt):
             f"interrupted: {self.out_dir} holds {self.finished} finished image(s) of this run; "
             "run the same command again to resume"
         )
-
-
-def code_version() -> str:
-    """The installed DiffusionXRay version (recorded per manifest entry)."""
-    try:
-        return metadata.version("diffusionxray")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def make_output_folder(out_dir: Path) -> None:
@@ -168,10 +152,14 @@ def marker_name() -> str:
     return MARKER
 
 
-def discard_run(out_dir: Path, entries: list[dict[str, Any]]) -> None:
-    """``--restart``: remove the outputs the manifest records (if unchanged) and the dataset-level files, no more."""
-    from data.confine import remove_empty_dir, remove_file
-    from data.yolo import label_relpath
+def discard_run(out_dir: Path, entries: list[dict[str, Any]], marker: dict[str, Any] | None) -> None:
+    """``--restart``: remove the outputs the manifest records (if unchanged) and the tool's dataset files, no more.
+
+    The dataset files are those the marker lists (what the earlier run's end wrote) and the fixed dataset-level
+    names; folders left empty are removed. A recorded file whose bytes changed since is left in place.
+    """
+    from data.confine import remove_file
+    from data.ownership import listed_dataset_files
 
     removed = changed = 0
     for entry in entries:
@@ -181,20 +169,29 @@ def discard_run(out_dir: Path, entries: list[dict[str, Any]]) -> None:
                 removed += remove_file(out_dir / str(name))
             elif (out_dir / str(name)).exists():
                 changed += 1  # not what the tool wrote there (or outside the folder): not ours to delete
-        record = entry.get("record")
-        if isinstance(record, dict) and isinstance(record.get("file_name"), str):
-            try:
-                removed += remove_file(out_dir / label_relpath(record["file_name"]))
-            except (OSError, ValueError, IndexError):
-                pass
-    for name in DATASET_FILES:
-        removed += remove_file(out_dir / name)
+    for name in dict.fromkeys([*listed_dataset_files(marker), *DATASET_FILES]):
+        try:
+            removed += remove_file(out_dir / name)
+        except OSError:  # a name that leaves the folder or passes a link: not ours
+            pass
     for folder in OUTPUT_FOLDERS:
-        remove_empty_dir(out_dir / folder)
+        _remove_empty_folders(out_dir / folder)
     note = f"note: {out_dir}: --restart removed {removed} file(s) of the earlier run"
     if changed:
         note += f"; {changed} file(s) it recorded have changed since and were left in place"
     print(note, file=sys.stderr)
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it that are (or become) empty; links are neither entered nor removed."""
+    import os
+
+    from data.confine import remove_empty_dir
+
+    if top.is_symlink() or not top.is_dir():
+        return
+    for folder, _, _ in os.walk(top, topdown=False):
+        remove_empty_dir(folder)
 
 
 def check_run_settings(
@@ -213,7 +210,7 @@ def check_run_settings(
             f"{out_dir}: holds a run with different settings (recorded in its {', '.join(where)}); "
             "use another --out folder or --restart to discard it"
         )
-    discard_run(out_dir, entries)
+    discard_run(out_dir, entries, marker)
     return []
 
 
@@ -284,7 +281,7 @@ def open_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: 
     :class:`RunInterrupted`.
     """
     from data import confine
-    from data.ownership import MARKER, FolderLock, claim_check, foreign_entries, write_marker
+    from data.ownership import MARKER, FolderLock, claim_check, foreign_entries, is_tool_file, write_marker
 
     if config.alias is not None and len(inputs) > 1:
         raise RunSettingsError(
@@ -313,6 +310,13 @@ def open_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: 
                 yield recorder
             except KeyboardInterrupt:
                 raise RunInterrupted(out_dir, _recorded(out_dir, config.fingerprint(), recorder)) from None
+            # The marker lists the dataset-level files this run wrote, so a later --restart removes exactly those.
+            samples = {str(n) for e in recorder.entries.values() for n in e.get("files", {})}
+            made = sorted(
+                n for n in confine.written_under(out_dir)
+                if n not in samples and not is_tool_file(n) and (out_dir / n).is_file()  # not a failed sample's
+            )  # fmt: skip
+            write_marker(out_dir, config.fingerprint(), code_version(), made)
         finally:
             # Nothing but our bookkeeping here: leave the folder as the run found it (empty, or absent).
             unused = not foreign_entries(out_dir)

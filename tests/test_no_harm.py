@@ -30,11 +30,14 @@ def run(ct: Path, out: Path, *extra: str):  # noqa: ANN201 - click.testing.Resul
     return CliRunner().invoke(app, ["generate", str(ct), "--out", str(out), *ARGS, *extra])
 
 
-def start(ct: Path, out: Path, **env: str) -> subprocess.Popen:
-    """The same command as :func:`run` in its own process (stderr captured)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "generate", str(ct), "--out", str(out), *ARGS]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start(ct: Path, out: Path, kill_after_images: int | None = None) -> subprocess.Popen:
+    """The same command as :func:`run` in its own process (stderr captured), optionally SIGKILLed mid-run."""
+    from test_resume import KILL_AFTER_IMAGES
+
+    main = ["-m", "pipeline.cli"] if kill_after_images is None else ["-c", KILL_AFTER_IMAGES, str(kill_after_images)]
+    cmd = [sys.executable, *main, "generate", str(ct), "--out", str(out), *ARGS]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -210,8 +213,10 @@ def test_restart_removes_only_what_the_manifest_says_the_tool_wrote(
     assert (out / "images" / "mine.png").read_bytes() == b"my own picture"
     assert (out / "labels" / "mine.txt").exists() and changed.read_bytes() == b"edited by the user after the run"
     new = sorted(p.name for p in (out / "images").glob("*_*.png"))
-    assert len(new) == 1 and new[0] in old_images  # same CT, sample 0: rewritten; samples 1-2 removed
+    assert len(new) == 1 and new[0] not in old_images  # the earlier run's images are gone, the new one is there
     assert '"seed": 4' in (out / "config.json").read_text()
+    left = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert not [n for n in left if any(Path(o).stem in n for o in old_images) and n != str(changed.relative_to(out))]
 
 
 # ------------------------------------------------------------------------------------ settings guard
@@ -259,7 +264,7 @@ def test_second_run_is_refused_while_the_first_completes_byte_identical(
 
 def test_lock_of_a_killed_run_does_not_block_the_resume(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    killed = start(chest_nifti, out, DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES="2")
+    killed = start(chest_nifti, out, kill_after_images=2)
     killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert (out / LOCK).exists() and (out / LOCK_PID).read_text().split()[0] == str(killed.pid)  # stale

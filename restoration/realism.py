@@ -1,0 +1,274 @@
+"""How radiograph-like a set of images is, measured against real chest radiographs, without downloaded weights.
+
+Every image is put on one common scale first: central square crop (a chest radiograph's field of view, ~43 cm,
+fills the image in both sets), area-resized to ``size`` px, then a per-image intensity window
+``(x - p0.1) / (p99.5 - p0.1)`` clipped to [0, 1] (bright = attenuating, as radiographs are displayed). Then:
+
+1. classifier two-sample test (``two_sample.py``): ROC AUC of a small CNN trained from scratch on crops of the
+   images at half that size; 0.5 = indistinguishable;
+2. radially averaged power spectrum distance: RMS over frequency bins of log10(mean spectrum A / mean spectrum B),
+   each image standardised (zero mean, unit variance) and Hann-windowed, bins 1/size apart from DC to Nyquist;
+3. fine-detail energy ratio: median over images of the mean energy of ``x - gaussian(x, FINE_SIGMA_PX)`` inside
+   the central region (8 % border excluded), set A over set B (medians: a few images with text or wires would
+   dominate means);
+4. lung-field intensity histogram distance: earth mover's (Wasserstein-1) distance between the pooled windowed
+   intensities of two fixed lung windows (rows 25–65 %, columns 14–42 % and 58–86 % of a frontal chest image). No
+   segmentation model: on a centred frontal radiograph both windows lie inside the lungs; on an image that is not
+   framed like one they do not, and the distance says so;
+5. background share: fraction of pixels below ``BACKGROUND_LEVEL`` of the window (near-black: unexposed or air).
+
+Each metric is also computed real-vs-real (REAL split in two halves by patient) as the control.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from restoration.preprocess import list_images, load_grayscale, resize_image, resize_square, split_by_source
+from restoration.two_sample import TwoSampleConfig, classifier_two_sample_test
+
+BACKGROUND_LEVEL = 0.05  # windowed intensity below which a pixel counts as background (near-black)
+FINE_SIGMA_PX = 2.0  # Gaussian sigma (analysis px) separating fine detail from the rest
+BORDER = 0.08  # fraction of each side left out of the fine-detail region (frame edges are not detail)
+LUNG_ROWS = (0.25, 0.65)
+LUNG_COLS = ((0.14, 0.42), (0.58, 0.86))
+HIST_BINS = 64
+
+
+@dataclass(frozen=True)
+class RealismConfig:
+    """Settings of ``evaluate_realism`` (recorded in its report).
+
+    Args:
+        size: analysis side in px (the classifier works at size // 2).
+        max_images: at most this many images per set (a seeded choice) to bound CPU time.
+        seed: seeds the image choice, the real/real split and the classifier.
+        classifier: the two-sample test's budget.
+    """
+
+    size: int = 512
+    max_images: int = 200
+    seed: int = 0
+    classifier: TwoSampleConfig = TwoSampleConfig()
+
+    def __post_init__(self) -> None:
+        if self.size < 2 * self.classifier.crop:
+            raise ValueError(f"size must be at least twice the classifier crop ({2 * self.classifier.crop}), got {self.size}")
+        if self.max_images < 4:
+            raise ValueError(f"max_images must be >= 4, got {self.max_images}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON reports."""
+        return {**asdict(self), "classifier": self.classifier.to_dict()}
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def window(img: np.ndarray) -> np.ndarray:
+    """Per-image window p0.1 → 0, p99.5 → 1, clipped (a flat image becomes all zeros)."""
+    x = np.asarray(img, dtype=np.float32)
+    lo, hi = np.percentile(x, [0.1, 99.5])
+    if not hi > lo:
+        return np.zeros_like(x)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def prepare(img01: np.ndarray, size: int) -> np.ndarray:
+    """[0, 1] radiograph → central square, area-resized to size x size, windowed."""
+    return window(resize_square(img01, size))
+
+
+def load_set(paths: Sequence[Path], size: int) -> np.ndarray:
+    """Images at the analysis scale as an N x size x size float32 stack."""
+    return np.stack([prepare(load_grayscale(p), size) for p in paths]) if paths else np.zeros((0, size, size), np.float32)
+
+
+def patient_table(csv_path: str | Path) -> dict[str, str]:
+    """File stem → patient id from a metadata CSV (NIH ``images.csv``: image,patient_id; MHH ``data.csv``: image_id,patient_id)."""
+    table: dict[str, str] = {}
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        fields = set(reader.fieldnames or [])
+        image_col = next((c for c in ("image", "image_id", "file", "filename") if c in fields), None)
+        patient_col = next((c for c in ("patient_id", "patient", "group") if c in fields), None)
+        if image_col is None or patient_col is None:
+            raise ValueError(
+                f"{csv_path}: needs an image column (image, image_id, file, filename) and a patient column "
+                f"(patient_id, patient, group); has {', '.join(sorted(fields))}"
+            )
+        for row in reader:
+            table[Path(row[image_col].strip()).stem] = row[patient_col].strip()
+    return table
+
+
+def find_patient_table(folder: Path) -> dict[str, str]:
+    """The patient table of a real-CXR folder: images.csv/data.csv in it or up to two levels above (else empty)."""
+    for parent in [folder, *list(folder.resolve().parents)[:2]]:
+        for name in ("images.csv", "data.csv"):
+            if (parent / name).is_file():
+                try:
+                    return patient_table(parent / name)
+                except ValueError:
+                    continue
+    return {}
+
+
+def choose(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
+    """At most ``n`` paths, a seeded choice independent of listing order, returned sorted."""
+    items = sorted(paths)
+    if len(items) <= n:
+        return items
+    keep = np.random.default_rng(seed).choice(len(items), n, replace=False)
+    return sorted(items[i] for i in keep)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def radial_spectrum(images: np.ndarray) -> np.ndarray:
+    """Mean radially averaged power spectrum of standardised, Hann-windowed images (bins 1..size//2 cycles/image)."""
+    n, h, w = images.shape
+    hann = np.outer(np.hanning(h), np.hanning(w))
+    fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")
+    r = np.rint(np.hypot(fy, fx)).astype(int)
+    nbins = min(h, w) // 2
+    counts = np.bincount(r.ravel(), minlength=nbins + 1)[1 : nbins + 1]
+    total = np.zeros(nbins)
+    for img in images:
+        x = img.astype(np.float64)
+        x = (x - x.mean()) / (x.std() + 1e-12)
+        power = np.abs(np.fft.fft2(x * hann)) ** 2
+        total += np.bincount(r.ravel(), weights=power.ravel(), minlength=nbins + 1)[1 : nbins + 1] / counts
+    return total / max(n, 1)
+
+
+def spectrum_distance(spec_a: np.ndarray, spec_b: np.ndarray) -> float:
+    """RMS over frequency bins of log10(spec_a / spec_b) (0 for identical spectra)."""
+    return float(np.sqrt(np.mean((np.log10(spec_a + 1e-30) - np.log10(spec_b + 1e-30)) ** 2)))
+
+
+def fine_detail_energy(images: np.ndarray) -> np.ndarray:
+    """Per image: mean of (x - gaussian(x, FINE_SIGMA_PX))² inside the central region."""
+    from scipy.ndimage import gaussian_filter
+
+    _, h, w = images.shape
+    t, s = int(round(BORDER * h)), int(round(BORDER * w))
+    out = []
+    for img in images:
+        x = img.astype(np.float64)
+        fine = x - gaussian_filter(x, FINE_SIGMA_PX, mode="reflect")
+        out.append(float(np.mean(fine[t : h - t, s : w - s] ** 2)))
+    return np.asarray(out)
+
+
+def lung_field_values(images: np.ndarray) -> np.ndarray:
+    """Windowed intensities of the two fixed lung windows of every image, pooled."""
+    _, h, w = images.shape
+    r0, r1 = int(LUNG_ROWS[0] * h), int(LUNG_ROWS[1] * h)
+    parts = [images[:, r0:r1, int(c0 * w) : int(c1 * w)].ravel() for c0, c1 in LUNG_COLS]
+    return np.concatenate(parts)
+
+
+def lung_histogram(images: np.ndarray) -> np.ndarray:
+    """Normalised histogram (HIST_BINS bins on [0, 1]) of the lung-field intensities."""
+    hist, _ = np.histogram(lung_field_values(images), bins=HIST_BINS, range=(0.0, 1.0))
+    return hist / max(hist.sum(), 1)
+
+
+def histogram_distance(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
+    """Earth mover's (Wasserstein-1) distance of two histograms on [0, 1], in intensity units."""
+    return float(np.sum(np.abs(np.cumsum(hist_a) - np.cumsum(hist_b))) / len(hist_a))
+
+
+def background_share(images: np.ndarray) -> np.ndarray:
+    """Per image: fraction of pixels below BACKGROUND_LEVEL of the window."""
+    return (images < BACKGROUND_LEVEL).mean(axis=(1, 2)).astype(np.float64)
+
+
+def compare_sets(
+    a: np.ndarray,
+    b: np.ndarray,
+    groups_a: Sequence[Hashable] | None,
+    groups_b: Sequence[Hashable] | None,
+    cfg: RealismConfig,
+) -> dict[str, Any]:
+    """All five figures of set A against set B (B is the reference)."""
+    spec_a, spec_b = radial_spectrum(a), radial_spectrum(b)
+    fine_a, fine_b = fine_detail_energy(a), fine_detail_energy(b)
+    hist_a, hist_b = lung_histogram(a), lung_histogram(b)
+    half = cfg.size // 2
+    small_a = np.stack([resize_image(x, (half, half)) for x in a])
+    small_b = np.stack([resize_image(x, (half, half)) for x in b])
+    clf = classifier_two_sample_test(small_a, small_b, groups_a, groups_b, cfg.classifier, seed=cfg.seed)
+    return {
+        "classifier_auc": clf["auc"],
+        "spectrum_distance": spectrum_distance(spec_a, spec_b),
+        "fine_detail_ratio": float(np.median(fine_a) / max(float(np.median(fine_b)), 1e-30)),
+        "lung_histogram_distance": histogram_distance(hist_a, hist_b),
+        "background_share": float(background_share(a).mean()),
+        "background_share_reference": float(background_share(b).mean()),
+        "n": int(len(a)),
+        "n_reference": int(len(b)),
+        "_curves": {"spectrum": spec_a, "spectrum_reference": spec_b, "hist": hist_a, "hist_reference": hist_b},
+    }
+
+
+def _round(d: dict[str, Any]) -> dict[str, Any]:
+    """Floats rounded to 4 decimals (stable JSON bytes), private keys dropped."""
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items() if not k.startswith("_")}
+
+
+def evaluate_realism(
+    candidates: str | Path, real: str | Path, cfg: RealismConfig | None = None, figure: str | Path | None = None
+) -> dict[str, Any]:
+    """The five realism figures of the CANDIDATES folder against the REAL folder, with a real-vs-real control.
+
+    Real images of one patient stay on one side of every split (patients from images.csv/data.csv in or above
+    REAL when present, else one per file). Returns a JSON-ready dict (no file names: they may identify patients).
+    """
+    cfg = cfg or RealismConfig()
+    cand_paths = choose(list_images(candidates), cfg.max_images, cfg.seed)
+    real_paths = choose(list_images(real), cfg.max_images, cfg.seed)
+    for folder, paths in ((candidates, cand_paths), (real, real_paths)):
+        if len(paths) < 4:
+            raise ValueError(f"{folder}: needs at least 4 png/jpg/jpeg/dcm images, found {len(paths)}")
+    table = find_patient_table(Path(real))
+    patient = lambda p: table.get(p.stem, p.stem)  # noqa: E731
+    if len({patient(p) for p in real_paths}) < 4:
+        raise ValueError(f"{real}: needs images of at least 4 patients for the real-vs-real control")
+    cand = load_set(cand_paths, cfg.size)
+    ref = load_set(real_paths, cfg.size)
+    real_groups = [patient(p) for p in real_paths]
+    main = compare_sets(cand, ref, None, real_groups, cfg)
+    half_a, half_b = split_by_source(real_paths, 0.5, seed=cfg.seed, group_of=patient)
+    ia = [real_paths.index(p) for p in half_a]
+    ib = [real_paths.index(p) for p in half_b]
+    control = compare_sets(ref[ia], ref[ib], [real_groups[i] for i in ia], [real_groups[i] for i in ib], cfg)
+    report = {
+        "candidates_vs_real": _round(main),
+        "real_vs_real": _round(control),
+        "n_candidates": len(cand_paths),
+        "n_real": len(real_paths),
+        "n_real_patients": len(set(real_groups)),
+        "settings": cfg.to_dict(),
+        "definitions": {
+            "background_level": BACKGROUND_LEVEL,
+            "fine_sigma_px": FINE_SIGMA_PX,
+            "border": BORDER,
+            "lung_rows": list(LUNG_ROWS),
+            "lung_cols": [list(c) for c in LUNG_COLS],
+            "window_percentiles": [0.1, 99.5],
+        },
+    }
+    if figure is not None:
+        from restoration.realism_figure import realism_figure
+
+        realism_figure(figure, cand, ref, main["_curves"], control["_curves"], report)
+    return report

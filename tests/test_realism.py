@@ -1,0 +1,132 @@
+"""Realism measure: the five figures behave as defined on tiny synthetic sets; the CLI writes stable JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from data.images import write_png16
+from restoration import realism
+from restoration.two_sample import TwoSampleConfig, classifier_two_sample_test, roc_auc
+
+from conftest import SHARED_DATA
+
+SMALL = TwoSampleConfig(crop=16, epochs=4, crops_per_image=8, batch_size=32)
+
+
+def _smooth(n: int, size: int, seed: int) -> np.ndarray:
+    """Low-pass random fields windowed to [0, 1]."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    return np.stack([realism.window(gaussian_filter(rng.normal(size=(size, size)), 4.0)) for _ in range(n)])
+
+
+def _noisy(n: int, size: int, seed: int) -> np.ndarray:
+    """The same kind of field plus strong white noise."""
+    rng = np.random.default_rng(seed + 100)
+    return np.stack([realism.window(x + 0.3 * rng.normal(size=x.shape)) for x in _smooth(n, size, seed)])
+
+
+def test_roc_auc_matches_definition() -> None:
+    assert roc_auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert roc_auc(np.array([1.0]), np.array([1.0])) == 0.5
+    assert roc_auc(np.array([1.0, 3.0]), np.array([2.0, 0.0])) == 0.75
+
+
+def test_identical_sets_have_zero_distances() -> None:
+    a = _noisy(6, 64, 0)
+    assert realism.spectrum_distance(realism.radial_spectrum(a), realism.radial_spectrum(a.copy())) == 0.0
+    assert realism.histogram_distance(realism.lung_histogram(a), realism.lung_histogram(a)) == 0.0
+    fine = realism.fine_detail_energy(a)
+    assert np.allclose(fine / realism.fine_detail_energy(a.copy()), 1.0)
+
+
+def test_noise_raises_fine_detail_and_spectrum_distance() -> None:
+    smooth, noisy = _smooth(6, 64, 0), _noisy(6, 64, 0)
+    assert np.median(realism.fine_detail_energy(noisy)) > 5 * np.median(realism.fine_detail_energy(smooth))
+    other_smooth = _smooth(6, 64, 1)
+    d_same = realism.spectrum_distance(realism.radial_spectrum(other_smooth), realism.radial_spectrum(smooth))
+    d_noise = realism.spectrum_distance(realism.radial_spectrum(noisy), realism.radial_spectrum(smooth))
+    assert d_same < 0.5 and d_noise > 5 * d_same
+
+
+def test_background_share_counts_near_black_pixels() -> None:
+    img = np.full((10, 10), 0.5, np.float32)
+    img[:3] = 0.0
+    assert realism.background_share(img[None])[0] == pytest.approx(0.3)
+    assert realism.background_share(realism.window(img)[None])[0] == pytest.approx(0.3)
+
+
+def test_lung_histogram_distance_is_the_intensity_shift() -> None:
+    a = np.full((2, 64, 64), 0.25, np.float32)
+    b = np.full((2, 64, 64), 0.75, np.float32)
+    d = realism.histogram_distance(realism.lung_histogram(a), realism.lung_histogram(b))
+    assert d == pytest.approx(0.5, abs=1.0 / realism.HIST_BINS)
+
+
+def test_classifier_separates_noise_from_smooth_but_not_same_distribution() -> None:
+    noise_vs_smooth = classifier_two_sample_test(_noisy(16, 32, 0), _smooth(16, 32, 1), cfg=SMALL, seed=0)
+    same = classifier_two_sample_test(_smooth(16, 32, 2), _smooth(16, 32, 3), cfg=SMALL, seed=0)
+    assert noise_vs_smooth["auc"] > 0.95
+    assert abs(same["auc"] - 0.5) < 0.25
+    again = classifier_two_sample_test(_smooth(16, 32, 2), _smooth(16, 32, 3), cfg=SMALL, seed=0)
+    assert again["auc"] == same["auc"]  # seeded: same seed, same answer
+
+
+def test_classifier_keeps_groups_in_one_fold() -> None:
+    with pytest.raises(ValueError, match="two groups"):
+        classifier_two_sample_test(_smooth(4, 32, 0), _smooth(4, 32, 1), groups_a=["p"] * 4, cfg=SMALL)
+
+
+def _write_set(folder: Path, stack: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(stack):
+        write_png16(folder / f"img_{i:02d}.png", np.round(img * 65535).astype(np.uint16))
+    return folder
+
+
+def test_cli_writes_report_figure_and_is_reproducible(tmp_path: Path) -> None:
+    from pipeline.cli import app
+
+    cand = _write_set(tmp_path / "cand", _noisy(8, 128, 0))
+    real = _write_set(tmp_path / "real", _smooth(8, 128, 5))
+    args = ["evaluate-realism", str(cand), str(real), "--size", "128", "--epochs", "1", "--seed", "3"]
+    runner = CliRunner()
+    first = runner.invoke(app, [*args, "--out", str(tmp_path / "r1")])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, [*args, "--out", str(tmp_path / "r2")])
+    assert second.exit_code == 0, second.output
+    report = json.loads((tmp_path / "r1" / "realism.json").read_text())
+    for part in ("candidates_vs_real", "real_vs_real"):
+        assert set(report[part]) >= {"classifier_auc", "spectrum_distance", "fine_detail_ratio",
+                                     "lung_histogram_distance", "background_share"}
+    assert report["candidates_vs_real"]["fine_detail_ratio"] > 2.0  # noise vs smooth
+    assert "img_00" not in json.dumps(report)  # no file names in the report
+    assert (tmp_path / "r1" / "realism.json").read_bytes() == (tmp_path / "r2" / "realism.json").read_bytes()
+    assert (tmp_path / "r1" / "realism.png").stat().st_size > 10_000
+
+
+def test_cli_refuses_too_few_images(tmp_path: Path) -> None:
+    from pipeline.cli import app
+
+    cand = _write_set(tmp_path / "cand", _noisy(2, 128, 0))
+    real = _write_set(tmp_path / "real", _smooth(8, 128, 5))
+    result = CliRunner().invoke(app, ["evaluate-realism", str(cand), str(real), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "needs at least 4" in result.output and str(cand) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_patient_table_reads_nih_and_mhh_metadata() -> None:
+    nih = SHARED_DATA / "cxr" / "nih-chestxray14" / "images.csv"
+    mhh = SHARED_DATA / "cxr" / "mhh-covid-19" / "data.csv"
+    if not (nih.is_file() and mhh.is_file()):
+        pytest.skip("shared real CXRs not present")
+    assert realism.patient_table(nih)["00018701_000"] == "18701"
+    table = realism.patient_table(mhh)
+    assert len(set(table.values())) < len(table)  # several images per patient: groups matter there
