@@ -319,6 +319,9 @@ def open_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: 
             write_marker(out_dir, config.fingerprint(), code_version(), made)
         finally:
             # Nothing but our bookkeeping here: leave the folder as the run found it (empty, or absent).
+            if not (out_dir / MANIFEST).exists():  # nothing recorded: folders of failed samples are ours and empty
+                for folder in OUTPUT_FOLDERS:
+                    _remove_empty_folders(out_dir / folder)
             unused = not foreign_entries(out_dir)
             try:
                 if unused:
