@@ -65,7 +65,7 @@ def generate(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
     images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 on CPU, 16 on GPU."),
     size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 on CPU, 1024 on GPU."),
-    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
+    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP (bedside, 1000 mm) or LAT/LATERAL; any case."),
     seed: int = typer.Option(0, "--seed"),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
@@ -79,7 +79,7 @@ def generate(
     ),
     jitter_deg: Optional[float] = typer.Option(None, "--jitter-deg", help="Max pose rotation jitter per axis (default 2)."),
     jitter_mm: Optional[float] = typer.Option(None, "--jitter-mm", help="Max isocentre jitter per axis (default 5)."),
-    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm)."),
+    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm; AP 1000)."),
     detector_mm: Optional[float] = typer.Option(None, "--detector-mm", help="Detector side (default 430 mm)."),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="JSON with any of the sections nodules, geometry, labels (fields of NoduleConfig, "
