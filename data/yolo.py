@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from data.atomic import atomic_write_text
 from data.records import ImageRecord
+
+FAINT_LABELS: tuple[str, ...] = ("drop", "keep")
 
 
 def label_relpath(file_name: str) -> str:
@@ -22,10 +25,24 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def yolo_lines(record: ImageRecord, class_names: Sequence[str] = ("nodule",)) -> list[str]:
-    """Label lines for one image; boxes are clipped to the image and dropped if nothing is left."""
+def check_faint_labels(value: str) -> str:
+    """``value`` if it is a known faint-label policy, else a one-line ValueError listing them."""
+    if value not in FAINT_LABELS:
+        raise ValueError(f"--faint-labels: unknown value {value!r}: expected one of {', '.join(FAINT_LABELS)}")
+    return value
+
+
+def yolo_lines(record: ImageRecord, class_names: Sequence[str] = ("nodule",), faint_labels: str = "keep") -> list[str]:
+    """Label lines for one image; boxes are clipped to the image and dropped if nothing is left.
+
+    ``faint_labels="drop"`` leaves out nodules whose ``faint`` attribute is true (too subtle to see, see
+    ct_projection/labels.py): a detector is then not taught to fire on invisible targets.
+    """
+    check_faint_labels(faint_labels)
     lines = []
     for n in record.nodules:
+        if faint_labels == "drop" and n.attributes.get("faint"):
+            continue
         if n.category not in class_names:
             raise ValueError(f"{record.file_name}: category {n.category!r} not in class_names {tuple(class_names)}")
         x, y, w, h = n.bbox_xywh
@@ -39,11 +56,23 @@ def yolo_lines(record: ImageRecord, class_names: Sequence[str] = ("nodule",)) ->
     return lines
 
 
+def write_yolo_labels(
+    root: str | Path, records: Sequence[ImageRecord], class_names: Sequence[str] = ("nodule",), faint_labels: str = "keep"
+) -> None:
+    """Write ``labels/*.txt`` under ``root`` for every record (empty for images without a box)."""
+    for rec in records:
+        lines = yolo_lines(rec, class_names, faint_labels)
+        atomic_write_text(Path(root) / label_relpath(rec.file_name), "".join(f"{line}\n" for line in lines))
+
+
 def write_yolo(
     root: str | Path,
     records: Sequence[ImageRecord],
     class_names: Sequence[str] = ("nodule",),
     splits: Mapping[str, Sequence[str]] | None = None,
+    faint_labels: str = "keep",
+    comments: Sequence[str] = (),
+    yaml_path: str | Path | None = None,
 ) -> Path:
     """Write ``labels/*.txt`` for every record (empty for nodule-free images) and ``data.yaml`` under ``root``.
 
@@ -53,33 +82,43 @@ def write_yolo(
         class_names: class index order.
         splits: optional ``{"train": [file_name, ...], "val": [...], ...}``; each becomes ``<split>.txt``
             listing ``./<file_name>``. Without it, train and val both point at the ``images`` folder.
+        faint_labels: ``keep`` or ``drop`` nodules flagged faint (see :func:`yolo_lines`); said in data.yaml.
+        comments: extra ``#`` lines for data.yaml (how the dataset was made).
+        yaml_path: where data.yaml goes (default ``root/data.yaml``); list paths are written relative to it.
 
     Returns:
         Path of data.yaml.
     """
     root = Path(root)
-    for rec in records:
-        lines = yolo_lines(rec, class_names)
-        atomic_write_text(root / label_relpath(rec.file_name), "".join(f"{line}\n" for line in lines))
+    write_yolo_labels(root, records, class_names, faint_labels)
 
+    yaml_file = Path(yaml_path) if yaml_path is not None else root / "data.yaml"
+    prefix = os.path.relpath(root, yaml_file.parent).replace(os.sep, "/")
+    prefix = "" if prefix == "." else prefix + "/"
     entries: dict[str, str] = {}
     if splits:
         for split, names in splits.items():
             # "./" entries are resolved by Ultralytics relative to the list file's folder.
             atomic_write_text(root / f"{split}.txt", "".join(f"./{name}\n" for name in names))
-            entries[split] = f"{split}.txt"
-        entries.setdefault("val", entries.get("train", "images"))
+            entries[split] = f"{prefix}{split}.txt"
+        entries.setdefault("val", entries.get("train", f"{prefix}images"))
     else:
-        entries = {"train": "images", "val": "images"}
+        entries = {"train": f"{prefix}images", "val": f"{prefix}images"}
 
     # No `path:` key: Ultralytics then resolves train/val relative to data.yaml's folder, so the dataset can move
     # and two runs with the same seed stay byte-identical wherever they were written.
     yaml_lines = ["# Ultralytics YOLO dataset (paths relative to this file)"]
+    yaml_lines.append(
+        f"# faint_labels: {faint_labels} ("
+        + ("nodules flagged faint have no box" if faint_labels == "drop" else "every nodule has a box, faint or not")
+        + ")"
+    )
+    yaml_lines += [f"# {line}" for line in comments]
     yaml_lines += [f"{split}: {_yaml_str(target)}" for split, target in entries.items()]
     yaml_lines.append(f"nc: {len(class_names)}")
     yaml_lines.append("names:")
     yaml_lines += [f"  {i}: {_yaml_str(name)}" for i, name in enumerate(class_names)]
-    return atomic_write_text(root / "data.yaml", "\n".join(yaml_lines) + "\n")
+    return atomic_write_text(yaml_file, "\n".join(yaml_lines) + "\n")
 
 
 def read_yolo_labels(path: str | Path, width: int, height: int) -> list[tuple[int, tuple[float, float, float, float]]]:

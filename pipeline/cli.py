@@ -99,6 +99,18 @@ def generate(
         None, "--alias-csv", help="CSV of sha256,alias rows: an alias per CT by content sha256 (see dataset.json)."
     ),
     no_nodule_free: bool = typer.Option(False, "--no-nodule-free", help="Do not write the paired nodule-free DRRs."),
+    run_tag: Optional[str] = typer.Option(
+        None, "--run-tag", help="File-name prefix (default: derived from the settings and seed, unique per run)."
+    ),
+    faint_labels: str = typer.Option(
+        "drop", "--faint-labels", help="drop (default: faint nodules get no YOLO box, COCO ignore) or keep."
+    ),
+    negatives: bool = typer.Option(
+        False, "--negatives", help="List the nodule-free twins as negative images (no boxes) in the detector files."
+    ),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", help="Share of CTs (or of images, with one CT) held out for validation (default 0.2)."
+    ),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
     enhance: Optional[Path] = typer.Option(
@@ -158,6 +170,10 @@ def generate(
             series_uid=series_uid,
             alias=alias,
             aliases=cfg.read_alias_csv(alias_csv) if alias_csv is not None else {},
+            run_tag=run_tag,
+            faint_labels=faint_labels,
+            negatives=negatives,
+            val_fraction=val_fraction,
         )
     except ValueError as err:  # NoduleConfigError is a ValueError
         _fail(_with_flags(str(err)))
@@ -213,6 +229,35 @@ def generate(
     typer.echo(f"wrote {len(result.records)} images with {n_nod} nodules to {out}", err=True)
     if not result.records:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def merge(
+    datasets: list[Path] = typer.Argument(..., help="Dataset folders written by generate (two or more)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New (or empty) folder for the merged dataset."),
+    faint_labels: Optional[str] = typer.Option(None, "--faint-labels", help="drop or keep (default: the inputs')."),
+    negatives: Optional[bool] = typer.Option(
+        None, "--negatives/--no-negatives", help="Nodule-free twins as negative images (default: the inputs')."
+    ),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Default: the inputs'."),
+) -> None:
+    """Join datasets into one (files copied; COCO/YOLO/csv rebuilt with fresh ids and one train/val split)."""
+    from data.atomic import DatasetWriteError
+    from data.merge import MergeError, merge_datasets
+    from data.yolo import check_faint_labels
+
+    try:
+        if faint_labels is not None:
+            check_faint_labels(faint_labels)
+        if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+        result = merge_datasets(
+            [str(d) for d in datasets], out, faint_labels=faint_labels, negatives=negatives, val_fraction=val_fraction
+        )
+    except (MergeError, DatasetWriteError, ValueError, OSError) as err:
+        _fail(" ".join(str(err).split()))
+    split = ", ".join(f"{k} {v}" for k, v in result.splits.items())
+    typer.echo(f"merged {len(datasets)} datasets: {len(result.records)} images ({split}) -> {out}", err=True)
 
 
 from pipeline.restore_commands import register as _register_restoration  # noqa: E402  (typer wiring only)

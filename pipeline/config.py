@@ -13,6 +13,7 @@ from ct_projection.attenuation import AttenuationModel
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
 CPU_DEFAULT_SIZE_PX = 512
@@ -22,6 +23,7 @@ GPU_DEFAULT_IMAGES_PER_CT = 16
 ALIAS_MAX = 64  # DICOM LO/PN limit: the alias becomes PatientName/PatientID of --dicom output
 _ALIAS_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+RUN_TAG_MAX = 24
 
 
 def sanitize_alias(alias: str) -> str:
@@ -83,6 +85,13 @@ class GenerateConfig:
         series_uid: DICOM series to use when a folder holds several (SeriesInstanceUID or SeriesNumber).
         alias: user alias of the source CT of a single-CT run (sanitised; DICOM PatientName, manifest, dataset.json).
         aliases: per-CT aliases by content sha256 (from ``--alias-csv``); they win over ``alias``.
+        run_tag: prefix of every file name (letters, digits, . _ -); default: derived from all other settings
+            (seed included), so two runs with different settings or seeds never write the same names and can be
+            merged (``diffusionxray merge``).
+        faint_labels: ``drop`` (default: nodules flagged faint get no YOLO box and are COCO ignore regions in the
+            detector files) or ``keep``; every nodule stays in coco.json and metadata.csv with its ``faint`` flag.
+        negatives: list each sample's nodule-free twin as a negative image (no boxes) in the detector files.
+        val_fraction: share of CTs (or of images, for a one-CT run) held out as the validation split.
     """
 
     images_per_ct: int = CPU_DEFAULT_IMAGES_PER_CT
@@ -97,10 +106,24 @@ class GenerateConfig:
     series_uid: str | None = None
     alias: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)
+    run_tag: str | None = None
+    faint_labels: str = "drop"
+    negatives: bool = False
+    val_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:
             raise ValueError(f"images_per_ct must be >= 1, got {self.images_per_ct}")
+        if self.faint_labels not in FAINT_LABELS:
+            raise ValueError(f"--faint-labels: unknown value {self.faint_labels!r}: expected one of {', '.join(FAINT_LABELS)}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise ValueError(f"--val-fraction: must be in [0, 1), got {self.val_fraction}")
+        self.val_fraction = float(self.val_fraction)
+        if self.run_tag is not None:
+            try:
+                self.run_tag = sanitize_alias(self.run_tag)[:RUN_TAG_MAX]
+            except ValueError as err:
+                raise ValueError(f"--run-tag: {err}") from None
         if self.alias is not None:
             self.alias = sanitize_alias(self.alias)
         self.aliases = {str(k).lower(): sanitize_alias(v) for k, v in sorted(self.aliases.items())}
@@ -108,6 +131,14 @@ class GenerateConfig:
     def alias_for(self, checksum: str) -> str | None:
         """The sanitised alias of the CT with this content sha256, if the user gave one."""
         return self.aliases.get(checksum.lower(), self.alias)
+
+    def tag(self) -> str:
+        """The file-name prefix: ``run_tag``, or ``r`` + 7 hex of the other settings' hash."""
+        if self.run_tag is not None:
+            return self.run_tag
+        settings = {k: v for k, v in self.to_dict().items() if k != "run_tag"}
+        blob = json.dumps(settings, sort_keys=True, default=str).encode()
+        return "r" + hashlib.sha256(blob).hexdigest()[:7]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (a series UID appears only as a hash)."""

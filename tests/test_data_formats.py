@@ -21,7 +21,7 @@ from data.images import read_image, read_png16, write_png8, write_png16
 from data.manifest import Manifest, write_run_info
 from data.node21 import read_node21_csv, write_node21_csv
 from data.records import ImageRecord, NoduleLabel, bbox_from_mask
-from data.yolo import read_yolo_labels, write_yolo
+from data.yolo import read_yolo_labels, write_yolo, yolo_lines
 
 # pycocotools' own decode() trips a NumPy 2 copy-keyword deprecation; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -272,6 +272,20 @@ def test_yolo_splits_and_clipping(tmp_path: Path) -> None:
     assert (x, y) == pytest.approx((0, 30), abs=1e-4) and (x + w, y + h) == pytest.approx((6, H), abs=1e-4)
 
 
+def test_yolo_faint_labels_drop_and_keep(tmp_path: Path) -> None:
+    recs = _records()
+    recs[0].nodules[1].attributes["faint"] = True
+    assert len(yolo_lines(recs[0], faint_labels="keep")) == 2
+    (line,) = yolo_lines(recs[0], faint_labels="drop")  # only the non-faint one is left
+    assert line == yolo_lines(recs[0])[0]
+    write_yolo(tmp_path, recs, faint_labels="drop", comments=["split: test"])
+    text = (tmp_path / "data.yaml").read_text()
+    assert "# faint_labels: drop" in text and "# split: test" in text
+    assert len((tmp_path / "labels" / "ct-3f2a_0001.txt").read_text().splitlines()) == 1
+    with pytest.raises(ValueError, match="--faint-labels.*drop, keep"):
+        yolo_lines(recs[0], faint_labels="sometimes")
+
+
 # --- NODE21 --------------------------------------------------------------------------------------------------
 
 
@@ -280,14 +294,18 @@ def test_node21_csv(tmp_path: Path) -> None:
     recs[1].nodules[0].bbox_xywh = (39.5, 3.2, 4.1, 4.0)
     path = write_node21_csv(tmp_path / "metadata.csv", recs)
     text = path.read_text()
-    assert text.splitlines()[0] == "img_name,x,y,width,height,label" and "\r" not in text
+    # NODE21's six columns first, unchanged; faint and conspicuity after them (empty when not decided)
+    assert text.splitlines()[0] == "img_name,x,y,width,height,label,faint,conspicuity" and "\r" not in text
     rows = read_node21_csv(path)
     assert [r.img_name for r in rows] == ["ct-3f2a_0001.png", "ct-3f2a_0001.png", "ct-3f2a_0002.png", "ct-3f2a_0003.png"]
     assert [r.label for r in rows] == [1, 1, 1, 0]
-    assert tuple(rows[3])[1:] == (0, 0, 0, 0, 0)
+    assert [r.faint for r in rows] == [0, None, None, None]
+    assert tuple(rows[3])[1:6] == (0, 0, 0, 0, 0)
     assert tuple(rows[2])[1:5] == (39, 3, 5, 5)  # floor 39.5->39, ceil 43.6->44; floor 3.2->3, ceil 7.2->8
     x, y, w, h = recs[0].nodules[0].bbox_xywh
     assert tuple(rows[0])[1:5] == (int(x), int(y), int(w), int(h))
+    (tmp_path / "six.csv").write_text("img_name,x,y,width,height,label\na.png,1,2,3,4,1\n")  # plain NODE21 reads
+    assert read_node21_csv(tmp_path / "six.csv") == [("a.png", 1, 2, 3, 4, 1, None, None)]
     (tmp_path / "bad.csv").write_text("name,x,y,w,h,label\n")
     with pytest.raises(ValueError, match="header"):
         read_node21_csv(tmp_path / "bad.csv")

@@ -102,12 +102,15 @@ def test_yolo_and_node21_agree_with_coco(dataset: Path) -> None:
 
     records = read_coco(dataset / "annotations" / "coco.json")
     rows = read_node21_csv(dataset / "metadata.csv")
-    assert (dataset / "metadata.csv").read_text().splitlines()[0] == "img_name,x,y,width,height,label"
+    assert (dataset / "metadata.csv").read_text().splitlines()[0] == "img_name,x,y,width,height,label,faint,conspicuity"
     assert sum(len(r.nodules) for r in records) == sum(1 for r in rows if r.label == 1)
+    faint = [int(n.attributes["faint"]) for r in records for n in r.nodules]
+    assert [r.faint for r in rows if r.label == 1] == faint  # the csv carries every nodule with its flag
     for rec in records:
         boxes = read_yolo_labels(dataset / "labels" / f"{rec.stem}.txt", rec.width, rec.height)
-        assert len(boxes) == len(rec.nodules)
-        for (_, box), nod in zip(boxes, rec.nodules):
+        visible = [n for n in rec.nodules if not n.attributes["faint"]]  # default --faint-labels drop
+        assert len(boxes) == len(visible)
+        for (_, box), nod in zip(boxes, visible):
             assert np.allclose(box, nod.bbox_xywh, atol=0.01)
 
 
