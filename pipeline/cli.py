@@ -127,7 +127,7 @@ def generate(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
     images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 (on any machine)."),
     size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 (on any machine)."),
-    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
+    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP (bedside, 1000 mm) or LAT/LATERAL; any case."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Non-negative integer (default 0)."),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
@@ -141,7 +141,7 @@ def generate(
     ),
     jitter_deg: Optional[float] = typer.Option(None, "--jitter-deg", help="Max pose rotation jitter per axis (default 2)."),
     jitter_mm: Optional[float] = typer.Option(None, "--jitter-mm", help="Max isocentre jitter per axis (default 5)."),
-    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm)."),
+    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm; AP 1000)."),
     detector_mm: Optional[float] = typer.Option(None, "--detector-mm", help="Detector side (default 430 mm)."),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="JSON with any field of a dataset's config.json (images_per_ct, seed, sections "
