@@ -96,6 +96,8 @@ class SampleContext:
     lobes: np.ndarray | None
     lung_field: LungField
     steps: Sequence[SampleStep] = ()
+    covered_box: np.ndarray | None = None  # framing.covered_box_world: grid and body boxes (collimated field)
+    coverage: tuple[str, ...] = ()  # what of the lungs the CT does not cover (reported, recorded per image)
 
     @classmethod
     def build(
@@ -106,9 +108,13 @@ class SampleContext:
         device: str | None = None,
         steps: Sequence[SampleStep] = (),
     ) -> SampleContext:
-        """Per-CT set-up: body mask, lung and lobe maps, the renderer centred on the lungs, the prepared sampler."""
+        """Per-CT set-up: body mask, lung and lobe maps, the renderer framed on the lungs, the prepared sampler.
+
+        Raises:
+            CTInputError: the CT does not hold both lungs.
+        """
         from ct_projection.body import body_mask
-        from ct_projection.geometry import lung_isocentre
+        from ct_projection.framing import check_both_lungs, coverage_notes, covered_box_world, framed_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import lobe_map, lung_mask
         from ct_projection.nodules.placement import NoduleSampler
@@ -117,13 +123,20 @@ class SampleContext:
         body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
         lungs = lung_mask(vol, body=body)
         lobes = lobe_map(vol)
+        check_both_lungs(vol, lungs)
+        coverage = tuple(coverage_notes(vol, lungs))
+        if coverage:
+            vol.info["coverage"] = "; ".join(coverage)  # reported once per CT by the run (pipeline.generate)
         renderer = make_renderer(
             config.renderer, vol, config.geometry, attenuation=config.attenuation,
-            isocentre_world=lung_isocentre(vol, lungs), device=device, body=body,
+            isocentre_world=framed_isocentre(vol, lungs, config.geometry), device=device, body=body,
         )  # fmt: skip
         sampler = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
-        return cls(vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps))
+        return cls(
+            vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps),
+            covered_box_world(vol, body), coverage,
+        )  # fmt: skip
 
 
 def _nodule_facts(nodule: InsertedNodule) -> dict[str, Any]:
@@ -139,8 +152,26 @@ def _nodule_facts(nodule: InsertedNodule) -> dict[str, Any]:
     }
 
 
+def _inside_field(labels: list[NoduleLabel], exposed: np.ndarray, unlabelled: list[dict[str, Any]]) -> list[NoduleLabel]:
+    """Labels with footprints clipped to the exposed field (boxes recomputed); wholly collimated ones move to
+    ``unlabelled`` with the reason."""
+    from data.records import bbox_from_mask
+
+    kept = []
+    for label in labels:
+        footprint = label.footprint & exposed
+        if np.array_equal(footprint, label.footprint):
+            kept.append(label)
+        elif footprint.any():
+            kept.append(replace(label, bbox_xywh=bbox_from_mask(footprint), footprint=footprint))
+        else:
+            unlabelled.append({"nodule_id": label.nodule_id, "reason": "outside the collimated field", **label.attributes})
+    return kept
+
+
 def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
+    from ct_projection.framing import collimate, collimation_field
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
     from ct_projection.nodules.insertion import nodule_deltas
@@ -180,6 +211,13 @@ def make_sample(context: SampleContext, index: int) -> Sample:
             unlabelled.append({"nodule_id": nodule_id, "reason": reason, **facts, **proj.attributes()})
             continue
         labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes={**facts, **proj.attributes()}))
+    exposure = None
+    if context.covered_box is not None:  # collimate to what the CT covers: no CT box edges in the image
+        exposure = collimation_field(renderer, pose, context.covered_box)
+        weight = exposure.weight(config.geometry.size_px)
+        image = collimate(image, weight, config.attenuation.l_max)
+        background = collimate(background, weight, config.attenuation.l_max)
+        labels = _inside_field(labels, weight >= 0.5, unlabelled)
     images = {"image": config.attenuation.to_uint16(image)}
     if config.write_nodule_free:
         images["nodule_free"] = config.attenuation.to_uint16(background)
@@ -196,11 +234,17 @@ def make_sample(context: SampleContext, index: int) -> Sample:
         "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
         "unlabelled_nodules": unlabelled,
     }
+    if exposure is not None:
+        attributes["collimation"] = exposure.to_dict()
+    if context.coverage:
+        attributes["ct_coverage"] = list(context.coverage)
     alias = config.alias_for(vol.checksum)
     if alias is not None:
         attributes["alias"] = alias
     stem = f"{config.tag()}_{context.ct_id}_{index:04d}"
     masks = {"lung_field": context.lung_field.mask(renderer, pose)}
+    if exposure is not None:
+        masks["lung_field"] &= weight >= 0.5
     sample = Sample(context.ct_id, vol.checksum, index, stem, pose, inserted, images, masks, labels, attributes, seeds)
     for step in context.steps:
         sample = step(sample)
