@@ -281,6 +281,9 @@ def generate(
             result = run_generate(inputs, out, config, **kwargs)
     except (RunSettingsError, DatasetWriteError, RuntimeError) as err:
         _fail(str(err))
+    except KeyboardInterrupt as err:  # Ctrl-C: where the run stopped (RunInterrupted); typer alone exits silently
+        typer.echo(str(err) or "interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(code=130) from None
     if result.skipped_done:
         typer.echo(f"resumed: {result.skipped_done} finished images verified and kept", err=True)
     n_nod = sum(len(r.nodules) for r in result.records)
@@ -327,8 +330,8 @@ def main() -> None:
     """Entry point that never shows a traceback for expected input errors."""
     try:
         app()
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a run says where it stopped (pipeline.run_folder.RunInterrupted)
+        print(str(err) or "interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
 
 
