@@ -25,6 +25,10 @@ BAD_OPTIONS = {
     "jitter-negative": (["--jitter-deg", "-1"], ["--jitter-deg", ">= 0"]),
     "detector-zero": (["--detector-mm", "0"], ["--detector-mm", "> 0"]),
     "workers-0": (["--workers", "0"], ["--workers", ">= 1"]),
+    "nodules-max-huge": (["--nodules-max", "1000"], ["--nodules-min/--nodules-max", "[0, 50]"]),
+    "diameter-max-huge": (["--diameter-max", "300"], ["--diameter-min/--diameter-max", "100.0]"]),
+    "val-fraction-1": (["--val-fraction", "1"], ["--val-fraction", "< 1"]),
+    "jitter-huge": (["--jitter-deg", "90"], ["--jitter-deg", "<= 45"]),
     "enhance-steps-0": (["--enhance", "no-such-model", "--enhance-steps", "0"], ["--enhance-steps", ">= 1"]),
     "enhance-scheduler": (["--enhance", "no-such-model", "--enhance-scheduler", "euler"], ["--enhance-scheduler", "ddim"]),
 }
