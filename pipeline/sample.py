@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from ct_projection.renderer import Renderer
     from ct_projection.lung_field import LungField
     from ct_projection.lungs import ChestMasks
-    from ct_projection.nodules import InsertedNodule, NoduleSampler
+    from ct_projection.nodules.insertion import InsertedNodule
+    from ct_projection.nodules.placement import NoduleSampler
     from ct_projection.volume import CTVolume
     from pipeline.config import GenerateConfig
     from pipeline.enhancer import Enhancer
@@ -112,7 +113,7 @@ class SampleContext:
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import chest_masks, lobe_map
-        from ct_projection.nodules import NoduleSampler
+        from ct_projection.nodules.placement import NoduleSampler
         from ct_projection.renderer import make_renderer
 
         masks = masks or chest_masks(vol)  # one body mask per CT: lung segmentation and renderer crop share it
@@ -144,7 +145,8 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules import nodule_deltas, nodule_surface_points
+    from ct_projection.nodules.insertion import nodule_deltas
+    from ct_projection.nodules.shape import nodule_surface_points
 
     vol, config, renderer = context.vol, context.config, context.renderer
     seeds = sample_seeds(config.seed, vol.checksum, index)
