@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ct_projection.volume import CTVolume
 
 VIEWS = ("PA", "AP", "LAT")
 
@@ -123,3 +127,9 @@ def get_pose_params(rng: np.random.Generator, geometry: ProjectionGeometry) -> P
         tuple(float(v) for v in rot_j),  # type: ignore[arg-type]
         tuple(float(v) for v in trans_j),  # type: ignore[arg-type]
     )
+
+
+def lung_isocentre(vol: CTVolume, lungs: np.ndarray) -> np.ndarray:
+    """World position of the lungs' bounding-box centre: the chest is centred on the detector."""
+    idx = np.argwhere(lungs)
+    return vol.voxel_to_world((idx.min(0) + idx.max(0)) / 2.0)[0]
