@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from ct_projection.display import DisplayConfig
+    from ct_projection.physics.acquisition import PhysicsConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays.")
 
@@ -36,6 +40,32 @@ def _with_flags(message: str) -> str:
     for field_name, flags in _FLAGS.items():
         message = message.replace(field_name, f"{flags} ({field_name})", 1) if field_name in message else message
     return message
+
+
+def _physics_config(mode: str, kvp: float | None, mas: float | None) -> PhysicsConfig:
+    """``--physics`` with the tube options; one-line ValueError naming the option."""
+    from ct_projection.physics.acquisition import PHYSICS_MODES, PhysicsConfig
+    from ct_projection.physics.spectrum import SpectrumConfig
+
+    if mode not in PHYSICS_MODES:
+        raise ValueError(f"--physics: unknown value {mode!r}: expected one of {', '.join(PHYSICS_MODES)}")
+    if mode == "simple" and (kvp is not None or mas is not None):
+        raise ValueError("--kvp/--mas apply to --physics full only")
+    tube = {k: v for k, v in (("kvp", kvp), ("mas", mas)) if v is not None}
+    try:
+        spectrum = SpectrumConfig(**tube)
+    except ValueError as err:
+        raise ValueError(f"--{str(err).split()[0]}: {err}") from None
+    return PhysicsConfig(mode=mode, spectrum=spectrum)
+
+
+def _display_config(mode: str) -> DisplayConfig:
+    """``--display``; one-line ValueError naming the option."""
+    from ct_projection.display import DISPLAY_MODES, DisplayConfig
+
+    if mode not in DISPLAY_MODES:
+        raise ValueError(f"--display: unknown value {mode!r}: expected one of {', '.join(DISPLAY_MODES)}")
+    return DisplayConfig(mode=mode)
 
 
 def _pick(value: float | None, default: float) -> float:
@@ -111,6 +141,14 @@ def generate(
     val_fraction: float = typer.Option(
         0.2, "--val-fraction", help="Share of CTs (or of images, with one CT) held out for validation (default 0.2)."
     ),
+    physics: str = typer.Option(
+        "full", "--physics", help="full (spectrum, materials, scatter, noise, detector blur) or simple (monoenergetic, noise-free)."
+    ),
+    display: str = typer.Option(
+        "clinical", "--display", help="clinical (CR/DR-style processing; physical image kept in images_physical/) or raw."
+    ),
+    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage for --physics full (default 120 kV)."),
+    mas: Optional[float] = typer.Option(None, "--mas", help="Tube current-time for --physics full (default 2 mAs); sets the noise."),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
     enhance: Optional[Path] = typer.Option(
@@ -159,6 +197,7 @@ def generate(
         if shapes is not None:
             nod["shape_probs"] = _mix("--shapes", shapes)
         nodules = NoduleConfig.from_dict(nod)
+        physics_config = _physics_config(physics.lower(), kvp, mas)
         config = cfg.GenerateConfig(
             images_per_ct=n_images,
             seed=seed,
@@ -166,6 +205,8 @@ def generate(
             nodules=nodules,
             labels=cfg.labels_from_dict(sections.get("labels", {})),
             write_nodule_free=not no_nodule_free,
+            physics=physics_config,
+            display=_display_config(display.lower()),
             dicom=dicom,
             series_uid=series_uid,
             alias=alias,

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ct_projection.attenuation import AttenuationModel
+from ct_projection.display import DisplayConfig
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from ct_projection.physics.acquisition import PhysicsConfig
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
@@ -78,7 +80,11 @@ class GenerateConfig:
         geometry: acquisition geometry.
         nodules: nodule sampling settings.
         labels: footprint/visibility settings.
-        attenuation: HU → μ and pixel mapping.
+        attenuation: HU → μ (``simple`` physics) and the 16-bit scale of line-integral images (``l_max``).
+        physics: how the radiograph is acquired: ``full`` (spectrum, water/bone materials, scatter, noise, detector
+            blur) or ``simple`` (monoenergetic, noise-free line integral).
+        display: presentation of ``images/``: ``clinical`` (multi-scale processing and tone curve; the physical
+            image is kept in ``images_physical/``) or ``raw`` (the physical image itself).
         write_nodule_free: also write the nodule-free DRR of the same pose.
         enhance: restore each DRR with a trained DDPM-HQ (2x) before writing; None keeps raw DRRs.
         dicom: also write each image as a DICOM Secondary Capture.
@@ -100,6 +106,8 @@ class GenerateConfig:
     nodules: NoduleConfig = field(default_factory=NoduleConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)
+    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
     write_nodule_free: bool = True
     enhance: EnhanceConfig | None = None
     dicom: bool = False
@@ -144,6 +152,7 @@ class GenerateConfig:
         """JSON-able form (a series UID appears only as a hash)."""
         out = asdict(self)
         out["nodules"] = self.nodules.to_dict()
+        out["physics"] = self.physics.to_dict()
         out["series_uid"] = None if self.series_uid is None else series_selector_digest(self.series_uid)
         return out
 
