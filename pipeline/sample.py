@@ -18,6 +18,7 @@ from data.records import NoduleLabel
 
 if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
+    from ct_projection.renderer import Renderer
     from ct_projection.lung_field import LungField
     from ct_projection.nodules import InsertedNodule, NoduleSampler
     from ct_projection.volume import CTVolume
@@ -88,7 +89,7 @@ class SampleContext:
     vol: CTVolume
     config: GenerateConfig
     ct_id: str
-    renderer: Any  # ct_projection.render.DRRRenderer
+    renderer: Renderer
     sampler: NoduleSampler
     lungs: np.ndarray
     lobes: np.ndarray | None
@@ -105,14 +106,16 @@ class SampleContext:
         device: str | None = None,
         steps: Sequence[SampleStep] = (),
     ) -> SampleContext:
-        """Per-CT set-up: lung and lobe maps, the renderer centred on the lungs, the prepared nodule sampler."""
+        """Per-CT set-up: body mask, lung and lobe maps, the renderer centred on the lungs, the prepared sampler."""
+        from ct_projection.body import body_mask
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import lobe_map, lung_mask
         from ct_projection.nodules import NoduleSampler
-        from ct_projection.render import DRRRenderer
+        from ct_projection.renderer import make_renderer
 
-        lungs = lung_mask(vol)
+        body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
+        lungs = lung_mask(vol, body=body)
         lobes = lobe_map(vol)
         acquisition = densities = None
         if config.physics.mode == "full":
@@ -122,14 +125,10 @@ class SampleContext:
             # One renderer, two channels (water and bone partial densities) traced in one pass over the rays.
             densities = material_densities(config.physics.materials)
             acquisition = Acquisition(config.physics, config.geometry.pixel_mm, config.geometry.sdd_mm)
-        renderer = DRRRenderer(
-            vol,
-            config.geometry,
-            config.attenuation,
-            isocentre_world=lung_isocentre(vol, lungs),
-            device=device,
-            densities=densities,
-        )
+        renderer = make_renderer(
+            config.renderer, vol, config.geometry, attenuation=config.attenuation,
+            isocentre_world=lung_isocentre(vol, lungs), device=device, body=body, densities=densities,
+        )  # fmt: skip
         sampler = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
         steps = (presentation_step(config), *steps)  # the clinical display comes before any restoration
