@@ -23,10 +23,12 @@ from data.settings import SettingsError, field_names, load_settings, read_settin
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
-CPU_DEFAULT_SIZE_PX = 512
-CPU_DEFAULT_IMAGES_PER_CT = 6
-GPU_DEFAULT_SIZE_PX = 1024
-GPU_DEFAULT_IMAGES_PER_CT = 16
+# Fixed defaults, whatever the machine: the same command and seed make the same dataset on a CPU and a GPU.
+DEFAULT_SIZE_PX = 512
+DEFAULT_IMAGES_PER_CT = 6
+# What the hint suggests when a GPU is available and the defaults were not overridden.
+GPU_SUGGESTED_SIZE_PX = 1024
+GPU_SUGGESTED_IMAGES_PER_CT = 16
 MAX_IMAGES_PER_CT = 100_000
 OUT_INNER_BYTES = 256  # longest path a dataset writes below its folder (sub-folder + image name)
 ALIAS_MAX = 64  # DICOM LO/PN limit: the alias becomes PatientName/PatientID of --dicom output
@@ -108,9 +110,9 @@ class GenerateConfig:
         renderer: DRR backend, ``diffdrr`` (exact Siddon, the reference) or ``nanodrr`` (trilinear ray marching).
     """
 
-    images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = CPU_DEFAULT_IMAGES_PER_CT
+    images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = DEFAULT_IMAGES_PER_CT
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0  # SeedSequence entropy is non-negative
-    geometry: ProjectionGeometry = field(default_factory=lambda: ProjectionGeometry(size_px=CPU_DEFAULT_SIZE_PX))
+    geometry: ProjectionGeometry = field(default_factory=lambda: ProjectionGeometry(size_px=DEFAULT_SIZE_PX))
     nodules: NoduleConfig = field(default_factory=NoduleConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)

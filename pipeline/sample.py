@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
     from ct_projection.renderer import Renderer
     from ct_projection.lung_field import LungField
-    from ct_projection.nodules import InsertedNodule, NoduleSampler
+    from ct_projection.nodules.insertion import InsertedNodule
+    from ct_projection.nodules.placement import NoduleSampler
     from ct_projection.volume import CTVolume
     from pipeline.config import GenerateConfig
     from pipeline.enhancer import Enhancer
@@ -111,7 +112,7 @@ class SampleContext:
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import lobe_map, lung_mask
-        from ct_projection.nodules import NoduleSampler
+        from ct_projection.nodules.placement import NoduleSampler
         from ct_projection.renderer import make_renderer
 
         body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
@@ -154,7 +155,8 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules import nodule_deltas, nodule_surface_points
+    from ct_projection.nodules.insertion import nodule_deltas
+    from ct_projection.nodules.shape import nodule_surface_points
 
     vol, config, renderer = context.vol, context.config, context.renderer
     seeds = sample_seeds(config.seed, vol.checksum, index)
