@@ -8,8 +8,38 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays.")
+# click's base exception, whether typer vendors click (>= 0.2x) or uses it (found via the public BadParameter)
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (``--size abc``, an unknown option, a missing argument) as one ``error:`` line, like every other
+    error of the tool, instead of click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # no arguments: the help text, as before
+                err.show()
+                sys.exit(err.exit_code)
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(err.format_message().split())}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors, add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays."
+)
 
 
 @app.callback()
@@ -101,7 +131,7 @@ def generate(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
     images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 (on any machine)."),
     size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 (on any machine)."),
-    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
+    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP (bedside, 1000 mm) or LAT/LATERAL; any case."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Non-negative integer (default 0)."),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
@@ -115,7 +145,7 @@ def generate(
     ),
     jitter_deg: Optional[float] = typer.Option(None, "--jitter-deg", help="Max pose rotation jitter per axis (default 2)."),
     jitter_mm: Optional[float] = typer.Option(None, "--jitter-mm", help="Max isocentre jitter per axis (default 5)."),
-    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm)."),
+    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm; AP 1000)."),
     detector_mm: Optional[float] = typer.Option(None, "--detector-mm", help="Detector side (default 430 mm)."),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="JSON with any field of a dataset's config.json (images_per_ct, seed, sections "

