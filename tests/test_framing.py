@@ -95,7 +95,8 @@ def _check_framed(vol: CTVolume, size: int = SIZE) -> None:
     x, y, w, h = sample.attributes["collimation"]["field_xywh"]
     outside = np.ones((size, size), bool)
     outside[max(0, int(np.floor(y)) - 3) : int(np.ceil(y + h)) + 3, max(0, int(np.floor(x)) - 3) : int(np.ceil(x + w)) + 3] = False
-    assert sample.images["image"][outside].min() >= 0.95 * 65535  # unexposed: collimator leaves
+    physical = sample.images.get("physical", sample.images["image"])  # before the clinical display, if any
+    assert physical[outside].min() >= 0.95 * 65535  # unexposed: collimator leaves
     for label in sample.labels:
         bx, by, bw, bh = label.bbox_xywh
         fx, fy, fw, fh = bbox_from_mask(label.footprint)
@@ -116,4 +117,5 @@ def test_shared_cts_are_framed(patient: str) -> None:
         pytest.skip("shared Lung-PET-CT-Dx CTs not present")
     from pipeline.generate import load_input
 
-    _check_framed(load_input(str(folder)), size=64)
+    vol, _ = load_input(str(folder))
+    _check_framed(vol, size=64)
