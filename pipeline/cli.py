@@ -69,8 +69,12 @@ def generate(
     seed: int = typer.Option(0, "--seed"),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
-    diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 3)."),
+    diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 6)."),
     diameter_max: Optional[float] = typer.Option(None, "--diameter-max", help="mm (default 30)."),
+    size_preset: Optional[str] = typer.Option(
+        None, "--size-preset", help="Diameter distribution: node21 (default; 6-30 mm, median 15), lidc (LUNA16 "
+        "nodules: 5-46 mm, median 14.7) or small (3-30 mm, median 9.5). --diameter-min/max override its range.",
+    ),
     types: Optional[str] = typer.Option(
         None, "--types", help="Nodule type mix, e.g. solid=0.6,part_solid=0.2,ground_glass=0.2 (or just solid)."
     ),
@@ -147,6 +151,10 @@ def generate(
                 geo[key] = value
         geometry = cfg.geometry_from_dict(geo)
         nod = dict(sections.get("nodules", {}))
+        if size_preset is not None:
+            from ct_projection.size_presets import size_preset as preset_fields
+
+            nod.update(preset_fields(size_preset))
         base = NoduleConfig.from_dict(nod)
         if nodules_min is not None or nodules_max is not None:
             nod["count_range"] = (_pick(nodules_min, base.count_range[0]), _pick(nodules_max, base.count_range[1]))
