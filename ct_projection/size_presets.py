@@ -6,8 +6,8 @@ Each preset sets the :class:`~ct_projection.nodules.NoduleConfig` diameter field
   radiograph nodule detection challenge) annotates nodules of 6–30 mm, the range radiologists box on a radiograph;
   the median follows the 251 real LUNA16/LIDC nodules of the NODE21 generation baseline (median 13 mm, geometric
   mean 14.7 mm), moved up to 15 mm because nodules under ~10 mm rarely stand out on a radiograph (most of them are
-  flagged ``faint``). At 1024² this gives a median box side of ~45 px (BENCHMARKS.md, nodule sizes) against 69 px for
-  the radiologists' loose NIH ChestX-ray8 nodule boxes.
+  flagged ``faint``). Box sides it gives at 1024², next to the radiologists' (looser) NIH ChestX-ray8 nodule boxes:
+  BENCHMARKS.md, "Nodule sizes" (``benchmarks/nodule_sizes.py``).
 * ``lidc``: 5–46 mm, median 14.7 mm, log-sd 0.47: the log-normal fit of those 251 LUNA16 patches
   (``../shared/data/ct/luna16-nodule-patches/patches.csv``, diameters 5–46 mm).
 * ``small``: 3–30 mm, median 9.5 mm, log-sd 0.35: CT-screening sizes (the earlier default); most are invisible on
