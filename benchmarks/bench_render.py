@@ -63,7 +63,7 @@ def memory_only(args: argparse.Namespace) -> None:
     if args.memory_only == "ours":
         from ct_projection.ingest import load_example_ct
         from ct_projection.lungs import lung_mask
-        from pipeline.generate import lung_isocentre
+        from ct_projection.geometry import lung_isocentre
 
         vol = load_example_ct()
         ours = DRRRenderer(vol, geometry, isocentre_world=lung_isocentre(vol, lung_mask(vol)), device=str(device))
@@ -124,7 +124,7 @@ def main() -> None:
     from ct_projection.lungs import lobe_map, lung_mask
     from ct_projection.nodules import NoduleConfig, NoduleSampler, nodule_deltas, nodule_surface_points
     from ct_projection.render import DRRRenderer, pick_device
-    from pipeline.generate import lung_isocentre
+    from ct_projection.geometry import lung_isocentre
 
     device = pick_device(args.device)
     geometry = ProjectionGeometry(size_px=args.size, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)

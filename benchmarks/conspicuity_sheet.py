@@ -37,7 +37,7 @@ def main() -> None:
     from ct_projection.lungs import lobe_map, lung_mask
     from ct_projection.nodules import NoduleConfig, NoduleSampler, nodule_deltas, nodule_surface_points
     from ct_projection.render import DRRRenderer
-    from pipeline.generate import lung_isocentre
+    from ct_projection.geometry import lung_isocentre
 
     vol = load_example_ct()
     lungs, lobes = lung_mask(vol), lobe_map(vol)

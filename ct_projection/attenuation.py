@@ -10,8 +10,10 @@ comparable across CTs and poses: a fixed ``l_max`` maps L ∈ [0, l_max] linearl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 MU_WATER_60KEV_PER_MM = 0.0206  # NIST XCOM, water at 60 keV: 0.2059 cm^2/g * 1 g/cm^3
 
@@ -27,10 +29,10 @@ class AttenuationModel:
         l_max: line integral mapped to 65535 in the 16-bit image (e^-l_max transmission).
     """
 
-    mu_water_per_mm: float = MU_WATER_60KEV_PER_MM
-    bone_scale: float = 1.0
+    mu_water_per_mm: Annotated[float, Field(gt=0, le=1)] = MU_WATER_60KEV_PER_MM
+    bone_scale: Annotated[float, Field(gt=0, le=10)] = 1.0
     bone_threshold_hu: float = 300.0
-    l_max: float = 10.0
+    l_max: Annotated[float, Field(gt=0)] = 10.0
 
     def mu(self, hu: np.ndarray) -> np.ndarray:
         """Linear attenuation (1/mm, float32) for HU values; air and below clamp to 0."""

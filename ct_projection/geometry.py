@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
+from pydantic import Field
+
+if TYPE_CHECKING:
+    from ct_projection.volume import CTVolume
 
 VIEWS = ("PA", "AP", "LAT")
+MAX_SIZE_PX = 8192  # detector pixels per side: 8192² float32 images are already 256 MiB each
 
 
 @dataclass(frozen=True)
@@ -37,13 +43,14 @@ class ProjectionGeometry:
         jitter_translation_mm: max |offset| of the uniform per-axis isocentre jitter.
     """
 
+    # Ranges are enforced when a config is read (data.settings.load_settings); __post_init__ checks the rest.
     view: str = "PA"
-    sdd_mm: float = 1800.0
-    object_detector_mm: float = 150.0
-    detector_mm: float = 430.0
-    size_px: int = 1024
-    jitter_rotation_deg: float = 2.0
-    jitter_translation_mm: float = 5.0
+    sdd_mm: Annotated[float, Field(gt=0, le=10_000)] = 1800.0
+    object_detector_mm: Annotated[float, Field(gt=0)] = 150.0
+    detector_mm: Annotated[float, Field(gt=0, le=2_000)] = 430.0
+    size_px: Annotated[int, Field(ge=8, le=MAX_SIZE_PX)] = 1024
+    jitter_rotation_deg: Annotated[float, Field(ge=0, le=45)] = 2.0
+    jitter_translation_mm: Annotated[float, Field(ge=0, le=200)] = 5.0
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
@@ -123,3 +130,9 @@ def get_pose_params(rng: np.random.Generator, geometry: ProjectionGeometry) -> P
         tuple(float(v) for v in rot_j),  # type: ignore[arg-type]
         tuple(float(v) for v in trans_j),  # type: ignore[arg-type]
     )
+
+
+def lung_isocentre(vol: CTVolume, lungs: np.ndarray) -> np.ndarray:
+    """World position of the lungs' bounding-box centre: the chest is centred on the detector."""
+    idx = np.argwhere(lungs)
+    return vol.voxel_to_world((idx.min(0) + idx.max(0)) / 2.0)[0]

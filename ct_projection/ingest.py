@@ -18,7 +18,9 @@ import numpy as np
 from nibabel import orientations
 
 from ct_projection import dicom
-from ct_projection.volume import CTInputError, CTVolume, check_size, one_line_reason, sha256_files
+from ct_projection.grid import check_affine, deshear, is_sheared
+from ct_projection.itk_reader import read_itk
+from ct_projection.volume import CTInputError, CTVolume, check_declared_shape, one_line_reason, sha256_files
 
 AIR_HU = -1024.0
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -140,7 +142,12 @@ def load_ct(
         shown = suffix or "(none)"
         raise CTInputError(p, f"unsupported file type '{shown}' ({EXPECTED})")
 
-    hu, affine = _canonical(np.asarray(data, dtype=np.float32, order="K"), affine)
+    check_affine(p, affine)
+    data = np.asarray(data, dtype=np.float32, order="K")
+    if is_sheared(affine, data.shape):
+        data, affine, note = deshear(p, data, affine, order=1, fill=AIR_HU)
+        info.setdefault("corrections", []).append(note)
+    hu, affine = _canonical(data, affine)
     below = int(np.count_nonzero(hu < AIR_HU))
     if below:
         np.maximum(hu, AIR_HU, out=hu)
@@ -180,19 +187,11 @@ def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     return out, affine @ orientations.inv_ornt_aff(ornt, data.shape)
 
 
-def _check_declared(p: Path, shape: tuple[int, ...]) -> None:
-    if len(shape) < 3 or any(int(s) < 1 for s in shape[:3]):
-        raise CTInputError(p, f"expected a 3D volume, got shape {tuple(int(s) for s in shape)}")
-    if len(shape) > 3 and int(np.prod(shape[3:])) != 1:
-        raise CTInputError(p, f"expected a 3D volume, got a 4D series of shape {tuple(int(s) for s in shape)}")
-    check_size(p, tuple(shape[:3]), "declared size")
-
-
 def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[Path]]:
     """NIfTI via nibabel (scl_slope/inter applied)."""
     try:
         img = nib.load(str(p))
-        _check_declared(p, img.shape)
+        check_declared_shape(p, img.shape)
         _check_nifti_length(p, img)
         # dataobj applies scl_slope/inter but keeps integer types when unscaled (much faster than get_fdata).
         data = np.asanyarray(img.dataobj).reshape(img.shape[:3])
@@ -201,8 +200,8 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[P
     except Exception as exc:  # noqa: BLE001
         raise CTInputError(p, f"cannot read: {_file_problem(exc)}") from exc
     affine = np.asarray(img.affine, dtype=np.float64)
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise CTInputError(p, "cannot read: NIfTI affine is singular (no valid qform/sform)")
+    _, sform_code = img.header.get_sform(coded=True)
+    check_affine(p, affine, "NIfTI sform" if sform_code else "NIfTI qform/pixdim")
     return data, affine, {"format": "NIfTI", "modality": "unknown (NIfTI has no modality tag)"}, [p]
 
 
@@ -230,46 +229,9 @@ def _file_problem(exc: BaseException) -> str:
 
 
 def _read_itk(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[Path]]:
-    """NRRD/MHA/MHD via SimpleITK; ITK geometry is LPS."""
-    import SimpleITK as sitk
-
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        reader.ReadImageInformation()
-        size = reader.GetSize()
-        if reader.GetNumberOfComponents() != 1:
-            raise CTInputError(p, f"expected a scalar CT, got {reader.GetNumberOfComponents()} components per voxel")
-        _check_declared(p, tuple(size) + (1,) * (3 - len(size)))
-        img = reader.Execute()
-    except CTInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise CTInputError(p, f"cannot read: {one_line_reason(exc)}") from exc
-    if img.GetDimension() != 3:
-        raise CTInputError(p, f"expected a 3D volume, got a {img.GetDimension()}D image")
-    data = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # ITK arrays are (z, y, x)
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)
-    affine[:3, 3] = img.GetOrigin()
-    files = [p]
-    if _suffix(p) in (".mhd", ".nhdr"):
-        files += _detached_data_files(p)
-    fmt = "NRRD" if _suffix(p) in (".nrrd", ".nhdr") else "MetaImage"
-    return data, LPS_TO_RAS @ affine, {"format": fmt, "modality": "unknown (no modality tag)"}, files
-
-
-def _detached_data_files(header: Path) -> list[Path]:
-    """Data files named by an .mhd/.nhdr header, so the checksum covers the voxels too."""
-    files = []
-    for line in header.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=") if "=" in line else line.partition(":")
-        if key.strip().lower() in ("elementdatafile", "data file", "datafile"):
-            candidate = header.parent / value.strip()
-            if candidate.is_file():
-                files.append(candidate)
-    return files
+    """NRRD/MHA/MHD via SimpleITK (header checked first); ITK geometry is LPS."""
+    data, affine_lps, info, files = read_itk(p)
+    return data, LPS_TO_RAS @ affine_lps, info, files
 
 
 def _read_labels(p: Path, ct_path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -284,6 +246,8 @@ def _read_labels(p: Path, ct_path: Path, shape: tuple[int, ...], affine: np.ndar
     else:
         expected = "expected .nii, .nii.gz, .nrrd, .mha or .mhd"
         raise CTInputError(p, f"unsupported label map type '{suffix or '(none)'}' ({expected})")
+    if is_sheared(laff, data.shape):
+        data, laff, _ = deshear(p, data, laff, order=0, fill=0)
     data, laff = _canonical(data, laff)
     if data.shape != tuple(shape) or not np.allclose(laff, affine, rtol=0, atol=GRID_TOLERANCE_MM):
         raise CTInputError(

@@ -9,9 +9,10 @@ fringes and the numerical zero-level do not inflate the box. The box is cross-ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 from scipy import ndimage
 
 from ct_projection.geometry import Pose
@@ -29,8 +30,8 @@ class LabelConfig:
             nodule-free twin, below ~0.4 it cannot be told apart from the rib/vessel/heart-border structure around it.
     """
 
-    min_chord_mm: float = 0.5
-    faint_conspicuity: float = 0.5
+    min_chord_mm: Annotated[float, Field(gt=0)] = 0.5
+    faint_conspicuity: Annotated[float, Field(ge=0)] = 0.5
 
 
 @dataclass

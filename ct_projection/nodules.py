@@ -212,12 +212,13 @@ class NoduleConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoduleConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error listing the known ones."""
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                raise NoduleConfigError(f"unknown config field {key!r}: expected one of {', '.join(known)}")
-        return cls(**data)
+        """Inverse of :meth:`to_dict`, strictly validated (data.settings); a one-line NoduleConfigError."""
+        from data.settings import SettingsError, load_settings
+
+        try:
+            return load_settings(cls, data, section="nodules")
+        except SettingsError as err:
+            raise NoduleConfigError(str(err)) from None
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -231,7 +232,7 @@ def _check_probs(kind: str, probs: dict[str, float], allowed: tuple[str, ...]) -
         raise NoduleConfigError(f"{kind}_probs must be a dict over {', '.join(allowed)}, got {probs!r}")
     for key in probs:
         if key not in allowed:
-            raise NoduleConfigError(f"unknown {kind} {key!r}: expected one of {', '.join(allowed)}")
+            raise NoduleConfigError(f"{kind}_probs: unknown {kind} {key!r}: expected one of {', '.join(allowed)}")
     out = {k: float(probs.get(k, 0.0)) for k in allowed}
     if any(not math.isfinite(v) or v < 0 for v in out.values()) or sum(out.values()) <= 0:
         raise NoduleConfigError(f"{kind}_probs must be non-negative with a positive sum, got {probs!r}")

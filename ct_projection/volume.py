@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 MAX_BYTES = 2 * 1024**3  # refuse volumes whose float32 array would exceed this, before allocating
+MAX_INFO_TEXT = 256  # longest string kept in CTVolume.info (it is copied into dataset.json)
+MAX_INFO_ITEMS = 64  # longest list kept in CTVolume.info
 
 
 class CTInputError(ValueError):
@@ -37,6 +39,43 @@ def check_size(source: str | Path, shape: tuple[int, ...], what: str) -> None:
         raise CTInputError(source, f"{what} {dims} voxels ({gib:.1f} GiB as float32) exceeds the 2 GiB limit")
 
 
+def check_declared_shape(source: str | Path, shape: tuple[int, ...]) -> None:
+    """Refuse a header's shape unless it is one 3D volume of a size that can be allocated."""
+    if len(shape) < 3 or any(int(s) < 1 for s in shape[:3]):
+        raise CTInputError(source, f"expected a 3D volume, got shape {tuple(int(s) for s in shape)}")
+    if len(shape) > 3 and math.prod(int(s) for s in shape[3:]) != 1:
+        raise CTInputError(source, f"expected a 3D volume, got a 4D series of shape {tuple(int(s) for s in shape)}")
+    check_size(source, tuple(shape[:3]), "declared size")
+
+
+def clean_text(value: object, limit: int = MAX_INFO_TEXT) -> str:
+    """Printable one-line text of at most ``limit`` characters (control, format and other non-printable characters
+    become spaces, runs of whitespace one space), for header values that end up in outputs."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clean_info(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of metadata: strings cleaned and length-limited, lists and dicts capped, NaN/Inf → None."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, (bool, int)) or value is None:
+        return value
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if depth > 4:
+        return clean_text(repr(value))
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_INFO_ITEMS]
+        return {clean_text(k, 64): clean_info(v, depth + 1) for k, v in items}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [clean_info(v, depth + 1) for v in list(value)[:MAX_INFO_ITEMS]]
+    return clean_text(value)
+
+
 @dataclass
 class CTVolume:
     """A chest CT in HU.
@@ -48,7 +87,8 @@ class CTVolume:
         source: the path the volume was read from (for messages; never written to outputs).
         checksum: sha256 of the input file bytes (or of the sorted DICOM files) — the CT's identity in outputs.
         labels: optional integer label map on the same grid (e.g. TotalSegmentator ids).
-        info: non-identifying acquisition facts (modality, manufacturer, kernel, spacing, what ingest did).
+        info: non-identifying acquisition facts (modality, manufacturer, kernel, spacing, what ingest did); it is
+            copied into outputs, so it is cleaned on construction (see ``clean_info``).
     """
 
     hu: np.ndarray
@@ -61,6 +101,7 @@ class CTVolume:
     def __post_init__(self) -> None:
         self.hu = np.asarray(self.hu, dtype=np.float32)
         self.affine = np.asarray(self.affine, dtype=np.float64)
+        self.info = clean_info(self.info)
         if self.hu.ndim != 3:
             raise CTInputError(self.source or "<array>", f"expected a 3D volume, got shape {self.hu.shape}")
         if self.affine.shape != (4, 4):

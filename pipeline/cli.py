@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -22,25 +23,55 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-# Config fields the generate options set: errors about them name the options the user typed.
-_FLAGS = {
-    "count_range": "--nodules-min/--nodules-max",
-    "diameter_range_mm": "--diameter-min/--diameter-max",
-    "size_px": "--size",
+# Config fields the generate options set (dotted GenerateConfig paths): errors about them name the option typed.
+_OPTION_FIELDS = {
     "images_per_ct": "--images-per-ct/-n",
+    "seed": "--seed",
+    "geometry.size_px": "--size",
+    "geometry.view": "--view",
+    "geometry.jitter_rotation_deg": "--jitter-deg",
+    "geometry.jitter_translation_mm": "--jitter-mm",
+    "geometry.sdd_mm": "--sdd-mm",
+    "geometry.detector_mm": "--detector-mm",
+    "nodules.count_range": "--nodules-min/--nodules-max",
+    "nodules.diameter_range_mm": "--diameter-min/--diameter-max",
+    "nodules.type_probs": "--types",
+    "nodules.shape_probs": "--shapes",
+    "alias": "--alias",
+    "run_tag": "--run-tag",
+    "faint_labels": "--faint-labels",
+    "negatives": "--negatives",
+    "val_fraction": "--val-fraction",
+    "enhance.steps": "--enhance-steps",
+    "enhance.scheduler": "--enhance-scheduler",
 }
 
 
-def _with_flags(message: str) -> str:
-    """Name the command-line options behind config field names in an error message."""
-    for field_name, flags in _FLAGS.items():
-        message = message.replace(field_name, f"{flags} ({field_name})", 1) if field_name in message else message
+def _with_flags(message: str, loc: str, given: set[str]) -> str:
+    """Name the option the user typed in an error about the config field ``loc`` it set."""
+    typed = [(path, flag) for path, flag in _OPTION_FIELDS.items() if path in given]
+    for field_path, flag in typed:
+        if loc == field_path or loc.startswith(field_path + "."):
+            return f"{flag}: {message}"
+    for field_path, flag in typed:  # a cross-field rule that names the option's field, e.g. sdd_mm
+        if re.search(rf"(?<![A-Za-z0-9_]){re.escape(field_path.rsplit('.', 1)[-1])}(?![A-Za-z0-9_])", message):
+            return f"{flag}: {message}"
     return message
 
 
 def _pick(value: float | None, default: float) -> float:
     """The option's value when given, else the config's."""
     return default if value is None else value
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """``tree[a][b] = value`` for ``dotted`` = ``a.b`` (None leaves the tree as it is)."""
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
 
 
 def _mix(flag: str, text: str) -> dict[str, float]:
@@ -66,7 +97,7 @@ def generate(
     images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 on CPU, 16 on GPU."),
     size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 on CPU, 1024 on GPU."),
     view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Non-negative integer (default 0)."),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
     diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 6)."),
@@ -86,8 +117,8 @@ def generate(
     sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm)."),
     detector_mm: Optional[float] = typer.Option(None, "--detector-mm", help="Detector side (default 430 mm)."),
     config_file: Optional[Path] = typer.Option(
-        None, "--config", help="JSON with any of the sections nodules, geometry, labels (fields of NoduleConfig, "
-        "ProjectionGeometry, LabelConfig; see a dataset's config.json); the options above override it.",
+        None, "--config", help="JSON with any field of a dataset's config.json (images_per_ct, seed, sections "
+        "nodules, geometry, labels, attenuation, ...); the options above override it.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     series_uid: Optional[str] = typer.Option(
@@ -106,85 +137,107 @@ def generate(
     run_tag: Optional[str] = typer.Option(
         None, "--run-tag", help="File-name prefix (default: derived from the settings and seed, unique per run)."
     ),
-    faint_labels: str = typer.Option(
-        "drop", "--faint-labels", help="drop (default: faint nodules get no YOLO box, COCO ignore) or keep."
+    faint_labels: Optional[str] = typer.Option(
+        None, "--faint-labels", help="drop (default: faint nodules get no YOLO box, COCO ignore) or keep."
     ),
-    negatives: bool = typer.Option(
-        False, "--negatives", help="List the nodule-free twins as negative images (no boxes) in the detector files."
+    negatives: Optional[bool] = typer.Option(
+        None, "--negatives/--no-negatives", help="List the nodule-free twins as negative images (no boxes) in the detector files."
     ),
-    val_fraction: float = typer.Option(
-        0.2, "--val-fraction", help="Share of CTs (or of images, with one CT) held out for validation (default 0.2)."
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="Share of CTs (or of images, with one CT) held out for validation (default 0.2)."
     ),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
     enhance: Optional[Path] = typer.Option(
         None, "--enhance", help="Trained DDPM-HQ folder: restore + 2x super-resolve each DRR (boxes scaled)."
     ),
-    enhance_steps: int = typer.Option(50, "--enhance-steps"),
-    enhance_scheduler: str = typer.Option("ddim", "--enhance-scheduler", help="ddpm, ddim or dpmsolver++."),
+    enhance_steps: Optional[int] = typer.Option(None, "--enhance-steps", help="1 to 1000 (default 50)."),
+    enhance_scheduler: Optional[str] = typer.Option(
+        None, "--enhance-scheduler", help="ddpm, ddim (default) or dpmsolver++."
+    ),
     backend: str = typer.Option("serial", "--backend", help="serial or ray (pip install 'diffusionxray[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: one per GPU, else per CPU)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Render nodule-bearing DRRs from chest CTs and write a detector-ready dataset (COCO, YOLO, NODE21 csv)."""
-    from ct_projection.geometry import ProjectionGeometry
     from ct_projection.nodules import NoduleConfig
     from ct_projection.render import pick_device
+    from data.settings import SettingsError, load_settings
     from pipeline import config as cfg
     from pipeline.generate import EXAMPLE_CT
     from pipeline.generate import generate as run_generate
+    from pipeline.options import GenerateRunOptions, check_options
 
+    # Every option and --config field is checked here, before any CT is read or any folder is made.
+    given: set[str] = set()  # dotted config fields set by options the user typed
+
+    def put(dotted: str, value: Any) -> None:
+        if value is not None:
+            _set(options, dotted, value)
+            given.add(dotted)
+
+    options: dict[str, Any] = {}
     try:
+        check_options(GenerateRunOptions, backend=backend, workers=workers)
+        cfg.check_out_path(out)
         dev = pick_device(device)
         on_gpu = dev.type == "cuda"
-        sections = cfg.read_generate_config_file(config_file) if config_file is not None else {}
-        size = size or sections.get("geometry", {}).get("size_px")
-        size_px = size or (cfg.GPU_DEFAULT_SIZE_PX if on_gpu else cfg.CPU_DEFAULT_SIZE_PX)
-        n_images = images_per_ct or (cfg.GPU_DEFAULT_IMAGES_PER_CT if on_gpu else cfg.CPU_DEFAULT_IMAGES_PER_CT)
-        geo = {**sections.get("geometry", {}), "size_px": size_px}
-        if view is not None or "view" not in geo:
-            geo["view"] = (view or "PA").upper()
-        for key, value in (("jitter_rotation_deg", jitter_deg), ("jitter_translation_mm", jitter_mm),
-                           ("sdd_mm", sdd_mm), ("detector_mm", detector_mm)):  # fmt: skip
-            if value is not None:
-                geo[key] = value
-        geometry = cfg.geometry_from_dict(geo)
-        nod = dict(sections.get("nodules", {}))
+        file_data, notes = cfg.read_generate_config_file(config_file) if config_file is not None else ({}, [])
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+        defaults = {
+            "images_per_ct": cfg.GPU_DEFAULT_IMAGES_PER_CT if on_gpu else cfg.CPU_DEFAULT_IMAGES_PER_CT,
+            "geometry": {"size_px": cfg.GPU_DEFAULT_SIZE_PX if on_gpu else cfg.CPU_DEFAULT_SIZE_PX},
+        }
+        base_nod = load_settings(NoduleConfig, file_data.get("nodules", {}))  # the file was checked above
+        put("images_per_ct", images_per_ct)
+        put("seed", seed)
+        put("geometry.size_px", size)
+        put("geometry.view", None if view is None else view.upper())
+        put("geometry.jitter_rotation_deg", jitter_deg)
+        put("geometry.jitter_translation_mm", jitter_mm)
+        put("geometry.sdd_mm", sdd_mm)
+        put("geometry.detector_mm", detector_mm)
         if size_preset is not None:
             from ct_projection.size_presets import size_preset as preset_fields
 
-            nod.update(preset_fields(size_preset))
-        base = NoduleConfig.from_dict(nod)
+            preset = preset_fields(size_preset)
+            for key, value in preset.items():
+                put(f"nodules.{key}", list(value) if isinstance(value, tuple) else value)
+            base_nod = NoduleConfig.from_dict({**base_nod.to_dict(), **preset})  # --diameter-min/max refine it
         if nodules_min is not None or nodules_max is not None:
-            nod["count_range"] = (_pick(nodules_min, base.count_range[0]), _pick(nodules_max, base.count_range[1]))
+            put("nodules.count_range", [_pick(nodules_min, base_nod.count_range[0]),
+                                        _pick(nodules_max, base_nod.count_range[1])])  # fmt: skip
         if diameter_min is not None or diameter_max is not None:
-            nod["diameter_range_mm"] = (
-                _pick(diameter_min, base.diameter_range_mm[0]), _pick(diameter_max, base.diameter_range_mm[1])
-            )
-        if types is not None:
-            nod["type_probs"] = _mix("--types", types)
-        if shapes is not None:
-            nod["shape_probs"] = _mix("--shapes", shapes)
-        nodules = NoduleConfig.from_dict(nod)
-        config = cfg.GenerateConfig(
-            images_per_ct=n_images,
-            seed=seed,
-            geometry=geometry,
-            nodules=nodules,
-            labels=cfg.labels_from_dict(sections.get("labels", {})),
-            write_nodule_free=not no_nodule_free,
-            dicom=dicom,
-            series_uid=series_uid,
-            alias=alias,
-            aliases=cfg.read_alias_csv(alias_csv) if alias_csv is not None else {},
-            run_tag=run_tag,
-            faint_labels=faint_labels,
-            negatives=negatives,
-            val_fraction=val_fraction,
-        )
-    except ValueError as err:  # NoduleConfigError is a ValueError
-        _fail(_with_flags(str(err)))
+            put("nodules.diameter_range_mm", [_pick(diameter_min, base_nod.diameter_range_mm[0]),
+                                              _pick(diameter_max, base_nod.diameter_range_mm[1])])  # fmt: skip
+        put("nodules.type_probs", None if types is None else _mix("--types", types))
+        put("nodules.shape_probs", None if shapes is None else _mix("--shapes", shapes))
+        put("write_nodule_free", False if no_nodule_free else None)
+        put("dicom", True if dicom else None)
+        put("series_uid", series_uid)
+        put("alias", alias)
+        put("aliases", None if alias_csv is None else cfg.read_alias_csv(alias_csv))
+        put("run_tag", run_tag)
+        put("faint_labels", faint_labels)
+        put("negatives", negatives)
+        put("val_fraction", val_fraction)
+        if enhance is not None:
+            options["enhance"] = {"model_dir": str(enhance)}  # a new model: the file's checksum/size do not apply
+        elif isinstance(file_data.get("enhance"), dict):
+            file_data["enhance"] = {k: file_data["enhance"][k] for k in ("model_dir", "steps", "scheduler")
+                                    if k in file_data["enhance"]}  # fmt: skip  (checksum/size: re-read on load)
+        if enhance is not None or file_data.get("enhance"):
+            put("enhance.steps", enhance_steps)
+            put("enhance.scheduler", enhance_scheduler)
+        settings = cfg.merge_settings(cfg.merge_settings(defaults, file_data), options)
+        config = load_settings(cfg.GenerateConfig, settings)
+    except SettingsError as err:
+        _fail(_with_flags(str(err), err.loc, given))
+    except ValueError as err:  # --device, --types/--shapes syntax, --alias-csv rows
+        _fail(str(err))
+    size_px, n_images = config.geometry.size_px, config.images_per_ct
     inputs = [EXAMPLE_CT]
     input_errors: list[str] = []
     if ct:
@@ -201,22 +254,22 @@ def generate(
         if not inputs:
             raise typer.Exit(code=1)
     typer.echo(
-        f"device={dev} size={size_px}px images/CT={n_images} view={geometry.view} seed={seed} "
-        f"inputs={len(inputs)} -> {out}" + ("" if size or on_gpu else " (CPU defaults; use --size/-n to change)"),
+        f"device={dev} size={size_px}px images/CT={n_images} view={config.geometry.view} seed={config.seed} "
+        f"inputs={len(inputs)} -> {out}"
+        + ("" if given & {"geometry.size_px"} or "geometry" in file_data or on_gpu
+           else " (CPU defaults; use --size/-n to change)"),  # fmt: skip
         err=True,
     )
     from data.atomic import DatasetWriteError
     from pipeline.generate import RunSettingsError
 
-    if backend not in ("serial", "ray"):
-        _fail(f"unknown backend {backend!r}: expected one of serial, ray")
     kwargs = dict(device=str(dev), progress=progress, restart=restart)
-    if enhance is not None:
-        from pipeline.enhancer import EnhanceConfig, Enhancer
+    if config.enhance is not None:
+        from pipeline.enhancer import Enhancer
         from restoration.ddpm_hq import ModelNotFoundError
 
         try:
-            enhancer = Enhancer(EnhanceConfig(str(enhance), enhance_steps, enhance_scheduler), device=str(dev))
+            enhancer = Enhancer(config.enhance, device=str(dev))
         except (ModelNotFoundError, ValueError) as err:
             _fail(str(err))
         config.enhance = enhancer.config

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from ct_projection.attenuation import AttenuationModel
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from data.settings import SettingsError, field_names, load_settings, read_settings_file
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
@@ -20,6 +24,8 @@ CPU_DEFAULT_SIZE_PX = 512
 CPU_DEFAULT_IMAGES_PER_CT = 6
 GPU_DEFAULT_SIZE_PX = 1024
 GPU_DEFAULT_IMAGES_PER_CT = 16
+MAX_IMAGES_PER_CT = 100_000
+OUT_INNER_BYTES = 256  # longest path a dataset writes below its folder (sub-folder + image name)
 ALIAS_MAX = 64  # DICOM LO/PN limit: the alias becomes PatientName/PatientID of --dicom output
 _ALIAS_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -94,8 +100,8 @@ class GenerateConfig:
         val_fraction: share of CTs (or of images, for a one-CT run) held out as the validation split.
     """
 
-    images_per_ct: int = CPU_DEFAULT_IMAGES_PER_CT
-    seed: int = 0
+    images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = CPU_DEFAULT_IMAGES_PER_CT
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0  # SeedSequence entropy is non-negative
     geometry: ProjectionGeometry = field(default_factory=lambda: ProjectionGeometry(size_px=CPU_DEFAULT_SIZE_PX))
     nodules: NoduleConfig = field(default_factory=NoduleConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
@@ -109,7 +115,7 @@ class GenerateConfig:
     run_tag: str | None = None
     faint_labels: str = "drop"
     negatives: bool = False
-    val_fraction: float = 0.2
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:
@@ -153,38 +159,59 @@ class GenerateConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def read_generate_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Sections nodules / geometry / labels of a JSON run config (e.g. a dataset's config.json); one-line errors."""
-    sections = ("nodules", "geometry", "labels")
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the config: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config is a JSON object with sections {', '.join(sections)}")
-    out = {k: data[k] for k in sections if k in data}
-    if any(not isinstance(v, dict) for v in out.values()):
-        raise ValueError(f"{path}: sections {', '.join(sections)} must be JSON objects")
+def read_generate_config_file(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """The GenerateConfig fields of a JSON run config (e.g. a dataset's config.json) and one-line notes on ignored ones.
+
+    Every field of ``GenerateConfig.to_dict`` is accepted; a ``series_uid`` saved only as a hash cannot select a
+    series again and is ignored (with a note). Unknown fields and wrong types are a one-line ``SettingsError``.
+    """
+    data = read_settings_file(path)
+    known = field_names(GenerateConfig)
+    for key in data:
+        if key not in known:
+            raise SettingsError(f"{path}: unknown field {key!r}: expected some of {', '.join(known)}", key)
+    notes: list[str] = []
+    selector = data.get("series_uid")
+    if isinstance(selector, str) and selector.startswith("sha256:"):
+        del data["series_uid"]
+        notes.append(f"{path}: series_uid is saved only as a hash and is ignored (give --series-uid to select a series)")
+    load_settings(GenerateConfig, data, source=str(path))  # the file alone must be valid: its errors name the file
+    return data, notes
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied section by section (nested dicts merged, None values skipped)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        elif value is not None:
+            out[key] = value
     return out
 
 
-def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
-    """``data`` restricted to ``cls``'s fields; unknown keys are an error listing the known ones."""
-    from dataclasses import fields
-
-    known = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in known:
-            raise ValueError(f"unknown {what} field {key!r}: expected one of {', '.join(known)}")
-    return data
-
-
-def geometry_from_dict(data: dict[str, Any]) -> ProjectionGeometry:
-    """ProjectionGeometry from a config section (unknown keys refused)."""
-    return ProjectionGeometry(**_known_fields(ProjectionGeometry, data, "geometry"))
-
-
-def labels_from_dict(data: dict[str, Any]) -> LabelConfig:
-    """LabelConfig from a config section (unknown keys refused)."""
-    return LabelConfig(**_known_fields(LabelConfig, data, "labels"))
-
+def check_out_path(out: Path) -> None:
+    """Refuse an output folder path the file system cannot hold (one line), before anything is written."""
+    path = Path(os.path.abspath(out))
+    anchor = next((p for p in path.parents if os.path.isdir(p)), Path("/"))  # os.path: no error on long names
+    try:
+        name_max = os.pathconf(anchor, "PC_NAME_MAX")
+        path_max = os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise SettingsError(
+                f"--out: folder name {part[:40]!r}... is {len(os.fsencode(part))} bytes; "
+                f"this file system allows at most {name_max}",
+                "out",
+            )
+    # The dataset's own files add up to ~OUT_INNER_BYTES below the folder (images_drr_nodule_free/<name>.png).
+    if len(os.fsencode(str(path))) + OUT_INNER_BYTES > path_max:
+        raise SettingsError(
+            f"--out: path is {len(os.fsencode(str(path)))} bytes; with the dataset's file names it must stay "
+            f"under {path_max - OUT_INNER_BYTES}",
+            "out",
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SettingsError(f"--out {out}: exists and is not a folder", "out")

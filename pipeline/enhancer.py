@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from data.records import NoduleLabel
 
@@ -31,10 +32,10 @@ class EnhanceConfig:
     """
 
     model_dir: str
-    steps: int = 50
-    scheduler: str = "ddim"
+    steps: Annotated[int, Field(ge=1, le=1000)] = 50
+    scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddim"  # restoration.ddpm_hq.SCHEDULERS
     weights_sha256: str = ""
-    input_size: int = 0
+    input_size: Annotated[int, Field(ge=0)] = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""

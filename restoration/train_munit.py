@@ -35,13 +35,14 @@ from restoration.pairs import (
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images
 from restoration.training_setup import (
     MIXED_PRECISION,
-    GeneratorState,
     default_device,
     flat_config,
+    GeneratorState,
     infinite_batches,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    stream_seed,
 )
 
 MODEL_SUBDIR = "model"
@@ -190,7 +191,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
     model, opt_g, opt_d, loader_a, loader_b = accelerator.prepare(model, opt_g, opt_d, loader_a, loader_b)
 
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    rng = GeneratorState(cfg.seed + 1000 * accelerator.process_index)  # style codes; checkpointed for exact resume
+    rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index))  # style codes; checkpointed for exact resume
     global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0)
     resumed_from = None if ckpt is None else ckpt.name
     if ckpt is not None:

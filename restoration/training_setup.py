@@ -11,9 +11,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+
+# The independent random consumers of a training run, in spawn order: stream i is child i of SeedSequence(seed), so
+# no consumer's draws shift another's. Append new streams at the end (existing ones keep their values).
+SEED_STREAMS = ("train", "validation", "held_out_pairs", "batch_order")
+
+
+def stream_seed(seed: int, stream: str, *sub: int) -> int:
+    """A torch seed for one consumer of a run's randomness, spawned from ``SeedSequence(seed)``.
+
+    Args:
+        seed: the run's seed.
+        stream: one of ``SEED_STREAMS``.
+        sub: further spawn levels, e.g. the process index or the epoch.
+    """
+    key = (SEED_STREAMS.index(stream), *(int(v) for v in sub))
+    return int(np.random.SeedSequence(int(seed), spawn_key=key).generate_state(1, dtype=np.uint64)[0] % (2**63))
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -71,7 +88,7 @@ class GeneratorState:
     iterators draw from the global RNG when they start, and a resumed run starts them at another step.
 
     Args:
-        seed: initial seed (add the process index so processes differ).
+        seed: initial seed (``stream_seed(seed, "train", process_index)`` so processes differ).
         device: where the generator lives (draw large noise tensors on the training device).
     """
 

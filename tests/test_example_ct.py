@@ -8,7 +8,7 @@ import pytest
 from ct_projection.geometry import ProjectionGeometry, base_pose
 from ct_projection.render import DRRRenderer
 from ct_projection.volume import CTVolume
-from pipeline.generate import lung_isocentre
+from ct_projection.geometry import lung_isocentre
 
 GEOM = ProjectionGeometry(size_px=96, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
 HEART, LIVER, LUNGS = (51,), (5,), (10, 11, 12, 13, 14)

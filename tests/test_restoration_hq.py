@@ -609,3 +609,15 @@ def test_evaluate_sampler_sweep_timing_and_pairs(tmp_path, tiny_model):
     lin = evaluate_model(model_dir, hq, lq, steps=1, prewindowed=True)
     assert det["bicubic"] == lin["bicubic"] != win["bicubic"]
     assert lin["bicubic"]["psnr"] > 25  # LQ is HQ's bicubic degradation: only a double window would break that
+
+
+def test_training_seed_streams_are_spawned_children():
+    """Each consumer of a run's randomness has its own SeedSequence child: no hand-made seed offsets."""
+    from restoration.training_setup import SEED_STREAMS, stream_seed
+
+    children = np.random.SeedSequence(5).spawn(len(SEED_STREAMS))
+    for i, name in enumerate(SEED_STREAMS):
+        assert stream_seed(5, name) == int(children[i].generate_state(1, dtype=np.uint64)[0] % (2**63))
+    seeds = [stream_seed(5, name) for name in SEED_STREAMS] + [stream_seed(5, "train", p) for p in range(3)]
+    assert len(set(seeds)) == len(seeds)  # per stream and per process
+    assert stream_seed(6, "validation") != stream_seed(5, "validation")

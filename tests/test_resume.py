@@ -29,9 +29,40 @@ def digest(root: Path, skip: tuple[str, ...] = ("manifest.jsonl",)) -> dict[str,
     }
 
 
-def run_cli(ct: Path, out: Path, **env_extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
-    cmd = [sys.executable, "-m", "pipeline.cli", "generate", str(ct), "--out", str(out), *ARGS]
+# The CLI with its record image writer wrapped so the process SIGKILLs itself right after its N-th record image
+# (argv[1]) is written, before that sample's manifest record: the "image present, record missing" crash.
+KILL_AFTER_IMAGES = """
+import os, signal, sys
+from pipeline import publish
+from pipeline.cli import app
+
+limit, count = int(sys.argv[1]), [0]
+i = next(i for i, w in enumerate(publish.WRITERS) if w.folder == "images")
+inner = publish.WRITERS[i]
+
+def kill_after(write):
+    def wrapped(path):
+        write(path)
+        count[0] += 1
+        if count[0] >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return wrapped
+
+class Killing:
+    folder = inner.folder
+    def __call__(self, sample, config):
+        return [publish.Output(o.name, kill_after(o.write), o.attribute) for o in inner(sample, config)]
+
+publish.WRITERS[i] = Killing()
+sys.argv = ["diffusionxray", *sys.argv[2:]]
+app()
+"""
+
+
+def run_cli(ct: Path, out: Path, kill_after_images: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    main = ["-m", "pipeline.cli"] if kill_after_images is None else ["-c", KILL_AFTER_IMAGES, str(kill_after_images)]
+    cmd = [sys.executable, *main, "generate", str(ct), "--out", str(out), *ARGS]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -89,7 +120,7 @@ def test_sigkill_then_resume_is_byte_identical(chest_nifti: Path, reference: Pat
 def test_kill_between_image_and_record_then_resume(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
     """SIGKILL right after an image is published but before its record; a leftover temp file is cleaned on resume."""
     out = tmp_path / "ds"
-    killed = run_cli(chest_nifti, out, DIFFUSIONXRAY_TEST_SIGKILL_AFTER_IMAGES="3")
+    killed = run_cli(chest_nifti, out, kill_after_images=3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert len(manifest_keys(out)) == 2  # the third sample's image is there, its record is not
     assert len(list((out / "images").glob("*.png"))) == 3

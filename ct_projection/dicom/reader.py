@@ -17,8 +17,10 @@ from ct_projection.dicom.files import probe
 from ct_projection.dicom.geometry import assemble
 from ct_projection.dicom.headers import SliceHeader, float_or_none, scan
 from ct_projection.dicom.pixels import load_pixels
-from ct_projection.dicom.series import check_one_patient, choose_series, group_series
-from ct_projection.volume import CTInputError, check_size
+from ct_projection.dicom.series import check_one_patient, check_whole_series, choose_series, group_series
+from ct_projection.volume import CTInputError, check_size, clean_text
+
+DICOM_TEXT = 64  # LO, the longest VR among the copied text attributes (SH and CS are 16)
 
 
 @dataclass
@@ -46,17 +48,29 @@ def read_series(path: Path, series_uid: str | None = None) -> DicomVolume:
             raise CTInputError(path, f"cannot read: file is truncated or corrupt ({corrupt})")
         if kind is not None:
             raise CTInputError(path, f"cannot read: not a DICOM image (a {kind} object without image pixels)")
-    headers = scan(folder)
+    headers, bad = scan(folder)
+    own_bad = [b for b in bad if b.path == path]
+    if own_bad:
+        raise CTInputError(path, f"{own_bad[0].name}: {own_bad[0].problem}")
     if not headers:
+        broken = [b for b in bad if not b.absent] or bad
+        if broken:
+            b = broken[0]
+            prefix = "" if broken[0].absent else f"{b.name}: "
+            raise CTInputError(path, f"no DICOM images with slice geometry found ({prefix}{b.problem})")
         problem = "no DICOM files found in folder" if path.is_dir() else "cannot read: not a DICOM image"
         raise CTInputError(path, problem)
-    series = group_series(headers)
+    all_series = series = group_series(headers)
     if not path.is_dir():
         own = [s for s in series if any(h.path == path for h in s.slices)]
         if not own:
             raise CTInputError(path, "cannot read: not a DICOM image")
         series = own
     chosen = choose_series(series, path, series_uid)
+    check_whole_series(
+        path, chosen, all_series, bad, chosen_by_user=series_uid is not None or not path.is_dir(),
+        grid_by_user=series_uid is not None and series_uid == chosen.key and "#" in chosen.key,
+    )
     # One CT is one patient: mixed exports are refused, never silently half-used (IDs stay out of the message).
     check_one_patient(path, chosen.slices, f"series {chosen.first.series_number} ({len(chosen.slices)} images)")
     slices = chosen.slices
@@ -78,7 +92,8 @@ def _describe(first: SliceHeader, kept: list[SliceHeader], notes: list[str]) -> 
     """Non-identifying acquisition facts (no names, IDs, dates, UIDs, institution or free-text descriptions).
 
     ``info`` ends up in dataset.json, so it follows DICOM PS3.15 Annex E's basic profile: Series/Study Description
-    and UIDs are removed (they stay on the in-memory SliceHeader for terminal-only error messages).
+    and UIDs are removed (they stay on the in-memory SliceHeader for terminal-only error messages). Text values are
+    cut to the 64 characters of DICOM's LO value representation and cleaned of non-printable characters.
     """
     ds = first.header
     kernel = ds.get("ConvolutionKernel")
@@ -86,15 +101,15 @@ def _describe(first: SliceHeader, kept: list[SliceHeader], notes: list[str]) -> 
         kernel = "\\".join(str(k) for k in kernel)
     info: dict[str, Any] = {
         "format": "DICOM",
-        "modality": first.modality or "unknown",
-        "manufacturer": str(ds.get("Manufacturer", "") or ""),
-        "model": str(ds.get("ManufacturerModelName", "") or ""),
-        "convolution_kernel": str(kernel or ""),
+        "modality": clean_text(first.modality, DICOM_TEXT) or "unknown",
+        "manufacturer": clean_text(ds.get("Manufacturer", "") or "", DICOM_TEXT),
+        "model": clean_text(ds.get("ManufacturerModelName", "") or "", DICOM_TEXT),
+        "convolution_kernel": clean_text(kernel or "", DICOM_TEXT),
         "slice_thickness_mm": first.thickness,
         "pixel_spacing_mm": [float(v) for v in first.pixel_spacing],
         "source_slices": len(kept),
         "series_number": first.series_number,
-        "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        "body_part": clean_text(ds.get("BodyPartExamined", "") or "", DICOM_TEXT),
         "transfer_syntax": _transfer_syntax_name(ds),
     }
     tilt = float_or_none(ds.get("GantryDetectorTilt"))

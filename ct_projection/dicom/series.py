@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ct_projection.dicom.headers import SliceHeader
+from ct_projection.dicom.headers import BadSlice, SliceHeader
 from ct_projection.volume import CTInputError
+
+SAME_ORIENTATION = 2e-3  # direction cosines closer than this are one orientation (≈ 0.1°), not two
 
 
 @dataclass
@@ -39,32 +41,102 @@ class DicomSeries:
 
 
 def group_series(headers: list[SliceHeader]) -> list[DicomSeries]:
-    """Group images by SeriesInstanceUID and pixel grid.
+    """Group images by series identity and pixel grid.
 
-    Real exports can have empty Study/SeriesInstanceUIDs (the TotalSegmentator example), so the key falls back to
-    SeriesNumber; orientation, matrix size and pixel spacing always split groups so a localizer or a reformat
-    that shares a UID never mixes into the axial stack.
+    Real exports can have empty Study/SeriesInstanceUIDs (the TotalSegmentator example), so the identity falls back
+    to SeriesNumber; orientation, matrix size and pixel spacing always split groups so a localizer or a reformat
+    that shares a UID never mixes into the axial stack (``check_whole_series`` then decides whether such a split
+    is legitimate). Orientations within ``SAME_ORIENTATION`` of a group's first image join it, so rounding noise in
+    the direction cosines never splits a stack.
     """
     groups: dict[str, list[SliceHeader]] = {}
+    orientations: dict[tuple[Any, ...], list[np.ndarray]] = {}
     for h in headers:
-        grid = (
-            tuple(np.round(np.concatenate([h.row, h.col]), 3).tolist()),
-            h.rows,
-            h.columns,
-            tuple(round(s, 4) for s in h.pixel_spacing),
-        )
-        ident = h.series_uid or f"series-number-{h.series_number if h.series_number is not None else 'none'}"
-        groups.setdefault(repr((ident, grid)), []).append(h)
-    # Name each group by its UID; add a suffix only when one UID holds several grids.
+        base = (h.ident, h.rows, h.columns, tuple(round(s, 4) for s in h.pixel_spacing))
+        iop = np.concatenate([h.row, h.col])
+        known = orientations.setdefault(base, [])
+        match = next((r for r in known if np.abs(iop - r).max() <= SAME_ORIENTATION), None)
+        if match is None:
+            known.append(match := iop)
+        groups.setdefault(repr(base + (tuple(np.round(match, 3).tolist()),)), []).append(h)
+    # Name each group by its identity; add a suffix only when one identity holds several grids.
     by_ident: dict[str, int] = {}
     result = []
     for key in sorted(groups):
         slices = groups[key]
-        ident = slices[0].series_uid or f"series-number-{slices[0].series_number}"
+        ident = slices[0].ident
         by_ident[ident] = by_ident.get(ident, 0) + 1
         name = ident if by_ident[ident] == 1 else f"{ident}#{by_ident[ident]}"
         result.append(DicomSeries(key=name, slices=slices))
     return result
+
+
+def check_whole_series(
+    source: Path,
+    chosen: DicomSeries,
+    series: list[DicomSeries],
+    bad: list[BadSlice],
+    *,
+    chosen_by_user: bool = False,
+    grid_by_user: bool = False,
+) -> None:
+    """Refuse the chosen series when one of its images cannot join the stack, instead of dropping it silently.
+
+    That is an image of the same series with unusable geometry (NaN position, zero or skewed orientation, zero
+    pixel spacing), or one with the stack's matrix size whose orientation or pixel spacing differs from the rest.
+    Localizers, and images of another matrix size without any geometry (screenshots), are not slices of the stack.
+    When the series was chosen automatically, a larger set of broken images in another series is refused too: the
+    CT the user meant is probably that one.
+
+    Args:
+        chosen_by_user: the user named the series (``series_uid``) or one of its files.
+        grid_by_user: the user named this exact grid (``series_uid`` = 'UID#k'), so its siblings are theirs to drop.
+    """
+    f = chosen.first
+    what = f"series {f.series_number}" if f.series_number is not None else "the series"
+    size = (f.rows, f.columns)
+    broken = [
+        b for b in bad if b.ident == f.ident and not b.is_localizer and (not b.absent or b.shape == size)
+    ]
+    if broken:
+        b = broken[0]
+        more = f" (and {len(broken) - 1} more image(s))" if len(broken) > 1 else ""
+        raise CTInputError(source, f"{b.name}: {b.problem}{more}; {what} is refused rather than read without it")
+    elsewhere: dict[str, list[BadSlice]] = {}
+    for b in bad:
+        if not b.absent and not b.is_localizer:
+            elsewhere.setdefault(b.ident, []).append(b)
+    for group in elsewhere.values():
+        if not chosen_by_user and len(group) >= max(2, len(chosen.slices)):
+            b = group[0]
+            raise CTInputError(
+                source, f"{b.name}: {b.problem} (and {len(group) - 1} more image(s) of its series, the largest one)"
+            )
+    if grid_by_user:
+        return
+    for other in series:
+        h = other.first
+        if other is chosen or h.ident != f.ident or h.is_localizer or (h.rows, h.columns) != size:
+            continue
+        if np.abs(np.concatenate([h.row, h.col]) - np.concatenate([f.row, f.col])).max() > SAME_ORIENTATION:
+            differs = (
+                f"ImageOrientationPatient {_iop(h)} (the other {len(chosen.slices)} images of {what}: {_iop(f)})"
+            )
+        else:
+            shown = "\\".join(f"{v:g}" for v in h.pixel_spacing)
+            differs = f"PixelSpacing {shown} mm (the other {len(chosen.slices)} images of {what}: " + (
+                "\\".join(f"{v:g}" for v in f.pixel_spacing) + " mm)"
+            )
+        count = f" and {len(other.slices) - 1} more image(s)" if len(other.slices) > 1 else ""
+        raise CTInputError(
+            source,
+            f"{h.name}{count} has {differs}; an image that does not fit the stack is refused, not dropped "
+            "(remove it, or export the series again)",
+        )
+
+
+def _iop(h: SliceHeader) -> str:
+    return "\\".join(f"{v:.4g}" for v in np.concatenate([h.row, h.col]))
 
 
 def choose_series(series: list[DicomSeries], source: Path, series_uid: str | None = None) -> DicomSeries:
