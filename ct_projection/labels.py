@@ -2,8 +2,8 @@
 
 Each nodule's ΔHU sub-volume is rendered alone (line integrals add), over the detector window its 3D box can reach.
 The footprint is where the ray crosses at least ``min_chord_mm`` of nodule-equivalent material, so partial-volume
-fringes and the numerical zero-level do not inflate the box. The box is cross-checked against DiffDRR's
-``perspective_projection`` of the nodule's surface points.
+fringes and the numerical zero-level do not inflate the box. The box is cross-checked against the renderer's
+perspective projection of the nodule's surface points. Any renderer backend works (``ct_projection.renderer``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import Field
 from scipy import ndimage
 
 from ct_projection.geometry import Pose
-from ct_projection.render import DRRRenderer, Window
+from ct_projection.renderer import Renderer, Window
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def project_nodule(
-    renderer: DRRRenderer,
+    renderer: Renderer,
     pose: Pose,
     delta_hu: np.ndarray,
     offset_ijk: np.ndarray,

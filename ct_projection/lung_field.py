@@ -1,7 +1,7 @@
 """The lung field on the detector: where the 3D lung mask projects, for per-image display windows.
 
 Lung voxels are sampled every ~``step_mm`` once per CT; per pose their centres are projected with DiffDRR's
-perspective projection (the same as every label box) and the hit pixels are closed into a filled region.
+perspective projection (the renderer's, the same as every label box) and the hit pixels are closed into a filled region.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from ct_projection.geometry import Pose
-from ct_projection.render import DRRRenderer
+from ct_projection.renderer import Renderer
 from ct_projection.volume import CTVolume
 
 
@@ -30,7 +30,7 @@ class LungField:
         self.points_world = vol.voxel_to_world(idx) if idx.size else np.zeros((0, 3))
         self.step_mm = float(max(np.asarray(stride) * vol.spacing))
 
-    def mask(self, renderer: DRRRenderer, pose: Pose) -> np.ndarray:
+    def mask(self, renderer: Renderer, pose: Pose) -> np.ndarray:
         """(size, size) bool: pixels whose ray crosses the lung (filled, gaps between sampled points closed)."""
         size = renderer.geometry.size_px
         out = np.zeros((size, size), dtype=bool)

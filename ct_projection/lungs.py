@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
+from ct_projection.body import (
+    WORKING_MM,
+    BodyMask,
+    block_factor,
+    block_mean,
+    fill_holes_inplane,
+    from_sitk,
+    inside_body,
+    to_sitk,
+)
 from ct_projection.volume import CTInputError, CTVolume
 
 LOBE_NAMES: dict[int, str] = {
@@ -26,21 +35,16 @@ RIGHT, LEFT = 1, 2
 MIN_LUNG_ML = 300.0
 # Aerated lung after ~1.5 mm averaging; below −950 is air (airways, gas), above −400 soft tissue.
 LUNG_HU = (-950.0, -400.0)
-BODY_OPENING_MM = 3.0  # detaches the CT table, which touches the back only through thin pads
 CLOSING_MM = 3.0  # closes vessels and fissures that touch the mask border before hole filling
 SECOND_LUNG_FRACTION = 0.1  # the second component counts as a lung if at least this fraction of the first
-
-# In-plane 4-connectivity inside a 3D array: one labelling fills the holes of every slice.
-_INPLANE = np.zeros((3, 3, 3), dtype=bool)
-_INPLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-
 
 
 def lung_mask(
     vol: CTVolume,
     label_ids: tuple[int, ...] | None = LOBE_IDS,
     *,
-    working_mm: float = 2.0,
+    working_mm: float = WORKING_MM,
+    body: BodyMask | None = None,
 ) -> np.ndarray:
     """Boolean lung mask on the CT grid.
 
@@ -48,6 +52,7 @@ def lung_mask(
         vol: CT in HU on a RAS+ canonical grid (k is the head–foot axis).
         label_ids: label-map ids that make up the lungs; None ignores any label map.
         working_mm: voxel size the HU segmentation runs at (coarser is faster; labels are used as-is).
+        body: the CT's body mask (``body.body_mask``), reused when it is on the same block grid.
 
     Raises:
         CTInputError: when the lungs are smaller than 300 mL (not a chest CT, or no lungs in the field of view).
@@ -58,7 +63,7 @@ def lung_mask(
         if from_labels.any():
             mask = from_labels
     if mask is None:
-        mask = _segment(vol.hu, vol.spacing, working_mm)
+        mask = _segment(vol.hu, vol.spacing, working_mm, body)
     ml = float(mask.sum()) * float(np.prod(vol.spacing)) / 1000.0
     if ml < MIN_LUNG_ML:
         problem = f"no lungs found (lung volume {ml:.0f} mL < {MIN_LUNG_ML:.0f} mL; is this a chest CT?)"
@@ -104,20 +109,21 @@ def side_of(vol: CTVolume, mask: np.ndarray) -> np.ndarray:
     return side
 
 
-def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float) -> np.ndarray:
+def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float, body: BodyMask | None = None) -> np.ndarray:
     """HU-threshold lung segmentation (no weights) returned on the full grid.
 
     SimpleITK filters do the morphology: in-plane opening, connected components ranked by size, in-plane closing.
     """
-    factor = tuple(max(1, int(working_mm // float(s))) for s in spacing)
-    low = _block_mean(hu, factor)
+    factor = block_factor(spacing, working_mm)
+    reuse = body is not None and body.factor == factor and body.shape == hu.shape
+    low = body.coarse_hu if reuse else block_mean(hu, factor)  # type: ignore[union-attr]
     low_spacing = np.asarray(spacing, dtype=np.float64) * factor
 
     # Air inside the body only: outside air and anything connected to it in-plane is excluded.
-    inside = _inside_body(low, low_spacing)
+    inside = body.coarse if reuse else inside_body(low, low_spacing)  # type: ignore[union-attr]
     candidates = inside & (low > LUNG_HU[0]) & (low < LUNG_HU[1])
     # Thin partial-volume rims around airways and gas bubbles vanish; lungs are thick.
-    img = sitk.BinaryMorphologicalOpening(_to_sitk(candidates), [1, 1, 0], sitk.sitkCross)
+    img = sitk.BinaryMorphologicalOpening(to_sitk(candidates), [1, 1, 0], sitk.sitkCross)
     relabelled = sitk.RelabelComponentImageFilter()  # label 1 = largest, 2 = second largest, ...
     ranked = relabelled.Execute(sitk.ConnectedComponent(img, False))
     sizes = relabelled.GetSizeOfObjectsInPixels()
@@ -129,7 +135,7 @@ def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float) -> np.ndarr
 
     radius = max(1, int(round(CLOSING_MM / float(min(low_spacing[:2])))))
     lungs = sitk.BinaryMorphologicalClosing(lungs, [radius, radius, 0], sitk.sitkBall, 1, True)  # in-plane disc
-    low_mask = _fill_holes_inplane(_from_sitk(lungs))
+    low_mask = fill_holes_inplane(from_sitk(lungs))
 
     # Back to the full grid: each block maps onto the voxels it averaged (exact alignment, no shift).
     full = np.zeros(hu.shape, dtype=bool)
@@ -139,49 +145,3 @@ def _segment(hu: np.ndarray, spacing: np.ndarray, working_mm: float) -> np.ndarr
             up = up.repeat(f, axis=axis)
     full[: up.shape[0], : up.shape[1], : up.shape[2]] = up
     return full
-
-
-def _inside_body(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """The body with its in-plane holes (lungs, airways) filled.
-
-    Like ``body.body_mask`` but with the table-separating opening sized in mm rather than voxels, so coarse grids
-    keep a thin chest wall.
-    """
-    img = _to_sitk(hu > -500.0)
-    radius = int(round(BODY_OPENING_MM / float(min(spacing[:2]))))
-    if radius:
-        img = sitk.BinaryMorphologicalOpening(img, [radius, radius, 0], sitk.sitkBox)
-    ranked = sitk.RelabelComponent(sitk.ConnectedComponent(img, False))
-    return _fill_holes_inplane(_from_sitk(sitk.BinaryThreshold(ranked, 1, 1, 1, 0)))
-
-
-def _to_sitk(mask: np.ndarray) -> sitk.Image:
-    """(i, j, k) bool array → uint8 SimpleITK image with x = i, y = j, z = k (unit spacing: radii are in voxels)."""
-    return sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0), dtype=np.uint8))
-
-
-def _from_sitk(img: sitk.Image) -> np.ndarray:
-    """Inverse of ``_to_sitk``."""
-    return sitk.GetArrayViewFromImage(img).transpose(2, 1, 0).astype(bool)
-
-
-def _block_mean(hu: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
-    """Mean over non-overlapping blocks (trailing partial blocks dropped)."""
-    if all(f == 1 for f in factor):
-        return np.asarray(hu, dtype=np.float32)
-    n = [s // f for s, f in zip(hu.shape, factor)]
-    cropped = hu[: n[0] * factor[0], : n[1] * factor[1], : n[2] * factor[2]]
-    return cropped.reshape(n[0], factor[0], n[1], factor[1], n[2], factor[2]).mean(axis=(1, 3, 5), dtype=np.float32)
-
-
-def _fill_holes_inplane(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice: background not 4-connected in-plane to the slice border is a hole.
-
-    SimpleITK's BinaryFillhole is N-dimensional (a hole open in z is not filled), and looping it over 2D slices is
-    ~10x slower than one 3D labelling with an in-plane structuring element, which fills every slice at once.
-    """
-    background = ~mask
-    labels, _ = ndimage.label(background, structure=_INPLANE)
-    edges = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
-    border = np.unique(np.concatenate([e.ravel() for e in edges]))
-    return mask | (background & ~np.isin(labels, border))

@@ -28,15 +28,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from ct_projection.nodules import (
-    PARENCHYMA_HU,
-    NodulePlacementError,
-    NodulePlacementWarning,
-    NoduleParams,
-    NoduleSampler,
-    _lobe_and_side,
-    _zone,
-)
+from ct_projection.nodules import NodulePlacementError, NodulePlacementWarning, NoduleParams, NoduleSampler
+from ct_projection.nodules.config import PARENCHYMA_HU
+from ct_projection.nodules.placement import _lobe_and_side, _zone
 from ct_projection.volume import CTVolume
 
 _PAIR = re.compile(r"^(?P<uid>.+)_dcm_(?P<k>\d+)\.mha$")

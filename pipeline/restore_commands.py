@@ -8,7 +8,6 @@ from typing import Any, Callable, Optional
 
 import typer
 
-MODELS = ("ddpm-hq", "munit", "ddpm-lq")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -56,10 +55,15 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         overrides: list[str] = typer.Option([], "--set", help="Any config field: --set lq_size=128 --set use_ema=true"),
     ) -> None:
         """Train a restoration model from scratch (accelerate; checkpoint-N, resume, save_pretrained at the end)."""
-        if model not in MODELS:
-            fail(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
+        from data.settings import SettingsError, read_settings_file
+        from pipeline.options import TrainOptions, check_options
+
         try:
-            base: dict[str, Any] = json.loads(config.read_text()) if config else {}
+            check_options(TrainOptions, model=model, steps=steps, stage=stage)
+        except SettingsError as err:
+            fail(str(err))
+        try:
+            base: dict[str, Any] = read_settings_file(config) if config else {}
             if hq_dir is not None:
                 base["hq_dir"] = str(hq_dir)
             if lq_dir is not None:
@@ -101,7 +105,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         lq_dir: Optional[Path] = typer.Option(None, "--lq-dir", help="munit lq-extracted: LQ images to take styles from."),
     ) -> None:
         """Degrade real HQ CXRs into DRR-like LQ with a trained MUNIT-LQ or DDPM-LQ: (LQ, HQ) pairs for DDPM-HQ."""
+        from pipeline.options import MakePairsOptions, check_options
+
         try:
+            check_options(MakePairsOptions, model=model, seed=seed, strength=strength, steps=steps, style=style)
             if model == "munit":
                 from restoration.train_munit import make_pairs as run
 
@@ -129,10 +136,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     ) -> None:
         """Restore and 2x super-resolve every image of a folder with DDPM-HQ (16-bit PNGs, same names)."""
         from ct_projection.render import pick_device
+        from pipeline.options import EnhanceOptions, check_options
         from restoration.ddpm_hq import ModelNotFoundError
         from restoration.enhance import enhance_folder
 
         try:
+            check_options(EnhanceOptions, steps=steps, scheduler=scheduler, seed=seed)
             written = enhance_folder(
                 model_dir, images, out, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
                 progress=progress, seed=seed,
@@ -174,7 +183,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         from restoration.evaluate import SamplerSpec, evaluate_samplers
         from restoration.preprocess import list_images
 
+        from pipeline.options import EvaluateOptions, check_options
+
         try:
+            check_options(EvaluateOptions, steps=steps, scheduler=scheduler, strength=strength)
             specs = [SamplerSpec.parse(t, strength) for t in samplers] or [SamplerSpec(scheduler, steps, strength)]
             hq_paths = list_images(hq_dir)
         except ValueError as err:

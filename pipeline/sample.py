@@ -18,8 +18,10 @@ from data.records import NoduleLabel
 
 if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
+    from ct_projection.renderer import Renderer
     from ct_projection.lung_field import LungField
-    from ct_projection.nodules import InsertedNodule, NoduleSampler
+    from ct_projection.nodules.insertion import InsertedNodule
+    from ct_projection.nodules.placement import NoduleSampler
     from ct_projection.volume import CTVolume
     from pipeline.config import GenerateConfig
     from pipeline.enhancer import Enhancer
@@ -88,7 +90,7 @@ class SampleContext:
     vol: CTVolume
     config: GenerateConfig
     ct_id: str
-    renderer: Any  # ct_projection.render.DRRRenderer
+    renderer: Renderer
     sampler: NoduleSampler
     lungs: np.ndarray
     lobes: np.ndarray | None
@@ -104,18 +106,21 @@ class SampleContext:
         device: str | None = None,
         steps: Sequence[SampleStep] = (),
     ) -> SampleContext:
-        """Per-CT set-up: lung and lobe maps, the renderer centred on the lungs, the prepared nodule sampler."""
+        """Per-CT set-up: body mask, lung and lobe maps, the renderer centred on the lungs, the prepared sampler."""
+        from ct_projection.body import body_mask
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import lobe_map, lung_mask
-        from ct_projection.nodules import NoduleSampler
-        from ct_projection.render import DRRRenderer
+        from ct_projection.nodules.placement import NoduleSampler
+        from ct_projection.renderer import make_renderer
 
-        lungs = lung_mask(vol)
+        body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
+        lungs = lung_mask(vol, body=body)
         lobes = lobe_map(vol)
-        renderer = DRRRenderer(
-            vol, config.geometry, config.attenuation, isocentre_world=lung_isocentre(vol, lungs), device=device
-        )
+        renderer = make_renderer(
+            config.renderer, vol, config.geometry, attenuation=config.attenuation,
+            isocentre_world=lung_isocentre(vol, lungs), device=device, body=body,
+        )  # fmt: skip
         sampler = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
         return cls(vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps))
@@ -138,7 +143,8 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules import nodule_deltas, nodule_surface_points
+    from ct_projection.nodules.insertion import nodule_deltas
+    from ct_projection.nodules.shape import nodule_surface_points
 
     vol, config, renderer = context.vol, context.config, context.renderer
     seeds = sample_seeds(config.seed, vol.checksum, index)

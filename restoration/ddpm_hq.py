@@ -8,7 +8,7 @@ Model (``build_unet``) and scheduler (``make_scheduler``) live here; the samplin
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +103,11 @@ class DDPMHQConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DDPMHQConfig:
-        """Inverse of ``to_dict``; unknown keys are rejected (one line listing the allowed ones) so typos surface."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown DDPMHQConfig keys {unknown}: expected some of {', '.join(sorted(names))}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], section: str = "") -> DDPMHQConfig:
+        """Inverse of ``to_dict``, strictly validated (data.settings): unknown keys and wrong types are one line."""
+        from data.settings import load_settings
+
+        return load_settings(cls, d, section=section)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``ddpm_hq_config.json`` into ``folder`` atomically."""

@@ -10,7 +10,7 @@ the anatomy (low frequencies survive the noise) and re-synthesises the fine text
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +100,11 @@ class DDPMLQConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DDPMLQConfig:
-        """Inverse of ``to_dict``; unknown keys are rejected."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DDPMLQConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], section: str = "") -> DDPMLQConfig:
+        """Inverse of ``to_dict``, strictly validated (data.settings): unknown keys and wrong types are one line."""
+        from data.settings import load_settings
+
+        return load_settings(cls, d, section=section)
 
     def architecture(self) -> dict[str, Any]:
         """The fields that shape the UNet's weights (a stage-2 run must match its stage-1 model on these)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,13 +80,11 @@ class MUNITConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MUNITConfig:
-        """Inverse of ``to_dict``; unknown keys are rejected so a mistyped config fails loudly."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MUNITConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], section: str = "") -> MUNITConfig:
+        """Inverse of ``to_dict``, strictly validated (data.settings): unknown keys and wrong types are one line."""
+        from data.settings import load_settings
+
+        return load_settings(cls, d, section=section)
 
 
 # ------------------------------------------------------------------------------------------------ blocks

@@ -45,9 +45,11 @@ class PreprocessConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of ``to_dict`` (unknown keys are ignored)."""
-        return cls(**{k: d[k] for k in ("size", "low_pct", "high_pct") if k in d})
+    def from_dict(cls, d: dict[str, Any], section: str = "preprocess") -> PreprocessConfig:
+        """Inverse of ``to_dict``, strictly validated (data.settings): unknown keys and wrong types are one line."""
+        from data.settings import load_settings
+
+        return load_settings(cls, d, section=section)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -1,7 +1,7 @@
 """Train DDPM-HQ on (LQ, HQ) pairs made from real high-quality CXRs (after diffusers' train_unconditional.py).
 
 Accelerate handles devices/mixed precision/checkpoints; ``checkpoint-N`` folders hold model, optimizer, LR
-scheduler, EMA and RNG state so an interrupted run resumes exactly (``resume_from_checkpoint="latest"``).
+scheduler, EMA and RNG state so an interrupted run resumes exactly (``resume=true``, the default).
 Batches are drawn from a seeded, step-indexed permutation instead of a DataLoader so resuming reproduces the
 same data order without replaying the loader.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from restoration.ddpm_hq import (
     DDPMHQConfig,
@@ -41,9 +42,10 @@ from restoration.training_setup import (
     GeneratorState,
     checkpoint_step,
     flat_config,
-    latest_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
     stream_seed,
+    trainer_settings,
 )
 
 PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
@@ -67,7 +69,9 @@ class TrainConfig:
         prediction_type, residual_scale: what the diffusion model learns (see ``DDPMHQConfig``); defaults are the
             data-efficient residual/x0 setting, ``residual_scale=0, prediction_type=epsilon`` is the paper's.
         max_train_steps: optimizer steps; checkpointing_steps/validation_steps in the same unit.
-        resume_from_checkpoint: None, "latest" or a checkpoint folder.
+        resume: continue from the latest checkpoint in ``output_dir`` (true), start afresh (false) or continue from
+            the ``checkpoint-N`` folder named.
+        batch_size, lr, progress: images per device per step, peak learning rate, show the progress bar.
     """
 
     hq_dir: str = ""
@@ -98,9 +102,9 @@ class TrainConfig:
     loss: str = "l1"
     residual_scale: float = 4.0
     # optimisation
-    train_batch_size: int = 8
+    batch_size: Annotated[int, Field(ge=1)] = 8
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
+    lr: Annotated[float, Field(gt=0)] = 1e-4
     optimizer: str = "adamw"
     adam_beta1: float = 0.95
     adam_beta2: float = 0.999
@@ -108,26 +112,26 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 100
-    max_train_steps: int = 10000
+    max_train_steps: Annotated[int, Field(ge=0)] = 10000
     max_grad_norm: float = 1.0
     use_ema: bool = True
     ema_max_decay: float = 0.9999
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
     mixed_precision: str = "no"
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
     cpu: bool = False
     # bookkeeping
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = None
+    resume: bool | str = True
     validation_steps: int = 500
     num_val_images: int = 8
     val_inference_steps: int = 20
     val_scheduler: str = "ddim"
     val_strength: float = 1.0
     log_every: int = 10
-    disable_progress: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.pair_source not in PAIR_SOURCES:
@@ -174,12 +178,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of ``to_dict``; unknown keys are rejected so typos surface."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}: expected some of {', '.join(sorted(names))}")
-        return cls(**d)
+        """Inverse of ``to_dict``, strictly validated (data.settings); pre-unification keys still load."""
+        from data.settings import load_settings
+
+        return load_settings(cls, trainer_settings(d))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -396,7 +398,7 @@ def train(cfg: TrainConfig) -> Path:
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(
         unet.parameters(),
-        lr=cfg.learning_rate,
+        lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         weight_decay=cfg.adam_weight_decay,
         eps=cfg.adam_epsilon,
@@ -429,13 +431,8 @@ def train(cfg: TrainConfig) -> Path:
 
     # ---- resume
     global_step = 0
-    if cfg.resume_from_checkpoint:
-        if cfg.resume_from_checkpoint == "latest":
-            path = latest_checkpoint(out_dir)
-        else:
-            path = Path(cfg.resume_from_checkpoint)
-            if not path.is_dir():
-                raise ValueError(f"{path}: checkpoint folder does not exist (use 'latest' or a checkpoint-N folder)")
+    path = resume_checkpoint(cfg.resume, out_dir)
+    if cfg.resume is not False:
         if path is None:
             accelerator.print(f"no checkpoint in {out_dir}; starting a new training run")
         else:
@@ -450,18 +447,18 @@ def train(cfg: TrainConfig) -> Path:
         total=cfg.max_train_steps,
         initial=global_step,
         desc="ddpm-hq",
-        disable=cfg.disable_progress or not accelerator.is_local_main_process,
+        disable=not cfg.progress or not accelerator.is_local_main_process,
     )
     gen = gen_state.generator
-    per_step = cfg.train_batch_size * accelerator.num_processes
+    per_step = cfg.batch_size * accelerator.num_processes
     micro = global_step * cfg.gradient_accumulation_steps
     metrics_path = out_dir / "metrics.jsonl"
     recent: list[float] = []
     t0 = time.time()
     unet.train()
     while global_step < cfg.max_train_steps:
-        position = micro * per_step + accelerator.process_index * cfg.train_batch_size
-        idx = batch_indices(len(train_src), cfg.train_batch_size, position, cfg.seed)
+        position = micro * per_step + accelerator.process_index * cfg.batch_size
+        idx = batch_indices(len(train_src), cfg.batch_size, position, cfg.seed)
         hq, lq = train_src.batch(idx, gen, augment=cfg.augment)
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
         with accelerator.accumulate(unet):

@@ -11,12 +11,13 @@ classifier-free dropout of the condition). See ``docs/DDPM_LQ.md`` for why. Trai
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -35,15 +36,16 @@ from restoration.pairs import (
     write_pair,
 )
 from restoration.training_setup import (
+    GeneratorState,
     MIXED_PRECISION,
     default_device,
     flat_config,
-    GeneratorState,
     infinite_batches,
-    latest_checkpoint,
     load_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
     stream_seed,
+    trainer_settings,
 )
 
 MODEL_SUBDIR = "model"
@@ -78,10 +80,11 @@ class DDPMLQTrainConfig:
         mixed_precision: one of "no", "fp16", "bf16".
         checkpointing_steps: save a checkpoint every this many steps (0: never).
         checkpoints_total_limit: keep at most this many checkpoints (None: all).
-        resume: continue from the latest checkpoint in ``output_dir`` when there is one.
+        resume: continue from the latest checkpoint in ``output_dir`` (true), start afresh (false) or continue from
+            the ``checkpoint-N`` folder named.
         log_every: scalar logging interval in steps.
         report_to: "tensorboard" or None.
-        disable_tqdm: hide the progress bar.
+        progress: show the progress bar.
     """
 
     lq_dir: str
@@ -91,10 +94,10 @@ class DDPMLQTrainConfig:
     cond_drop_prob: float = 0.1
     model: DDPMLQConfig = field(default_factory=DDPMLQConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    batch_size: int = 16
-    max_train_steps: int = 100_000
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    max_train_steps: Annotated[int, Field(ge=0)] = 100_000
     gradient_accumulation_steps: int = 1
-    lr: float = 1e-4
+    lr: Annotated[float, Field(gt=0)] = 1e-4
     adam_beta1: float = 0.95
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-6
@@ -107,15 +110,15 @@ class DDPMLQTrainConfig:
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
     augment: bool = False
-    num_workers: int = 2
-    seed: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 2
+    seed: Annotated[int, Field(ge=0)] = 0
     mixed_precision: str = "no"
     checkpointing_steps: int = 5_000
     checkpoints_total_limit: int | None = 3
-    resume: bool = True
+    resume: bool | str = True
     log_every: int = 50
     report_to: str | None = "tensorboard"
-    disable_tqdm: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -147,12 +150,10 @@ class DDPMLQTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DDPMLQTrainConfig:
-        """Inverse of ``to_dict``; unknown keys are rejected."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DDPMLQTrainConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+        """Inverse of ``to_dict``, strictly validated (data.settings); pre-unification keys still load."""
+        from data.settings import load_settings
+
+        return load_settings(cls, trainer_settings(d))
 
 
 # --------------------------------------------------------------------------------------------- datasets
@@ -246,7 +247,7 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
     if stage == 1 and init_from is not None:
         raise ValueError("init_from is for stage 2 (it names the stage-1 model); stage 1 starts from scratch")
     out = Path(cfg.output_dir)
-    ckpt = latest_checkpoint(out) if cfg.resume else None
+    ckpt = resume_checkpoint(cfg.resume, out)
     if stage == 2 and init_from is None and ckpt is None:
         raise ValueError("stage 2 fine-tunes a stage-1 model: pass init_from=<stage-1 output_dir>/model")
 
@@ -307,7 +308,7 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
     batches = infinite_batches(accelerator, loader, global_step * cfg.gradient_accumulation_steps)
     bar = tqdm(
         total=cfg.max_train_steps, initial=global_step, desc=f"DDPM-LQ stage {stage}",
-        disable=cfg.disable_tqdm or not accelerator.is_local_main_process,
+        disable=not cfg.progress or not accelerator.is_local_main_process,
     )  # fmt: skip
     num_t = noise_scheduler.config.num_train_timesteps
     unet.train()
@@ -384,7 +385,7 @@ def make_pairs(
     strength: float = 0.3,
     steps: int = 50,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: Annotated[int, Field(ge=1)] = 8,
     device: str | torch.device | None = None,
     disable_tqdm: bool = False,
 ) -> Path:

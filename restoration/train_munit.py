@@ -12,12 +12,13 @@ resumes from the latest one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_json
@@ -34,15 +35,16 @@ from restoration.pairs import (
 )
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images
 from restoration.training_setup import (
+    GeneratorState,
     MIXED_PRECISION,
     default_device,
     flat_config,
-    GeneratorState,
     infinite_batches,
-    latest_checkpoint,
     load_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
     stream_seed,
+    trainer_settings,
 )
 
 MODEL_SUBDIR = "model"
@@ -65,7 +67,8 @@ class MUNITTrainConfig:
         preprocess: windowing and image size for both domains.
         batch_size: images per domain per device per step (MUNIT uses 1).
         max_train_steps: total iterations (one D and one G update each).
-        lr, beta1, beta2, weight_decay: Adam settings for both optimisers (MUNIT: 1e-4, 0.5, 0.999, 1e-4).
+        lr, adam_beta1, adam_beta2, adam_weight_decay: Adam settings for both optimisers (MUNIT: 1e-4, 0.5, 0.999,
+            1e-4).
         lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step_size`` steps (0: constant).
         augment: small random jitter of the training images.
         num_workers: DataLoader workers.
@@ -73,11 +76,12 @@ class MUNITTrainConfig:
         mixed_precision: one of "no", "fp16", "bf16".
         checkpointing_steps: save a checkpoint every this many steps (0: never).
         checkpoints_total_limit: keep at most this many checkpoints (None: all).
-        resume: continue from the latest checkpoint in ``output_dir`` when there is one.
+        resume: continue from the latest checkpoint in ``output_dir`` (true), start afresh (false) or continue from
+            the ``checkpoint-N`` folder named.
         log_every: scalar logging interval in steps.
         sample_every: log an image grid (x_a, x_ab, x_b, x_ba) every this many steps (0: never).
         report_to: "tensorboard" or None.
-        disable_tqdm: hide the progress bar.
+        progress: show the progress bar.
     """
 
     hq_dir: str
@@ -85,25 +89,25 @@ class MUNITTrainConfig:
     output_dir: str
     model: MUNITConfig = field(default_factory=MUNITConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    batch_size: int = 1
-    max_train_steps: int = 1_000_000
-    lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    weight_decay: float = 1e-4  # MUNIT's published default (Adam, L2 weight decay 1e-4)
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    max_train_steps: Annotated[int, Field(ge=0)] = 1_000_000
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4  # MUNIT's published default (Adam, L2 weight decay 1e-4)
     lr_step_size: int = 100_000
     lr_gamma: float = 0.5
     augment: bool = False
-    num_workers: int = 2
-    seed: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 2
+    seed: Annotated[int, Field(ge=0)] = 0
     mixed_precision: str = "no"
     checkpointing_steps: int = 10_000
     checkpoints_total_limit: int | None = 3
-    resume: bool = True
+    resume: bool | str = True
     log_every: int = 100
     sample_every: int = 5_000
     report_to: str | None = "tensorboard"
-    disable_tqdm: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -128,12 +132,10 @@ class MUNITTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MUNITTrainConfig:
-        """Inverse of ``to_dict``; unknown keys are rejected."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MUNITTrainConfig keys {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+        """Inverse of ``to_dict``, strictly validated (data.settings); pre-unification keys still load."""
+        from data.settings import load_settings
+
+        return load_settings(cls, trainer_settings(d))
 
 
 def _make_loader(paths: list[Path], cfg: MUNITTrainConfig, what: str) -> torch.utils.data.DataLoader:
@@ -185,12 +187,12 @@ def train(cfg: MUNITTrainConfig) -> Path:
     hq_paths, lq_paths = list_images(cfg.hq_dir), list_images(cfg.lq_dir)
     loader_a = _make_loader(hq_paths, cfg, f"hq_dir {cfg.hq_dir}")
     loader_b = _make_loader(lq_paths, cfg, f"lq_dir {cfg.lq_dir}")
-    betas = (cfg.beta1, cfg.beta2)
-    opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.adam_weight_decay)
+    opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.adam_weight_decay)
     model, opt_g, opt_d, loader_a, loader_b = accelerator.prepare(model, opt_g, opt_d, loader_a, loader_b)
 
-    ckpt = latest_checkpoint(out) if cfg.resume else None
+    ckpt = resume_checkpoint(cfg.resume, out)
     rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index))  # style codes; checkpointed for exact resume
     global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0)
     resumed_from = None if ckpt is None else ckpt.name
@@ -203,7 +205,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
     it_b = infinite_batches(accelerator, loader_b, global_step)
     bar = tqdm(
         total=cfg.max_train_steps, initial=global_step, desc="MUNIT-LQ",
-        disable=cfg.disable_tqdm or not accelerator.is_local_main_process,
+        disable=not cfg.progress or not accelerator.is_local_main_process,
     )  # fmt: skip
     model.train()
     while global_step < cfg.max_train_steps:
@@ -267,7 +269,7 @@ def make_pairs(
     style: Literal["random", "lq-extracted"] = "random",
     seed: int = 0,
     lq_dir: str | Path | None = None,
-    batch_size: int = 8,
+    batch_size: Annotated[int, Field(ge=1)] = 8,
     size: int | None = None,
     device: str | torch.device | None = None,
     disable_tqdm: bool = False,

@@ -7,7 +7,7 @@ same way (``output_dir/checkpoint-N``, N = optimiser steps) and log the same kin
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,44 @@ def stream_seed(seed: int, stream: str, *sub: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+
+
+# The settings all three trainers share carry the same names; keys of configs saved before that still load.
+LEGACY_TRAINER_KEYS = {
+    "train_batch_size": "batch_size",
+    "learning_rate": "lr",
+    "beta1": "adam_beta1",
+    "beta2": "adam_beta2",
+    "weight_decay": "adam_weight_decay",
+    "resume_from_checkpoint": "resume",
+}
+
+
+def trainer_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A trainer config dict with pre-unification keys renamed (``disable_tqdm``/``disable_progress`` → ``progress``)."""
+    out = dict(d)
+    for old, new in LEGACY_TRAINER_KEYS.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    for old in ("disable_tqdm", "disable_progress"):
+        if isinstance(out.get(old), bool) and "progress" not in out:
+            out["progress"] = not out.pop(old)
+    if "resume" in out and out["resume"] is None:  # resume_from_checkpoint=None: start afresh
+        out["resume"] = False
+    return out
+
+
+def resume_checkpoint(resume: bool | str, output_dir: str | Path) -> Path | None:
+    """The checkpoint a run continues from: the latest in ``output_dir`` (True or "latest"), none (False), or the
+    ``checkpoint-N`` folder named; a missing folder is a one-line ValueError."""
+    if resume is False:
+        return None
+    if resume is True or resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not path.is_dir():
+        raise ValueError(f"resume: {path}: checkpoint folder does not exist (use true, false or a checkpoint-N folder)")
+    return path
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:

@@ -151,6 +151,10 @@ def _skewed_pixel_grid(root: Path) -> Path:
     return write_dicom_chest(root / "dicom", on_every_slice(ImageOrientationPatient=[1.0, 0.0, 0.0, c, s, 0.0]))
 
 
+def _negative_spacing_last_slice(root: Path) -> Path:
+    return write_dicom_chest(root / "dicom", on_slice(43, PixelSpacing=[-4.0, 4.0]))
+
+
 def _nifti_nan_affine(root: Path) -> Path:
     path = write_chest_phantom(root / "nan affine.nii.gz")
     img = nib.load(str(path))
@@ -175,6 +179,21 @@ def _mha_truncated(root: Path) -> Path:
 
 def _mha_zero_spacing(root: Path) -> Path:
     return edit_header(write_itk(root / "chest.mha"), "ElementSpacing = 4 4 6", "ElementSpacing = 0 4 6")
+
+
+def _mha_zero_size(root: Path) -> Path:
+    return edit_header(write_itk(root / "chest.mha"), "DimSize = 72 56 44", "DimSize = 72 56 0")
+
+
+def _mha_nan_origin(root: Path) -> Path:
+    return edit_header(write_itk(root / "chest.mha"), "Offset = -140 -110 -130", "Offset = -140 nan -130")
+
+
+def _nrrd_truncated(root: Path) -> Path:
+    path = write_itk(root / "chest.nrrd")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
 
 
 def _nrrd_nan_spacing(root: Path) -> Path:
@@ -202,11 +221,15 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str | None]] = {
     "dicom-pixel-spacing-zero": (_pixel_spacing_zero, "PixelSpacing 0\\0 mm", "slice000.dcm"),
     "dicom-odd-orientation": (_odd_orientation_last_slice, "does not fit the stack is refused", "slice043.dcm"),
     "dicom-skewed-pixel-grid": (_skewed_pixel_grid, "80.00° apart, not 90°", "slice000.dcm"),
+    "dicom-negative-spacing": (_negative_spacing_last_slice, "both spacings must be positive", "slice043.dcm"),
+    "mha-zero-size": (_mha_zero_size, "expected a 3D volume, got shape (72, 56, 0)", None),
+    "mha-nan-origin": (_mha_nan_origin, "header field 'offset' = '-140 nan -130' is not all finite numbers", None),
+    "nrrd-truncated": (_nrrd_truncated, "file is truncated: its voxel data has", None),
     "nifti-nan-affine": (_nifti_nan_affine, "holds NaN or Inf in its origin", None),
     "mhd-missing-data": (_mhd_missing_data, "data file 'chest.raw' named by the header is missing", None),
     "mha-truncated": (_mha_truncated, "file is truncated: its voxel data has", None),
     "mha-zero-spacing": (_mha_zero_spacing, "voxel spacing 0 × 4 × 6 mm", None),
-    "nrrd-nan-spacing": (_nrrd_nan_spacing, "cannot read:", None),
+    "nrrd-nan-spacing": (_nrrd_nan_spacing, "header field 'space directions' = '(nan,0,0) (0,4,0)", None),
     "nrrd-parallel-axes": (_nrrd_parallel_axes, "parallel voxel axes", None),
     "nhdr-missing-data": (_nhdr_missing_data, "data file 'chest.raw' named by the header is missing", None),
 }
@@ -242,6 +265,17 @@ def test_degenerate_geometry_is_one_line_naming_the_file(case: str, corpus: Call
     with pytest.raises(CTInputError) as err:
         load_ct(path)
     assert_one_clear_line(str(err.value), path, case)
+
+
+def test_one_broken_dicom_file_given_alone_is_named(corpus: Callable[[str], Path]) -> None:
+    path = corpus("dicom-iop-zero-one-slice") / "slice007.dcm"
+    with pytest.raises(CTInputError) as err:
+        load_ct(path)
+    zero = "\\".join("0" * 6)
+    assert str(err.value) == f"{path}: slice007.dcm: ImageOrientationPatient {zero} has a zero direction vector"
+    sibling = corpus("dicom-iop-zero-one-slice") / "slice006.dcm"
+    with pytest.raises(CTInputError, match="slice007.dcm: .* series 2 is refused"):  # its series, not half of it
+        load_ct(sibling)
 
 
 def run_cli(paths: list[Path], out: Path):  # noqa: ANN201 - click.testing.Result

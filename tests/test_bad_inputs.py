@@ -651,12 +651,13 @@ def test_any_failure_of_one_ct_is_one_line_and_the_run_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """torch/DiffDRR errors, memory and placement failures skip that CT only: `<file>: <Type>: message`."""
-    import ct_projection.nodules as nodules
+    import ct_projection.nodules.insertion as insertion
+    from ct_projection.nodules.config import NodulePlacementError
 
     if exc == "placement":
-        exc = nodules.NodulePlacementError("no room for a 30 mm nodule")
+        exc = NodulePlacementError("no room for a 30 mm nodule")
     checksum = hashlib.sha256(second_ct.read_bytes()).hexdigest()
-    monkeypatch.setattr(nodules, "nodule_deltas", _fail_for(checksum, exc, nodules.nodule_deltas))
+    monkeypatch.setattr(insertion, "nodule_deltas", _fail_for(checksum, exc, insertion.nodule_deltas))
     out = tmp_path / "out"
     result = run_cli([second_ct, good_ct], out)
     assert result.exit_code == 0 and result.exception is None, result.output

@@ -427,7 +427,7 @@ def test_nodule_deltas_match_insert_nodules(ph: Phantom) -> None:
 
 def test_zone_is_the_third_of_the_lung_height(ph: Phantom) -> None:
     """Every nodule gets its radiographic zone from its centre's height within its own lung."""
-    from ct_projection.nodules import _zone
+    from ct_projection.nodules.placement import _zone
 
     assert [_zone(z, (0.0, 90.0)) for z in (5.0, 45.0, 85.0)] == ["lower", "middle", "upper"]
     assert _zone(1.0, None) is None
@@ -443,3 +443,23 @@ def test_zone_is_the_third_of_the_lung_height(ph: Phantom) -> None:
             assert p.zone == ("upper" if frac >= 2 / 3 else "lower" if frac < 1 / 3 else "middle")
             zones.add(p.zone)
     assert zones == {"upper", "middle", "lower"}
+
+
+def test_rotations_are_proper_and_align_turns_a_onto_b() -> None:
+    """scipy-backed helpers: random rotations are proper and seeded; _align maps a onto b, also for opposite vectors."""
+    from ct_projection.nodules.placement import _align, _random_rotation
+
+    rng = np.random.default_rng(3)
+    mats = [_random_rotation(np.random.default_rng(s)) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(mats[0], mats[1])
+    assert not np.allclose(mats[0], mats[2])
+    for _ in range(20):
+        a, b = rng.normal(size=3), rng.normal(size=3)
+        for target in (b, -a, a):
+            r = _align(a, target)
+            np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+            assert np.linalg.det(r) == pytest.approx(1.0)
+            np.testing.assert_allclose(r @ (a / np.linalg.norm(a)), target / np.linalg.norm(target), atol=1e-9)
+    # The minimal rotation: the axis a x b is left unchanged.
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    np.testing.assert_allclose(_align(a, b) @ np.array([0.0, 0.0, 1.0]), [0.0, 0.0, 1.0], atol=1e-12)

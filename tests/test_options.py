@@ -146,7 +146,7 @@ def test_settings_errors_are_one_line_with_field_value_and_range() -> None:
         load_settings(ProjectionGeometry, {"size_px": 4}, source="cfg.json", section="geometry")
     assert str(err.value) == "cfg.json: geometry.size_px = 4: must be >= 8"
     assert err.value.loc == "geometry.size_px"
-    with pytest.raises(SettingsError, match=r"unknown field 'sizepx': expected one of view, sdd_mm"):
+    with pytest.raises(SettingsError, match=r"unknown ProjectionGeometry field 'sizepx': expected one of view, sdd_mm"):
         load_settings(ProjectionGeometry, {"sizepx": 64})
     with pytest.raises(SettingsError, match=r"^jitter_rotation_deg = nan: must be a finite number$"):
         load_settings(ProjectionGeometry, {"jitter_rotation_deg": float("nan")})

@@ -13,9 +13,9 @@ from pipeline.cli import app
 
 TINY = [
     "--set", "lq_size=48", "--set", "block_out_channels=[8,16]", "--set", "norm_num_groups=4",
-    "--set", "layers_per_block=1", "--set", "attention_levels=[false,false]", "--set", "train_batch_size=2",
+    "--set", "layers_per_block=1", "--set", "attention_levels=[false,false]", "--set", "batch_size=2",
     "--set", "checkpointing_steps=2", "--set", "validation_steps=1000", "--set", "val_fraction=0.25",
-    "--set", "group_by=stem", "--set", "disable_progress=true", "--set", "lr_warmup_steps=0",
+    "--set", "group_by=stem", "--set", "progress=false", "--set", "lr_warmup_steps=0",
     "--set", "num_train_timesteps=50",
 ]
 

@@ -237,7 +237,7 @@ def test_config_json_and_scheduler_errors(tmp_path):
         make_scheduler("euler", cfg)
     with pytest.raises(ValueError, match="expected one of l1, l2"):
         tiny_cfg(loss="huber")
-    with pytest.raises(ValueError, match=r"unknown DDPMHQConfig keys \['lq_sise'\]: expected some of .*lq_size") as err:
+    with pytest.raises(ValueError, match=r"unknown DDPMHQConfig field 'lq_sise': expected one of lq_size, scale") as err:
         DDPMHQConfig.from_dict({**cfg.to_dict(), "lq_sise": 64})
     assert "\n" not in str(err.value)
 
@@ -419,15 +419,15 @@ def test_train_checkpoint_limit_and_exact_resume(tmp_path):
     write_toy_folder(tmp_path / "hq", n=6, size=40)
     base = dict(
         hq_dir=str(tmp_path / "hq"), lq_size=8, block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, train_batch_size=4, lr_scheduler="constant", lr_warmup_steps=0,
-        validation_steps=0, cpu=True, disable_progress=True, log_every=1, val_fraction=0.34,
+        norm_num_groups=8, batch_size=4, lr_scheduler="constant", lr_warmup_steps=0,
+        validation_steps=0, cpu=True, progress=False, log_every=1, val_fraction=0.34,
     )  # fmt: skip
     a = train(TrainConfig(output_dir=str(tmp_path / "a"), max_train_steps=4, checkpointing_steps=0, **base))
     out = tmp_path / "b"
     ck = dict(checkpointing_steps=1, checkpoints_total_limit=2)
     train(TrainConfig(output_dir=str(out), max_train_steps=2, **ck, **base))
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
-    train(TrainConfig(output_dir=str(out), max_train_steps=4, resume_from_checkpoint="latest", **ck, **base))
+    train(TrainConfig(output_dir=str(out), max_train_steps=4, resume=True, **ck, **base))
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]  # limit respected
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # resumed at step 3, no step repeated
@@ -472,8 +472,8 @@ def test_pairs_dir_linear_mapping_and_patient_split(tmp_path):
     assert in_pairs_folder(pairs / "lq" / "img00.png") and not in_pairs_folder(tmp_path / "mhh" / "png" / "img00.png")
     cfg = TrainConfig(
         hq_dir=str(pairs / "hq"), lq_dir=str(pairs / "lq"), pair_source="pairs_dir", output_dir=str(tmp_path / "m"),
-        lq_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, train_batch_size=2,
-        max_train_steps=1, checkpointing_steps=0, validation_steps=0, cpu=True, disable_progress=True,
+        lq_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, batch_size=2,
+        max_train_steps=1, checkpointing_steps=0, validation_steps=0, cpu=True, progress=False,
         val_fraction=0.25, lr_warmup_steps=0,
     )  # fmt: skip
     paths = list_images(pairs / "hq")

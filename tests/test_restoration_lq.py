@@ -96,7 +96,7 @@ def test_munit_defaults_are_the_papers() -> None:
     assert (m.gan_w, m.recon_x_w, m.recon_c_w, m.recon_s_w) == (1.0, 10.0, 1.0, 1.0)
     assert m.recon_x_cyc_w == 0.0 and m.style_dim == 8 and m.n_downsample == 2 and m.n_res == 4
     t = MUNITTrainConfig(hq_dir="h", lq_dir="l", output_dir="o")
-    assert (t.lr, t.beta1, t.beta2, t.weight_decay, t.batch_size) == (1e-4, 0.5, 0.999, 1e-4, 1)
+    assert (t.lr, t.adam_beta1, t.adam_beta2, t.adam_weight_decay, t.batch_size) == (1e-4, 0.5, 0.999, 1e-4, 1)
     assert (t.lr_step_size, t.lr_gamma) == (100_000, 0.5)
 
 
@@ -115,7 +115,7 @@ def test_munit_shapes_and_input_checks() -> None:
         m(x, x, mode="both")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dim must be >= 1"):
         tiny_munit_cfg(dim=0)
-    with pytest.raises(ValueError, match="unknown MUNITConfig keys"):
+    with pytest.raises(ValueError, match="unknown MUNITConfig field 'dims': expected one of in_channels, dim"):
         MUNITConfig.from_dict({"dims": 8})
 
 
@@ -190,7 +190,7 @@ def test_munit_train_checkpoints_resume_and_pairs(folders: dict[str, Path], tmp_
     cfg = MUNITTrainConfig(
         hq_dir=str(folders["hq"]), lq_dir=str(folders["lq"]), output_dir=str(out), model=tiny_munit_cfg(),
         preprocess=PreprocessConfig(size=SIZE), batch_size=2, max_train_steps=3, num_workers=0,
-        checkpointing_steps=1, checkpoints_total_limit=2, log_every=1, sample_every=2, disable_tqdm=True,
+        checkpointing_steps=1, checkpoints_total_limit=2, log_every=1, sample_every=2, progress=False,
     )  # fmt: skip
     model_dir = train_munit(cfg)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -274,7 +274,7 @@ def test_ddpm_lq_config_errors() -> None:
 def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
     base = dict(
         lq_dir=str(folders["lq"]), model=tiny_ddpm_cfg(), preprocess=PreprocessConfig(size=SIZE), batch_size=2,
-        num_workers=0, lr_warmup_steps=0, log_every=1, disable_tqdm=True, checkpointing_steps=1,
+        num_workers=0, lr_warmup_steps=0, log_every=1, progress=False, checkpointing_steps=1,
         checkpoints_total_limit=2,
     )  # fmt: skip
     s1 = DDPMLQTrainConfig(  # constant lr: a cosine schedule would depend on max_train_steps, changed below
