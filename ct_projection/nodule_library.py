@@ -469,3 +469,30 @@ def library_deltas(vol: CTVolume, params: list[LibraryNoduleParams], library: No
             )
         )
     return out
+
+
+def insert_mixed(
+    vol: CTVolume, params: list[Any], library: NoduleLibrary | None, supersample: int
+) -> list[Any]:
+    """ΔHU of a mixed parameter list in its order: parametric ones by ``nodule_deltas``, library ones here."""
+    from ct_projection.nodules import nodule_deltas
+
+    parametric = [p for p in params if not isinstance(p, LibraryNoduleParams)]
+    from_library = [p for p in params if isinstance(p, LibraryNoduleParams)]
+    if from_library and library is None:
+        raise ValueError("library nodule parameters need the nodule library they were drawn from")
+    a = iter(nodule_deltas(vol, parametric, supersample=supersample))
+    b = iter(library_deltas(vol, from_library, library) if from_library else [])
+    return [next(b) if isinstance(p, LibraryNoduleParams) else next(a) for p in params]
+
+
+def library_digest(folder: str | Path) -> str:
+    """sha256 of a library folder's patch files (cached per folder and modification times)."""
+    lib = NoduleLibrary(folder)
+    key = (str(Path(folder).resolve()), tuple((str(a), a.stat().st_mtime_ns, b.stat().st_mtime_ns) for a, b in lib.pairs))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = lib.digest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple, str] = {}

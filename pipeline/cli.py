@@ -43,6 +43,8 @@ _OPTION_FIELDS = {
     "faint_labels": "--faint-labels",
     "negatives": "--negatives",
     "val_fraction": "--val-fraction",
+    "nodule_library": "--nodule-library",
+    "library_fraction": "--library-fraction",
     "enhance.steps": "--enhance-steps",
     "enhance.scheduler": "--enhance-scheduler",
 }
@@ -122,6 +124,13 @@ def generate(
         "nodules, geometry, labels, attenuation, ...); the options above override it.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    nodule_library: Optional[Path] = typer.Option(
+        None, "--nodule-library", help="Folder of real CT nodule patches (<uid>_dcm_<k>.mha + <uid>_seg_<k>.mha, the "
+        "NODE21 generation-baseline format) inserted instead of parametric nodules.",
+    ),
+    library_fraction: Optional[float] = typer.Option(
+        None, "--library-fraction", help="Share of nodules from --nodule-library (default 1; the rest parametric)."
+    ),
     renderer: Optional[str] = typer.Option(
         None, "--renderer", help="diffdrr (exact Siddon, default) or nanodrr (trilinear ray marching, faster)."
     ),
@@ -225,6 +234,8 @@ def generate(
         put("faint_labels", faint_labels)
         put("negatives", negatives)
         put("val_fraction", val_fraction)
+        put("nodule_library", None if nodule_library is None else str(nodule_library))
+        put("library_fraction", library_fraction)
         if enhance is not None:
             options["enhance"] = {"model_dir": str(enhance)}  # a new model: the file's checksum/size do not apply
         elif isinstance(file_data.get("enhance"), dict):

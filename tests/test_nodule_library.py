@@ -126,7 +126,7 @@ def test_insertion_blends_into_host_and_leaves_the_rest(host, library: NoduleLib
     assert lungs[ins.slices][ins.weight > 0].all()
     new = vol.hu[ins.slices] + ins.delta_hu
     core = ins.occupancy > 0.99
-    host_lung = float(vol.hu[ins.slices][ins.weight == 0].mean())
+    host_lung = float(vol.hu[ins.slices][(ins.weight == 0) & lungs[ins.slices]].mean())
     # Inside: the nodule's contrast over its own lung background, on top of the host lung.
     assert new[core].mean() == pytest.approx(host_lung + patch.mean_hu - patch.background_hu, abs=25)
     # Volume follows the applied scale (resampled mask on the host grid: 4 x 4 x 6 mm voxels, coarse).
@@ -176,3 +176,82 @@ def test_real_luna16_patches_insert(host) -> None:
     assert 6.0 <= params[0].diameter_mm <= 14.0 * 1.01
     assert patch.background_hu < -600 and patch.mean_hu > patch.background_hu + 200  # a real dense nodule in lung
     assert np.all(ins.delta_hu[ins.weight == 0] == 0) and ins.delta_hu.max() > 200
+
+
+# --- through the pipeline ----------------------------------------------------------------------------------------
+
+
+def _library_config(folder: Path, **kw: object):
+    from ct_projection.geometry import ProjectionGeometry
+    from pipeline.config import GenerateConfig
+
+    return GenerateConfig(
+        images_per_ct=2,
+        geometry=ProjectionGeometry(size_px=96),
+        nodules=NoduleConfig(count_range=(2, 2), diameter_range_mm=(10.0, 16.0)),
+        nodule_library=str(folder),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_generate_with_library_labels_resume_and_dicom(library: NoduleLibrary, tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from data.coco import read_coco
+    from data.images import read_png16
+    from pipeline.generate import generate
+
+    ct = write_chest_phantom(tmp_path / "ct.nii.gz")
+    out = tmp_path / "out"
+    config = _library_config(library.folder, dicom=True, library_fraction=0.5)
+    first = generate([str(ct)], out, config, device="cpu", progress=False)
+    records = read_coco(out / "annotations" / "coco.json")
+    kinds = [n.attributes.get("source", "parametric") for r in records for n in r.nodules]
+    assert "library" in kinds  # labels for library nodules like for parametric ones
+    for rec in records:
+        image, free = read_png16(out / rec.file_name), read_png16(out / rec.attributes["nodule_free_file"])
+        for n in rec.nodules:
+            x, y, w, h = (int(v) for v in n.bbox_xywh)
+            assert n.footprint[y : y + h, x : x + w].sum() == n.footprint.sum() > 0  # box holds the footprint
+            assert (image[n.footprint].astype(int) - free[n.footprint]).mean() > 0  # the nodule attenuates there
+            assert {"faint", "conspicuity"} <= set(n.attributes)
+            if n.attributes.get("source") == "library":
+                assert {"patch_id", "scale", "rotation", "flip", "mean_hu", "volume_mm3"} <= set(n.attributes)
+        assert (out / "dicom" / f"{rec.stem}.dcm").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["nodule_library_sha256"] == library.digest() and "nodule_library" not in saved  # no local path
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file()}
+    again = generate([str(ct)], out, config, device="cpu", progress=False)  # resume: all verified, nothing redone
+    assert again.skipped_done == 2 and len(again.records) == len(first.records)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file()} == digest
+
+
+def test_library_settings_need_the_same_library(library: NoduleLibrary, tmp_path: Path) -> None:
+    from pipeline.config import GenerateConfig
+
+    with pytest.raises(ValueError, match="--nodule-library"):
+        GenerateConfig(nodule_library_sha256=library.digest())
+    other = write_patch_pair(tmp_path / "other", k=3)
+    with pytest.raises(ValueError, match="not the library these settings were made with"):
+        GenerateConfig(nodule_library=str(other), nodule_library_sha256=library.digest())
+    assert "nodule_library_sha256" not in GenerateConfig().to_dict()  # runs without a library: fingerprints unchanged
+
+
+@pytest.mark.slow
+def test_ray_with_library_equals_serial(library: NoduleLibrary, tmp_path: Path) -> None:
+    import ray
+
+    from pipeline.generate import generate
+    from pipeline.ray_backend import generate_ray
+
+    cts = [str(write_chest_phantom(tmp_path / f"ct{i}.nii.gz", seed=i)) for i in range(2)]
+    config = _library_config(library.folder)
+    generate(cts, tmp_path / "serial", config, device="cpu", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        generate_ray(cts, tmp_path / "ray", config, device="cpu", progress=False, num_workers=2)
+    finally:
+        ray.shutdown()
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert files and all((tmp_path / "serial" / f).read_bytes() == (tmp_path / "ray" / f).read_bytes() for f in files)
