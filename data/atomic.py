@@ -8,33 +8,33 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
-# NamedTemporaryFile creates files 0600; dataset files should be readable like any other output.
+from data.confine import check_not_link, note_written, open_file, parent_dir, remove_file
+from data.errors import DatasetWriteError
+
+__all__ = [
+    "DatasetWriteError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "dumps_json",
+    "remove_stale_temp_files",
+    "sha256_file",
+    "to_jsonable",
+]
+
+# Temp files are created 0600; dataset files should be readable like any other output.
 _NEW_FILE_MODE = 0o644
-# Names of atomic_write_bytes temp files: "." + target name + "." + tempfile's 8 random characters + ".tmp".
+# Names of atomic_write_bytes temp files: "." + target name + "." + 8 random characters + ".tmp".
+_TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-
-
-class DatasetWriteError(OSError):
-    """A dataset file that could not be written; ``str(err)`` is one line, ``"PATH: problem"``."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = str(path)
-        self.problem = " ".join(str(problem).split())  # keep the message on one line
-        super().__init__(f"{self.path}: {self.problem}")
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # OSError pickles its args only; keep (path, problem) so the error survives worker processes.
-        return (type(self), (self.path, self.problem))
 
 
 def _describe(exc: BaseException) -> str:
@@ -45,54 +45,73 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); best effort because not every platform/filesystem allows it."""
+def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
+    """Create a new empty temp file next to ``name`` (never through a link); returns (fd, temp name)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = f".{name}.{''.join(secrets.choice(_TEMP_CHARS) for _ in range(8))}.tmp"
+        try:
+            return os.open(tmp, flags, 0o600, dir_fd=dir_fd), tmp
+        except FileExistsError:
+            continue
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (it may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _replace_in(dir_fd: int, name: str, data: bytes) -> None:
+    """Write ``data`` to a temp file in the folder ``dir_fd``, fsync it and rename it over ``name``."""
+    fd, tmp = _create_temp(dir_fd, name)
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            try:
+                old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                mode = old.st_mode & 0o777 if stat.S_ISREG(old.st_mode) else _NEW_FILE_MODE
+            except FileNotFoundError:
+                mode = _NEW_FILE_MODE
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
     try:
-        os.fsync(fd)
+        os.fsync(dir_fd)  # persist the rename itself; best effort because not every filesystem allows it
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so readers see either the old file or the complete new one.
 
-    Missing parent folders are created. On any failure the temp file is removed and
-    :class:`DatasetWriteError` is raised; an existing file at ``path`` is left untouched.
+    Missing parent folders are created. Inside a confined dataset folder (:mod:`data.confine`) no symbolic link is
+    followed or replaced: a link at or above ``path`` (below the folder) is refused with
+    :class:`~data.errors.UnsafePathError`. On any failure the temp file is removed and :class:`DatasetWriteError` is
+    raised; an existing file at ``path`` is left untouched.
 
     Returns:
         The destination path.
     """
     path = Path(path)
-    tmp_name: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as tmp:
-            tmp_name = tmp.name
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-            mode = path.stat().st_mode & 0o777 if path.exists() else _NEW_FILE_MODE
-            os.fchmod(tmp.fileno(), mode)
-        os.replace(tmp_name, path)
-        tmp_name = None  # now owned by the destination
-    except BaseException as exc:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-        if isinstance(exc, (OSError, ValueError, TypeError)) and not isinstance(exc, DatasetWriteError):
-            raise DatasetWriteError(path, f"cannot write: {_describe(exc)}") from exc
+        with parent_dir(path, create=True) as (dir_fd, name, confined):
+            check_not_link(path, dir_fd, name, confined)
+            _replace_in(dir_fd, name, data)
+        note_written(path)
+    except DatasetWriteError:
         raise
-    _fsync_dir(path.parent)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DatasetWriteError(path, f"cannot write: {_describe(exc)}") from exc
     return path
 
 
@@ -148,7 +167,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(open_file(path, os.O_RDONLY), "rb") as fh:  # no link followed inside a confined folder
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
@@ -164,13 +183,13 @@ def remove_stale_temp_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return removed
-    for folder, _, names in os.walk(root):
+    for folder, _, names in os.walk(root):  # linked folders are listed but never entered
         for name in names:
             if _TEMP_NAME.match(name):
                 path = Path(folder) / name
                 try:
-                    path.unlink()
+                    if remove_file(path):  # a regular file only: a link of that name is not ours
+                        removed.append(path)
                 except OSError:
                     continue
-                removed.append(path)
     return sorted(removed)

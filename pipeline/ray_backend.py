@@ -18,13 +18,12 @@ from pipeline.config import GenerateConfig
 from pipeline.generate import (
     CTOutcome,
     GenerateResult,
-    RunRecorder,
     describe_failure,
     finalize,
     note_outcome,
     process_ct,
-    start_run,
 )
+from pipeline.run_folder import RunRecorder, open_run
 
 
 class GenerateWorker:
@@ -33,7 +32,10 @@ class GenerateWorker:
     def __init__(self, config: GenerateConfig, out_dir: str, device: str | None) -> None:
         import torch
 
+        from data.confine import guard
+
         torch.set_num_threads(1)  # one CPU per actor: Ray schedules the parallelism
+        guard(out_dir)  # the driver holds the folder's lock; this actor's writes stay inside the folder
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -82,13 +84,39 @@ def generate_ray(
     """
     try:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
     except ImportError as err:  # optional extra
         raise RuntimeError('the Ray backend needs Ray: pip install "diffusionxray[ray]"') from err
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir).resolve()
-    recorder = RunRecorder(out_dir, config, start_run(inputs, out_dir, config, restart))
+    result = GenerateResult(out_dir)
+    with open_run(inputs, out_dir, config, restart) as recorder:  # the driver holds the folder's lock
+        outcomes = _run_pool(ray, inputs, out_dir, config, device, progress, address, num_workers, recorder)
+        sources: list[dict[str, Any]] = []
+        firsts: dict[str, str] = {}
+        for index, path in enumerate(inputs):  # reported in input order, like the serial run
+            note_outcome(result, sources, firsts, path, outcomes[index])
+        result.records = finalize(out_dir, config, sources, result.failed, recorder.entries)
+    return result
+
+
+def _run_pool(
+    ray: Any,
+    inputs: list[str],
+    out_dir: Path,
+    config: GenerateConfig,
+    device: str | None,
+    progress: bool,
+    address: str | None,
+    num_workers: int | None,
+    recorder: RunRecorder,
+) -> dict[int, CTOutcome]:
+    """Process every input on an actor pool, recording manifest entries as they arrive; outcomes by input index.
+
+    The actors are killed before this returns or raises (e.g. Ctrl-C), so none writes after the lock is released.
+    """
+    from ray.exceptions import RayActorError, RayTaskError
+    from tqdm.auto import tqdm
+
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     resources = ray.cluster_resources()
@@ -102,42 +130,47 @@ def generate_ray(
         return actor_cls.remote(config, str(out_dir), worker_device)
 
     idle = [new_actor() for _ in range(workers)]
-    done_ref = ray.put(frozenset(recorder.done))  # shipped to the object store once, not with every task
-    queue = list(enumerate(inputs))
     pending: dict[Any, tuple[int, Any]] = {}
     outcomes: dict[int, CTOutcome] = {}
-    bar = tqdm(total=len(inputs), disable=not progress, unit="CT", desc="ray")
-    while queue or pending:
-        while queue and idle:
-            index, path = queue.pop(0)
-            actor = idle.pop()
-            pending[actor.process.remote(index, path, done_ref)] = (index, actor)
-        (ready,), _ = ray.wait(list(pending), num_returns=1)
-        index, actor = pending.pop(ready)
-        entries: list[dict[str, Any]] = []
-        try:
-            _, outcome, entries = ray.get(ready)
-        except RayActorError as err:  # the worker process died: this CT fails, a fresh actor takes its place
-            outcome = CTOutcome(error=f"{inputs[index]}: {type(err).__name__}: the Ray worker died (out of memory?)")
+    try:
+        done_ref = ray.put(frozenset(recorder.done))  # shipped to the object store once, not with every task
+        queue = list(enumerate(inputs))
+        bar = tqdm(total=len(inputs), disable=not progress, unit="CT", desc="ray")
+        while queue or pending:
+            while queue and idle:
+                index, path = queue.pop(0)
+                actor = idle.pop()
+                pending[actor.process.remote(index, path, done_ref)] = (index, actor)
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(ready)
+            entries: list[dict[str, Any]] = []
             try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 - already gone is fine
-                pass
-            actor = new_actor()
-        except RayTaskError as err:
-            if isinstance(err.cause, DatasetWriteError):  # output folder unusable: end the run with its one line
-                raise err.cause from None
-            outcome = CTOutcome(error=describe_failure(inputs[index], err.cause))
-        idle.append(actor)
-        outcomes[index] = outcome
-        for entry in entries:  # the recorder drops keys already recorded (a copy of a CT on another actor)
-            recorder.append(entry)
-        bar.update(1)
-    bar.close()
-    result = GenerateResult(out_dir)
-    sources: list[dict[str, Any]] = []
-    firsts: dict[str, str] = {}
-    for index, path in enumerate(inputs):  # reported in input order, like the serial run
-        note_outcome(result, sources, firsts, path, outcomes[index])
-    result.records = finalize(out_dir, config, sources, result.failed, recorder.entries)
-    return result
+                _, outcome, entries = ray.get(ready)
+            except RayActorError as err:  # the worker process died: this CT fails, a fresh actor takes its place
+                outcome = CTOutcome(
+                    error=f"{inputs[index]}: {type(err).__name__}: the Ray worker died (out of memory?)"
+                )
+                _kill(ray, [actor])
+                actor = new_actor()
+            except RayTaskError as err:
+                if isinstance(err.cause, DatasetWriteError):  # output folder unusable: end the run with its line
+                    raise err.cause from None
+                outcome = CTOutcome(error=describe_failure(inputs[index], err.cause))
+            idle.append(actor)
+            outcomes[index] = outcome
+            for entry in entries:  # the recorder drops keys already recorded (a copy of a CT on another actor)
+                recorder.append(entry)
+            bar.update(1)
+        bar.close()
+    finally:
+        _kill(ray, idle + [actor for _, actor in pending.values()])
+    return outcomes
+
+
+def _kill(ray: Any, actors: list[Any]) -> None:
+    """Kill actors now (already gone is fine)."""
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass

@@ -155,6 +155,10 @@ def _negative_spacing_last_slice(root: Path) -> Path:
     return write_dicom_chest(root / "dicom", on_slice(43, PixelSpacing=[-4.0, 4.0]))
 
 
+def _zero_rows_last_slice(root: Path) -> Path:
+    return write_dicom_chest(root / "dicom", on_slice(43, Rows=0))
+
+
 def _nifti_nan_affine(root: Path) -> Path:
     path = write_chest_phantom(root / "nan affine.nii.gz")
     img = nib.load(str(path))
@@ -225,6 +229,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str | None]] = {
     "mha-zero-size": (_mha_zero_size, "expected a 3D volume, got shape (72, 56, 0)", None),
     "mha-nan-origin": (_mha_nan_origin, "header field 'offset' = '-140 nan -130' is not all finite numbers", None),
     "nrrd-truncated": (_nrrd_truncated, "file is truncated: its voxel data has", None),
+    "dicom-zero-rows": (_zero_rows_last_slice, "Rows × Columns is 0 × 72: an image without pixels", "slice043.dcm"),
     "nifti-nan-affine": (_nifti_nan_affine, "holds NaN or Inf in its origin", None),
     "mhd-missing-data": (_mhd_missing_data, "data file 'chest.raw' named by the header is missing", None),
     "mha-truncated": (_mha_truncated, "file is truncated: its voxel data has", None),
@@ -276,6 +281,17 @@ def test_one_broken_dicom_file_given_alone_is_named(corpus: Callable[[str], Path
     sibling = corpus("dicom-iop-zero-one-slice") / "slice006.dcm"
     with pytest.raises(CTInputError, match="slice007.dcm: .* series 2 is refused"):  # its series, not half of it
         load_ct(sibling)
+
+
+def test_a_larger_broken_series_is_not_passed_over_for_a_smaller_good_one(tmp_path: Path) -> None:
+    folder = write_dicom_chest(tmp_path / "ct", on_every_slice(ImageOrientationPatient=[0.0] * 6))
+    scout = pydicom.dcmread(folder / "slice000.dcm")
+    scout.SeriesInstanceUID, scout.SeriesNumber = generate_uid(), 1
+    scout.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    scout.save_as(folder / "scout.dcm")  # the one valid image: choosing it would hide what is wrong
+    with pytest.raises(CTInputError) as err:
+        load_ct(folder)
+    assert "slice000.dcm: ImageOrientationPatient" in str(err.value) and "and 43 more image(s)" in str(err.value)
 
 
 def run_cli(paths: list[Path], out: Path):  # noqa: ANN201 - click.testing.Result

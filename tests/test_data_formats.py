@@ -78,7 +78,7 @@ def test_atomic_replace_failure_removes_temp_and_keeps_old(tmp_path: Path, monke
     p = tmp_path / "a.txt"
     atomic_write_text(p, "old")
 
-    def boom(src: str, dst: str) -> None:
+    def boom(src: str, dst: str, **kwargs: object) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(atomic_mod.os, "replace", boom)
@@ -103,30 +103,19 @@ def test_atomic_enospc_on_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_atomic_enospc_from_file_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tempfile
+    real_write = os.write
+    calls: list[int] = []
 
-    real_ntf = tempfile.NamedTemporaryFile
-
-    class FullFile:
-        def __init__(self, **kwargs: object) -> None:
-            self._f = real_ntf(**kwargs)
-            self.name = self._f.name
-
-        def __enter__(self) -> FullFile:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self._f.close()
-
-        def write(self, data: bytes) -> int:
+    def full_after_one(fd: int, data: bytes) -> int:  # a partial write, then the disk is full
+        calls.append(len(data))
+        if len(calls) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, bytes(data[:2]))
 
-        def __getattr__(self, name: str) -> object:
-            return getattr(self._f, name)
-
-    monkeypatch.setattr(atomic_mod.tempfile, "NamedTemporaryFile", FullFile)
+    monkeypatch.setattr(atomic_mod.os, "write", full_after_one)
     with pytest.raises(DatasetWriteError, match="No space left"):
         atomic_write_bytes(tmp_path / "c.bin", b"data")
+    assert calls == [4, 2]  # the short write was continued, not taken for the whole
     assert list(tmp_path.iterdir()) == []
 
 

@@ -150,3 +150,20 @@ def test_settings_errors_are_one_line_with_field_value_and_range() -> None:
         load_settings(ProjectionGeometry, {"sizepx": 64})
     with pytest.raises(SettingsError, match=r"^jitter_rotation_deg = nan: must be a finite number$"):
         load_settings(ProjectionGeometry, {"jitter_rotation_deg": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--size", "abc"], ["'--size'", "valid integer"]),
+        (["-n", "1.5"], ["'-n'", "valid integer"]),
+        (["--sise", "64"], ["No such option: --sise", "--size"]),
+    ],
+)
+def test_unparsable_option_is_one_line(args: list[str], words: list[str], chest_nifti: Path, tmp_path: Path) -> None:
+    """Values click cannot even parse get the same one-line form as every other error (not a usage block)."""
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(out), *args])
+    line = _one_error_line(result, out)
+    assert all(w in line for w in words) and "--help" in line, line
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -148,6 +148,8 @@ def slice_headers(path: Path, ds: Dataset) -> list[SliceHeader]:
         is_localizer="LOCALIZER" in image_type,
         header=ds,
     )
+    if common["rows"] < 1 or common["columns"] < 1:  # type: ignore[operator]
+        raise _GeometryError(f"Rows × Columns is {ds.Rows} × {ds.Columns}: an image without pixels", None, False)
     frames = int_or_none(ds.get("NumberOfFrames")) or 1
     if frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
         ipp = _floats(ds.get("ImagePositionPatient"), 3)
