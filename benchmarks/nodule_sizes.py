@@ -24,14 +24,23 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def dataset_sizes(root: Path) -> dict[str, np.ndarray]:
     """Box sides at 1024² (all / non-faint), diameters and faint flags of a generated dataset's labels."""
     coco = json.loads((root / "annotations" / "coco.json").read_text())
-    width = {im["id"]: im["width"] for im in coco["images"]}
-    side, diam, faint = [], [], []
+    l_max = json.loads((root / "config.json").read_text())["attenuation"]["l_max"]
+    images = {im["id"]: im for im in coco["images"]}
+    side, diam, faint, grey8, grey_hi = [], [], [], [], []
     for ann in coco["annotations"]:
+        image = images[ann["image_id"]]
         w, h = ann["bbox"][2:]
-        side.append(np.sqrt(w * h) * 1024.0 / width[ann["image_id"]])
+        side.append(np.sqrt(w * h) * 1024.0 / image["width"])
         diam.append(ann["attributes"]["diameter_mm"])
         faint.append(bool(ann["attributes"]["faint"]))
-    return {"side": np.array(side), "diameter": np.array(diam), "faint": np.array(faint)}
+        # Mean nodule signal in grey levels: in the 8-bit detector image (its lung-field window) and in the 16-bit
+        # file read by an 8-bit loader that keeps the high byte (OpenCV's default imread).
+        signal = ann["attributes"]["mean_delta_l"] * 65535.0 / l_max
+        window = image["attributes"].get("detector_window")
+        grey8.append(signal / (window["hi"] - window["lo"]) * 255.0 if window else np.nan)
+        grey_hi.append(signal / 256.0)
+    return {"side": np.array(side), "diameter": np.array(diam), "faint": np.array(faint),
+            "grey8": np.array(grey8), "grey_hi": np.array(grey_hi)}  # fmt: skip
 
 
 def nih_nodule_sides(path: Path) -> np.ndarray:
@@ -67,15 +76,17 @@ def main() -> None:
         data[label] = dataset_sizes(Path(folder))
     nih = nih_nodule_sides(SHARED / "reference" / "BBox_List_2017.csv")
     luna = luna_diameters(SHARED / "ct" / "luna16-nodule-patches" / "patches.csv")
-    print("| set | box side px @1024² (all) | box side, non-faint | diameter mm | faint share |")
-    print("|---|---|---|---|---|")
+    print("| set | box side px @1024² (all) | box side, non-faint | diameter mm | faint share |"
+          " non-faint contrast, grey levels: 8-bit detector image / 16-bit high byte |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for label, d in data.items():
+        vis = ~d["faint"]
         print(
-            f"| {label} | {summary(d['side'])} | {summary(d['side'][~d['faint']])} | {summary(d['diameter'])} | "
-            f"{d['faint'].mean():.0%} |"
+            f"| {label} | {summary(d['side'])} | {summary(d['side'][vis])} | {summary(d['diameter'])} | "
+            f"{d['faint'].mean():.0%} | {summary(d['grey8'][vis])} / {summary(d['grey_hi'][vis])} |"
         )
-    print(f"| NIH ChestX-ray8 Nodule boxes | {summary(nih)} | | | |")
-    print(f"| LUNA16 patches (diameter) | | | {summary(luna)} | |")
+    print(f"| NIH ChestX-ray8 Nodule boxes | {summary(nih)} | | | | |")
+    print(f"| LUNA16 patches (diameter) | | | {summary(luna)} | | |")
     if args.figure is None:
         return
     import matplotlib

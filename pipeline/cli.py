@@ -136,7 +136,7 @@ def generate(
     diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 6)."),
     diameter_max: Optional[float] = typer.Option(None, "--diameter-max", help="mm (default 30)."),
     size_preset: Optional[str] = typer.Option(
-        None, "--size-preset", help="Diameter distribution: node21 (default; 6-30 mm, median 15), lidc (LUNA16 "
+        None, "--size-preset", help="Diameter distribution: node21 (default; 6-30 mm, median 17), lidc (LUNA16 "
         "nodules: 5-46 mm, median 14.7) or small (3-30 mm, median 9.5). --diameter-min/max override its range.",
     ),
     types: Optional[str] = typer.Option(
