@@ -21,13 +21,7 @@ from data.atomic import DatasetWriteError, atomic_write_json
 from data.records import ImageRecord
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
-from pipeline.run_folder import (  # noqa: F401 - RunMismatchError/RunSettingsError/MANIFEST: part of this API
-    MANIFEST,
-    RunMismatchError,
-    RunSettingsError,
-    make_output_folder,
-    open_run,
-)
+from pipeline.run_folder import make_output_folder, open_run
 
 if TYPE_CHECKING:
     from ct_projection.lungs import ChestMasks
