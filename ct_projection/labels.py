@@ -97,6 +97,7 @@ def project_nodule(
     background: np.ndarray,
     config: LabelConfig | None = None,
     contrast_hu: float | None = None,
+    rendered: tuple[Window, np.ndarray] | None = None,
 ) -> NoduleProjection | None:
     """Render one nodule alone and derive its 2D label; None when it falls off the detector.
 
@@ -111,12 +112,17 @@ def project_nodule(
         config: footprint/visibility settings.
         contrast_hu: HU difference between the nodule's outer material and the lung it replaced (sets the
             footprint threshold); default: the largest |ΔHU| in the sub-box.
+        rendered: the nodule's (window, ΔL) when already traced (the ``full`` physics traces its material paths and
+            passes their monoenergetic line integral, the quantity ``render_delta`` gives); default: traced here.
     """
     config = config or LabelConfig()
-    window = renderer.window_for(pose, box_world_mm)
-    if window is None:
-        return None
-    delta_l = renderer.render_delta(pose, delta_hu, offset_ijk, window)
+    if rendered is not None:
+        window, delta_l = rendered
+    else:
+        window = renderer.window_for(pose, box_world_mm)
+        if window is None:
+            return None
+        delta_l = renderer.render_delta(pose, delta_hu, offset_ijk, window)
     # Threshold: the line integral of `min_chord_mm` of the nodule's outer material (the halo of a part-solid one).
     if contrast_hu is None:
         contrast_hu = float(np.abs(delta_hu).max())

@@ -75,6 +75,10 @@ _OPTION_FIELDS = {
     "val_fraction": "--val-fraction",
     "nodule_library": "--nodule-library",
     "library_fraction": "--library-fraction",
+    "physics.mode": "--physics",
+    "physics.spectrum.kvp": "--kvp",
+    "physics.spectrum.mas": "--mas",
+    "display.mode": "--display",
     "enhance.steps": "--enhance-steps",
     "enhance.scheduler": "--enhance-scheduler",
 }
@@ -189,6 +193,16 @@ def generate(
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Share of CTs (or of images, with one CT) held out for validation (default 0.2)."
     ),
+    physics: Optional[str] = typer.Option(
+        None, "--physics", help="full (default: spectrum, materials, scatter, noise, detector blur) or simple "
+        "(monoenergetic, noise-free line integrals).",
+    ),
+    display: Optional[str] = typer.Option(
+        None, "--display", help="clinical (default: CR/DR-style processing; the physical image is kept in "
+        "images_physical/) or raw (the physical image).",
+    ),
+    kvp: Optional[float] = typer.Option(None, "--kvp", help="Tube voltage, --physics full (default 120 kV)."),
+    mas: Optional[float] = typer.Option(None, "--mas", help="Tube current-time, --physics full (default 2 mAs; sets the noise)."),
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
     enhance: Optional[Path] = typer.Option(
@@ -258,6 +272,10 @@ def generate(
         put("dicom", True if dicom else None)
         put("series_uid", series_uid)
         put("renderer", renderer)
+        put("physics.mode", None if physics is None else physics.lower())
+        put("physics.spectrum.kvp", kvp)
+        put("physics.spectrum.mas", mas)
+        put("display.mode", None if display is None else display.lower())
         put("alias", alias)
         put("aliases", None if alias_csv is None else cfg.read_alias_csv(alias_csv))
         put("run_tag", run_tag)
@@ -310,7 +328,7 @@ def generate(
             err=True,
         )
     from data.atomic import DatasetWriteError
-    from pipeline.generate import RunSettingsError
+    from pipeline.run_folder import RunSettingsError
 
     kwargs = dict(device=str(dev), progress=progress, restart=restart)
     if config.enhance is not None:

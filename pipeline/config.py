@@ -6,18 +6,20 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from ct_projection.attenuation import AttenuationModel
+from ct_projection.display import DisplayConfig
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
+from ct_projection.physics.acquisition import PhysicsConfig
 from ct_projection.renderer import DEFAULT_RENDERER, RENDERERS
-from data.settings import SettingsError, field_names, load_settings, read_settings_file
+from data.settings import SettingsError, field_names, load_settings, read_settings_file, settings_dict
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
@@ -87,7 +89,11 @@ class GenerateConfig:
         geometry: acquisition geometry.
         nodules: nodule sampling settings.
         labels: footprint/visibility settings.
-        attenuation: HU → μ and pixel mapping.
+        attenuation: HU → μ (``simple`` physics) and the 16-bit scale of line-integral images (``l_max``).
+        physics: how the radiograph is acquired: ``full`` (spectrum, water/bone materials, scatter, noise, detector
+            blur) or ``simple`` (monoenergetic, noise-free line integral).
+        display: presentation of ``images/``: ``clinical`` (multi-scale processing and tone curve; the physical
+            image is kept in ``images_physical/``) or ``raw`` (the physical image itself).
         write_nodule_free: also write the nodule-free DRR of the same pose.
         enhance: restore each DRR with a trained DDPM-HQ (2x) before writing; None keeps raw DRRs.
         dicom: also write each image as a DICOM Secondary Capture.
@@ -115,6 +121,8 @@ class GenerateConfig:
     nodules: NoduleConfig = field(default_factory=NoduleConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     attenuation: AttenuationModel = field(default_factory=AttenuationModel)
+    physics: PhysicsConfig = field(default_factory=PhysicsConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
     write_nodule_free: bool = True
     enhance: EnhanceConfig | None = None
     dicom: bool = False
@@ -179,8 +187,7 @@ class GenerateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (a series UID appears only as a hash)."""
-        out = asdict(self)
-        out["nodules"] = self.nodules.to_dict()
+        out = settings_dict(self)
         out["series_uid"] = None if self.series_uid is None else series_selector_digest(self.series_uid)
         out.pop("nodule_library")  # a local path, like the input CTs' (its content is nodule_library_sha256)
         if self.nodule_library_sha256 is None:

@@ -151,6 +151,9 @@ WRITERS: list[Writer] = [
     Png16Writer("drr_nodule_free", "images_drr_nodule_free", "drr_nodule_free_file"),
     Png16Writer("image", "images", RECORD_FILE),
     Png16Writer("nodule_free", "images_nodule_free", "nodule_free_file"),
+    # The physical (line-integral) images behind a clinical presentation (--display clinical).
+    Png16Writer("physical", "images_physical", "physical_file"),
+    Png16Writer("physical_nodule_free", "images_physical_nodule_free", "physical_nodule_free_file"),
     DetectorWriter(),
     DicomWriter(),
 ]

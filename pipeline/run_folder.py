@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from data.atomic import DatasetWriteError, atomic_write_json, remove_stale_temp_files, sha256_file
@@ -103,6 +103,8 @@ def completed_entries(
             files = entry["files"]
             if not isinstance(files, dict) or not files or not isinstance(entry["record"], dict):
                 raise TypeError("files/record")
+            if not all(member(out_dir, n) for n in files) or not _names_its_files(entry["record"], files):
+                raise ValueError("a file name outside the folder")  # hand-made: never read, written or removed
         except (KeyError, TypeError, ValueError):
             malformed += 1
             continue
@@ -117,11 +119,30 @@ def completed_entries(
     return done
 
 
+def member(out_dir: Path, name: Any) -> Path | None:
+    """``out_dir/name`` when ``name`` is a plain relative path inside the folder (no absolute path, no ``..``)."""
+    if not isinstance(name, str) or not name or "\\" in name:
+        return None
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or any(part in ("..", ".", "") for part in rel.parts) or str(rel) != name:
+        return None
+    return out_dir / rel
+
+
+def _names_its_files(record: dict[str, Any], files: dict[str, Any]) -> bool:
+    """Whether every file a record names (its image, ``*_file`` attributes) is one of its entry's checked files."""
+    named = [record.get("file_name")] + [
+        v for k, v in (record.get("attributes") or {}).items() if k.endswith("_file") and isinstance(v, str)
+    ]
+    return all(isinstance(n, str) and n in files for n in named)
+
+
 def _has_checksum(out_dir: Path, name: Any, digest: Any) -> bool:
-    """Whether ``out_dir/name`` is a file inside the folder (no link) with sha256 ``digest``."""
+    """Whether ``out_dir/name`` is a file inside the folder (no link, no escape) with sha256 ``digest``."""
+    path = member(out_dir, name)
     try:
-        return sha256_file(out_dir / str(name)) == digest
-    except OSError:  # missing, a folder, a link or outside the folder: not a finished output
+        return path is not None and sha256_file(path) == digest
+    except OSError:  # missing, a folder, a link: not a finished output
         return False
 
 
@@ -165,14 +186,18 @@ def discard_run(out_dir: Path, entries: list[dict[str, Any]], marker: dict[str, 
     for entry in entries:
         files = entry.get("files") if isinstance(entry.get("files"), dict) else {}
         for name, digest in files.items():
+            path = member(out_dir, name)
+            if path is None:
+                continue  # names a file outside the folder: never the tool's
             if _has_checksum(out_dir, name, digest):
-                removed += remove_file(out_dir / str(name))
-            elif (out_dir / str(name)).exists():
-                changed += 1  # not what the tool wrote there (or outside the folder): not ours to delete
+                removed += remove_file(path)
+            elif path.exists():
+                changed += 1  # not what the tool wrote there: not ours to delete
     for name in dict.fromkeys([*listed_dataset_files(marker), *DATASET_FILES]):
+        path = member(out_dir, name)
         try:
-            removed += remove_file(out_dir / name)
-        except OSError:  # a name that leaves the folder or passes a link: not ours
+            removed += path is not None and remove_file(path)
+        except OSError:  # a name that passes a link: not ours
             pass
     for folder in OUTPUT_FOLDERS:
         _remove_empty_folders(out_dir / folder)
@@ -245,14 +270,15 @@ class RunRecorder:
         self.done.add(key)
 
 
-def _recorded(out_dir: Path, fingerprint: str, recorder: RunRecorder) -> int:
+def _recorded(out_dir: Path, fingerprint: str, recorder: RunRecorder | None) -> int:
     """Samples of these settings the manifest records now (Ctrl-C may land between an append and its bookkeeping)."""
+    known = len(recorder.done) if recorder is not None else 0
     try:
         keys = {(e.get("ct_sha256"), e.get("sample_index")) for e in read_manifest(out_dir)
                 if e.get("config_fingerprint") == fingerprint}  # fmt: skip
     except (OSError, ValueError):
-        return len(recorder.done)
-    return max(len(keys), len(recorder.done))
+        return known
+    return max(len(keys), known)
 
 
 def _refuse_links(out_dir: Path) -> None:
@@ -295,21 +321,28 @@ def open_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: 
         claim_check(out_dir)  # before the lock file is created: a folder that is not ours gets nothing
         lock.acquire()
         unused = False
+        recorder: RunRecorder | None = None
         try:
-            marker = claim_check(out_dir)  # again, now that no other run can change it
-            _refuse_links(out_dir)
-            entries = check_run_settings(out_dir, config, restart, marker, read_manifest(out_dir, warn=True))
-            write_marker(out_dir, config.fingerprint(), code_version())
-            # Only this run writes here now, so any atomic-write temp file is a leftover of a SIGKILLed run.
-            removed = remove_stale_temp_files(out_dir)
-            if removed:
-                print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run",
-                      file=sys.stderr)  # fmt: skip
-            recorder = RunRecorder(out_dir, config, completed_entries(out_dir, config.fingerprint(), entries, True))
-            try:
+            try:  # Ctrl-C from here on (verifying a large manifest, or the run itself) says where the run stands
+                marker = claim_check(out_dir)  # again, now that no other run can change it
+                _refuse_links(out_dir)
+                entries = check_run_settings(out_dir, config, restart, marker, read_manifest(out_dir, warn=True))
+                write_marker(out_dir, config.fingerprint(), code_version())
+                # Only this run writes here now, so any atomic-write temp file is a leftover of a SIGKILLed run.
+                removed = remove_stale_temp_files(out_dir)
+                if removed:
+                    print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run",
+                          file=sys.stderr)  # fmt: skip
+                done = completed_entries(out_dir, config.fingerprint(), entries, True)
+                recorder = RunRecorder(out_dir, config, done)
                 yield recorder
             except KeyboardInterrupt:
                 raise RunInterrupted(out_dir, _recorded(out_dir, config.fingerprint(), recorder)) from None
+            except OSError as err:  # reading or listing the folder failed (permissions...): one line, no traceback
+                if isinstance(err, DatasetWriteError):
+                    raise
+                problem = f"cannot use the output folder: {err.strerror or err}"
+                raise DatasetWriteError(err.filename or out_dir, problem) from err
             # The marker lists the dataset-level files this run wrote, so a later --restart removes exactly those.
             samples = {str(n) for e in recorder.entries.values() for n in e.get("files", {})}
             made = sorted(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
     from ct_projection.renderer import Renderer
     from ct_projection.lung_field import LungField
+    from ct_projection.lungs import ChestMasks
     from ct_projection.nodules.insertion import InsertedNodule
     from ct_projection.nodules.placement import NoduleSampler
     from ct_projection.volume import CTVolume
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # Independent random streams of one sample, in spawn order: each consumer draws from its own child SeedSequence, so
 # e.g. the restorer's noise does not depend on how many draws the nodule sampler took. Append new streams at the
 # end: a SeedSequence's children depend only on their position, so existing streams keep their values.
-SEED_STREAMS = ("pose", "nodules", "restore")
+SEED_STREAMS = ("pose", "nodules", "restore", "noise")
 
 
 def ct_key(checksum: str) -> int:
@@ -96,6 +97,7 @@ class SampleContext:
     lobes: np.ndarray | None
     lung_field: LungField
     steps: Sequence[SampleStep] = ()
+    acquisition: Any = None  # ct_projection.physics.acquisition.Acquisition for --physics full, else None
 
     @classmethod
     def build(
@@ -105,21 +107,30 @@ class SampleContext:
         ct_id: str,
         device: str | None = None,
         steps: Sequence[SampleStep] = (),
+        masks: ChestMasks | None = None,
     ) -> SampleContext:
-        """Per-CT set-up: body mask, lung and lobe maps, the renderer centred on the lungs, the prepared sampler."""
-        from ct_projection.body import body_mask
+        """Per-CT set-up: body and lung masks (``masks`` when already computed), lobe map, the renderer centred on
+        the lungs and cropped to the body, the prepared nodule sampler."""
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
-        from ct_projection.lungs import lobe_map, lung_mask
+        from ct_projection.lungs import chest_masks, lobe_map
         from ct_projection.nodules.placement import NoduleSampler
         from ct_projection.renderer import make_renderer
 
-        body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
-        lungs = lung_mask(vol, body=body)
+        masks = masks or chest_masks(vol)  # one body mask per CT: lung segmentation and renderer crop share it
+        body, lungs = masks.body, masks.lungs
         lobes = lobe_map(vol)
+        acquisition = densities = None
+        if config.physics.mode == "full":
+            from ct_projection.physics.acquisition import Acquisition
+            from ct_projection.physics.paths import material_densities
+
+            # One renderer, two channels (water and bone partial densities) traced in one pass over the rays.
+            densities = material_densities(config.physics.materials)
+            acquisition = Acquisition(config.physics, config.geometry.pixel_mm, config.geometry.sdd_mm)
         renderer = make_renderer(
             config.renderer, vol, config.geometry, attenuation=config.attenuation,
-            isocentre_world=lung_isocentre(vol, lungs), device=device, body=body,
+            isocentre_world=lung_isocentre(vol, lungs), device=device, body=body, densities=densities,
         )  # fmt: skip
         sampler: Any = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
@@ -128,7 +139,10 @@ class SampleContext:
 
             library = NoduleLibrary(config.nodule_library, LibraryConfig(fraction=config.library_fraction))
             sampler = LibrarySampler(sampler, library)
-        return cls(vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps))
+        steps = (presentation_step(config), *steps)  # the clinical display comes before any restoration
+        return cls(
+            vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps), acquisition
+        )
 
 
 def _nodule_facts(nodule: InsertedNodule) -> dict[str, Any]:
@@ -157,7 +171,8 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     params = context.sampler.get_params(np.random.default_rng(seeds["nodules"]), vol, context.lungs, context.lobes)
     library = getattr(context.sampler, "library", None)
     inserted = insert_mixed(vol, params, library, supersample=config.nodules.supersample)
-    background = renderer.render(pose)
+    physical = _PhysicalImage(context, pose, seeds["noise"]) if context.acquisition is not None else None
+    background = renderer.render(pose) if physical is None else physical.nodule_free()
     image = background.copy()
     labels: list[NoduleLabel] = []
     unlabelled: list[dict[str, Any]] = []  # inserted nodules with no box on this image, and why
@@ -167,29 +182,38 @@ def make_sample(context: SampleContext, index: int) -> Sample:
         else:
             facts, surface = _nodule_facts(nodule), nodule_surface_points(nodule.params)
             contrast = abs(nodule.params.hu_target - nodule.local_lung_mean_hu)
-        proj = project_nodule(
-            renderer,
-            pose,
-            nodule.delta_hu,
-            nodule.offset,
-            nodule.box_world_mm,
-            np.asarray(nodule.params.centre_world_mm),
-            surface,
-            background,
-            config.labels,
-            contrast_hu=contrast,
-        )
+        # Full physics: the nodule's material paths join the image's; its label is cut from their 60 keV line
+        # integral, the same geometric quantity as in simple mode (so labels do not depend on the physics).
+        rendered = None if physical is None else physical.add_nodule(nodule)
+        proj = None
+        if physical is None or rendered is not None:
+            proj = project_nodule(
+                renderer,
+                pose,
+                nodule.delta_hu,
+                nodule.offset,
+                nodule.box_world_mm,
+                np.asarray(nodule.params.centre_world_mm),
+                surface,
+                background,
+                config.labels,
+                contrast_hu=contrast,
+                rendered=rendered,
+            )
         if proj is None:
             unlabelled.append({"nodule_id": nodule_id, "reason": "off the detector", **facts})
             continue
         w = proj.window
-        image[w.r0 : w.r1, w.c0 : w.c1] += proj.delta_l  # a sub-threshold nodule still attenuates
+        if physical is None:
+            image[w.r0 : w.r1, w.c0 : w.c1] += proj.delta_l  # a sub-threshold nodule still attenuates
         if not proj.footprint.any():
             # A zero-size box is not a label any detector format can use: keep the nodule as a fact instead.
             reason = f"empty footprint (no ray crosses {config.labels.min_chord_mm:g} mm of nodule material)"
             unlabelled.append({"nodule_id": nodule_id, "reason": reason, **facts, **proj.attributes()})
             continue
         labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes={**facts, **proj.attributes()}))
+    if physical is not None:
+        image = physical.with_nodules()
     images = {"image": config.attenuation.to_uint16(image)}
     if config.write_nodule_free:
         images["nodule_free"] = config.attenuation.to_uint16(background)
@@ -205,6 +229,7 @@ def make_sample(context: SampleContext, index: int) -> Sample:
         "sdd_mm": config.geometry.sdd_mm,
         "isocentre_world_mm": [round(float(v), 3) for v in renderer.isocentre_world],
         "unlabelled_nodules": unlabelled,
+        "physics": config.physics.mode,
     }
     alias = config.alias_for(vol.checksum)
     if alias is not None:
@@ -215,6 +240,76 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     for step in context.steps:
         sample = step(sample)
     return sample
+
+
+class _PhysicalImage:
+    """The ``full`` acquisition of one sample: material paths of the CT, plus each nodule's, through one noise draw.
+
+    The noise fields come from the sample's ``noise`` seed stream and are shared by the image and its twin, so the
+    pair differs only by the nodules' signal (see ``ct_projection.physics.detector``).
+    """
+
+    def __init__(self, context: SampleContext, pose: Pose, seed: np.random.SeedSequence) -> None:
+        from ct_projection.physics.acquisition import NoiseFields
+
+        self.context = context
+        self.pose = pose
+        self.paths = context.renderer.render_channels(pose)  # (2, H, W) water/bone paths, g/cm²
+        self.total = self.paths.copy()
+        self.noise = NoiseFields.draw(self.paths.shape[1:], seed)
+
+    def nodule_free(self) -> np.ndarray:
+        """The twin's acquired image L."""
+        return self.context.acquisition.detect(self.paths, self.noise)
+
+    def add_nodule(self, nodule: InsertedNodule) -> tuple[Any, np.ndarray] | None:
+        """Trace the nodule's material change on its window, add it; (window, 60 keV ΔL) or None if off the detector."""
+        from ct_projection.physics.paths import nodule_density_change
+        from ct_projection.physics.polychromatic import reference_line_integral
+
+        renderer, vol = self.context.renderer, self.context.vol
+        window = renderer.window_for(self.pose, nodule.box_world_mm)
+        if window is None:
+            return None
+        change = nodule_density_change(self.context.config.physics.materials, vol.hu, nodule.delta_hu, nodule.offset)
+        delta_paths = renderer.render_window(self.pose, change, nodule.offset, window)
+        self.total[:, window.r0 : window.r1, window.c0 : window.c1] += delta_paths
+        return window, reference_line_integral(delta_paths)
+
+    def with_nodules(self) -> np.ndarray:
+        """The acquired image L with every nodule."""
+        return self.context.acquisition.detect(self.total, self.noise)
+
+
+def presentation_step(config: GenerateConfig) -> SampleStep:
+    """The clinical display stage (``--display clinical``): ``image``/``nodule_free`` become presentation images.
+
+    The physical (line-integral) images move to ``physical``/``physical_nodule_free``; one display window, fitted on
+    the nodule-free twin, is used for both, so the pair still differs only around the nodules. ``raw``: no change.
+    """
+
+    def step(sample: Sample) -> Sample:
+        return presented(sample, config)
+
+    return step
+
+
+def presented(sample: Sample, config: GenerateConfig) -> Sample:
+    """The sample with its images in clinical presentation (see :func:`presentation_step`)."""
+    from ct_projection.display import fit_window, present, to_uint16
+
+    display = config.display
+    if display.mode == "raw":
+        return sample
+    pixel_mm = config.geometry.pixel_mm
+    physical = {name: config.attenuation.from_uint16(sample.images[name]) for name in ("image", "nodule_free") if name in sample.images}
+    window = fit_window(physical.get("nodule_free", physical["image"]), display)
+    images = dict(sample.images)
+    for name, line_integral in physical.items():
+        images["physical" if name == "image" else "physical_nodule_free"] = sample.images[name]
+        images[name] = to_uint16(present(line_integral, display, window, pixel_mm))
+    attributes = {**sample.attributes, "display": display.mode, "display_window": window.to_dict()}
+    return replace(sample, images=images, attributes=attributes)
 
 
 def enhancement_step(enhancer: Enhancer, geometry: ProjectionGeometry) -> SampleStep:
@@ -237,7 +332,7 @@ def enhanced(sample: Sample, enhancer: Enhancer, geometry: ProjectionGeometry) -
     restored = enhancer(drr, seed=seed)
     drr_size = (int(drr.shape[0]), int(drr.shape[1]))
     labels = [enhancer.scale_label(label, in_size=drr_size, out_size=restored.shape) for label in sample.labels]
-    images = {"drr": drr, "image": restored}
+    images = {**sample.images, "drr": drr, "image": restored}  # other images (e.g. the physical ones) stay
     if "nodule_free" in sample.images:
         # The twin goes through the same restorer with the same noise, so the pair still differs only where the
         # nodules are (up to what the restorer makes of them); its raw DRR is kept too.

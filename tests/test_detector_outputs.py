@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from ct_projection.display import DisplayConfig
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.nodules import NoduleConfig
 from data.detector import encode_uint8, lung_window, split_keys
@@ -29,6 +30,8 @@ def _config(seed: int, **kw: object) -> GenerateConfig:
         nodules=NoduleConfig(
             count_range=(2, 2), diameter_range_mm=(16.0, 24.0), type_probs={"solid": 1.0}, shape_probs={"sphere": 1.0}
         ),
+        # Raw display: the 16-bit images are line integrals, the hardest case for loaders that read the high byte.
+        display=DisplayConfig(mode="raw"),
         **kw,  # type: ignore[arg-type]
     )
 

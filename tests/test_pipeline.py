@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from ct_projection.display import DisplayConfig
 from ct_projection.geometry import ProjectionGeometry
 from ct_projection.nodules import NoduleConfig
+from ct_projection.physics.acquisition import PhysicsConfig
 from pipeline.cli import app
 from pipeline.config import GenerateConfig
 from pipeline.generate import generate
@@ -20,11 +22,14 @@ SIZE = 96
 
 
 def small_config(seed: int = 0, n: int = 2) -> GenerateConfig:
-    """Fast settings: 96 px detector, solid spheres large enough to see at this resolution."""
+    """Fast settings: 96 px detector, solid spheres large enough to see at this resolution; the geometry tests use
+    the monoenergetic, noise-free physics and the raw display (pixels are line integrals)."""
     return GenerateConfig(
         images_per_ct=n,
         seed=seed,
         geometry=ProjectionGeometry(size_px=SIZE),
+        physics=PhysicsConfig(mode="simple"),
+        display=DisplayConfig(mode="raw"),
         nodules=NoduleConfig(
             count_range=(1, 2), diameter_range_mm=(14.0, 22.0), type_probs={"solid": 1.0}, shape_probs={"sphere": 1.0}
         ),
@@ -291,7 +296,7 @@ def test_other_cts_of_an_earlier_run_are_reported_not_mixed(
 
 def test_dicom_series_and_alias_are_run_settings(chest_nifti: Path, tmp_path: Path) -> None:
     """Resuming with --dicom (or another series/alias) after a run without it is refused, not silently mixed."""
-    from pipeline.generate import RunMismatchError
+    from pipeline.run_folder import RunMismatchError
 
     out = tmp_path / "out"
     generate([str(chest_nifti)], out, small_config(n=1), device="cpu", progress=False)

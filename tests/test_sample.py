@@ -35,8 +35,8 @@ def config(count: tuple[int, int] = (1, 2), seed: int = 4) -> GenerateConfig:
 
 @pytest.fixture(scope="module")
 def context(chest_nifti: Path) -> SampleContext:
-    vol = load_input(str(chest_nifti))
-    return SampleContext.build(vol, config(), vol.checksum[:12], device="cpu")
+    vol, masks = load_input(str(chest_nifti))
+    return SampleContext.build(vol, config(), vol.checksum[:12], device="cpu", masks=masks)
 
 
 def with_count(context: SampleContext, count: tuple[int, int]) -> SampleContext:
@@ -67,7 +67,8 @@ def test_same_index_same_sample_in_any_order(context: SampleContext) -> None:
     make_sample(context, 0)
     again = make_sample(context, 1)
     assert first.pose == again.pose
-    assert set(first.images) == {"image", "nodule_free"}
+    # Default physics and display: the clinical presentation plus the physical images behind it.
+    assert set(first.images) == {"image", "nodule_free", "physical", "physical_nodule_free"}
     for name, pixels in first.images.items():
         assert pixels.dtype == np.uint16 and pixels.shape == (SIZE, SIZE)
         np.testing.assert_array_equal(pixels, again.images[name])
@@ -91,21 +92,21 @@ def test_pose_does_not_depend_on_the_nodule_draws(context: SampleContext) -> Non
 def test_seed_streams_are_distinct_and_stable() -> None:
     seeds = sample_seeds(7, "ab" * 32, 3)
     states = {name: tuple(s.generate_state(4)) for name, s in seeds.items()}
-    assert len(set(states.values())) == len(states) == 3
+    assert len(set(states.values())) == len(states) == 4
     assert states == {name: tuple(s.generate_state(4)) for name, s in sample_seeds(7, "ab" * 32, 3).items()}
     assert states["pose"] != tuple(sample_seeds(7, "ab" * 32, 4)["pose"].generate_state(4))
 
 
 def test_enhancement_step_restores_both_images_with_the_sample_noise(context: SampleContext) -> None:
     fake = FakeEnhancer()
-    fewer = dataclasses.replace(context, steps=[enhancement_step(fake, context.config.geometry)])
+    fewer = dataclasses.replace(context, steps=[*context.steps, enhancement_step(fake, context.config.geometry)])
     more = dataclasses.replace(with_count(context, (3, 3)), steps=fewer.steps)
     plain = make_sample(context, 0)
     sample = make_sample(fewer, 0)
     make_sample(more, 0)
     # Image and twin get the same noise, and it does not depend on how many nodules were drawn.
     assert len(fake.seeds) == 4 and len(set(fake.seeds)) == 1
-    assert set(sample.images) == {"image", "nodule_free", "drr", "drr_nodule_free"}
+    assert set(sample.images) == {"image", "nodule_free", "drr", "drr_nodule_free", "physical", "physical_nodule_free"}
     np.testing.assert_array_equal(sample.images["drr"], plain.images["image"])
     np.testing.assert_array_equal(sample.images["drr_nodule_free"], plain.images["nodule_free"])
     assert sample.images["image"].shape == (2 * SIZE, 2 * SIZE)
@@ -128,7 +129,8 @@ def test_publish_checksums_files_and_a_new_writer_is_one_entry(context: SampleCo
     assert record.file_name == f"images/{sample.stem}.png"
     assert record.attributes["mask_file"] == f"masks/{sample.stem}.bin"
     assert record.attributes["nodule_free_file"] == f"images_nodule_free/{sample.stem}.png"
-    names = ("nodule_free_file", "detector_file", "detector_nodule_free_file", "mask_file")
+    names = ("nodule_free_file", "physical_file", "physical_nodule_free_file", "detector_file",
+             "detector_nodule_free_file", "mask_file")  # fmt: skip
     assert set(entry["files"]) == {record.file_name, *(record.attributes[n] for n in names)}
     assert record.attributes["detector_window"]["lo"] < record.attributes["detector_window"]["hi"]
     for name, digest in entry["files"].items():

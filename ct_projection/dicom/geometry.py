@@ -1,6 +1,6 @@
 """Slice stack → regular grid: ordering, duplicates, missing slices, and resampling of uneven or tilted series.
 
-Geometry decisions (all exercised by ``tests/test_ingest.py``):
+Geometry decisions (all exercised by ``tests/test_ingest_dicom.py``):
 
 * Slices are ordered by their distance along the slice normal ``n = row × col`` (from ImageOrientationPatient),
   never by file name or InstanceNumber.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 NODULE_TYPES: tuple[str, ...] = ("solid", "part_solid", "ground_glass")
@@ -13,6 +13,8 @@ FAILURE_MODES: tuple[str, ...] = ("warn", "raise")
 
 # Below this HU a voxel counts as aerated lung parenchyma (vessels, tumours, chest wall are above).
 PARENCHYMA_HU = -500.0
+MAX_NODULES = 50  # per image: more cannot be placed apart in two lungs and only stalls the run
+MAX_DIAMETER_MM = 100.0  # nodules are <= 30 mm, masses larger; beyond 10 cm nothing fits inside a lung
 
 
 class NoduleConfigError(ValueError):
@@ -123,8 +125,8 @@ class NoduleConfig:
         self.shape_probs = _check_probs("shape", self.shape_probs, NODULE_SHAPES)
         check_choice("diameter_distribution", self.diameter_distribution, DIAMETER_DISTRIBUTIONS)
         check_choice("on_failure", self.on_failure, FAILURE_MODES)
-        _check_bounds("count_range", self.count_range, 0, None)
-        _check_bounds("diameter_range_mm", self.diameter_range_mm, 1e-3, None)
+        _check_bounds("count_range", self.count_range, 0, MAX_NODULES)
+        _check_bounds("diameter_range_mm", self.diameter_range_mm, 1e-3, MAX_DIAMETER_MM)
         _check_bounds("core_fraction_range", self.core_fraction_range, 0.05, 0.95)
         _check_bounds("axis_ratio_range", self.axis_ratio_range, 0.1, 1.0)
         _check_bounds("lobulation_amplitude_range", self.lobulation_amplitude_range, 0.0, 0.5)
@@ -153,11 +155,9 @@ class NoduleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (ranges as 2-element lists)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
-        return out
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoduleConfig:

@@ -12,7 +12,7 @@ attenuating, as in the ``simple`` mode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,16 +49,8 @@ class PhysicsConfig:
             raise ValueError(f"unknown physics mode {self.mode!r}: expected one of {', '.join(PHYSICS_MODES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (``simple`` records only the mode: nothing else applies)."""
-        if self.mode == "simple":
-            return {"mode": "simple"}
-        return {
-            "mode": self.mode,
-            "spectrum": self.spectrum.to_dict(),
-            "materials": self.materials.to_dict(),
-            "scatter": self.scatter.to_dict(),
-            "detector": self.detector.to_dict(),
-        }
+        """JSON-able form (every field, so a dataset's config.json reads back; ``simple`` uses only ``mode``)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,6 @@ class MaterialBasis:
         bone = CORTICAL_BONE_DENSITY * frac * over
         return np.stack([water, bone]).astype(np.float32)
 
-    def to_dict(self) -> dict[str, float | str]:
-        """JSON-able form (with the derived bone HU and the materials' source)."""
-        return {**asdict(self), "bone_hu": round(self.bone_hu, 2), "materials": "water, ICRU-44 cortical bone"}
+    def to_dict(self) -> dict[str, float]:
+        """JSON-able form."""
+        return asdict(self)
