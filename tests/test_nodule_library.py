@@ -236,22 +236,3 @@ def test_library_settings_need_the_same_library(library: NoduleLibrary, tmp_path
     with pytest.raises(ValueError, match="not the library these settings were made with"):
         GenerateConfig(nodule_library=str(other), nodule_library_sha256=library.digest())
     assert "nodule_library_sha256" not in GenerateConfig().to_dict()  # runs without a library: fingerprints unchanged
-
-
-@pytest.mark.slow
-def test_ray_with_library_equals_serial(library: NoduleLibrary, tmp_path: Path) -> None:
-    import ray
-
-    from pipeline.generate import generate
-    from pipeline.ray_backend import generate_ray
-
-    cts = [str(write_chest_phantom(tmp_path / f"ct{i}.nii.gz", seed=i)) for i in range(2)]
-    config = _library_config(library.folder)
-    generate(cts, tmp_path / "serial", config, device="cpu", progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        generate_ray(cts, tmp_path / "ray", config, device="cpu", progress=False, num_workers=2)
-    finally:
-        ray.shutdown()
-    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
-    assert files and all((tmp_path / "serial" / f).read_bytes() == (tmp_path / "ray" / f).read_bytes() for f in files)
