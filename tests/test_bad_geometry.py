@@ -266,6 +266,7 @@ def assert_one_clear_line(message: str, path: Path, case: str) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_degenerate_geometry_is_one_line_naming_the_file(case: str, corpus: Callable[[str], Path]) -> None:
     path = corpus(case)
     with pytest.raises(CTInputError) as err:
