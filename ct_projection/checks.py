@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ct_projection.lungs import lung_mask
+from ct_projection.lungs import ChestMasks, chest_masks
 from ct_projection.volume import CTInputError, CTVolume
 
 MIN_SLICES = 8
@@ -13,8 +13,11 @@ AIR_RANGE_HU = (-1200.0, -800.0)  # CT air is ≈ −1000 HU; lungs alone (tight
 MAX_SAMPLES = 2_000_000  # statistics on a strided subsample keep the check fast on 512³ volumes
 
 
-def check_plausible_chest_ct(vol: CTVolume) -> None:
-    """Raise CTInputError unless ``vol`` looks like a chest CT in HU (finite, enough slices, CT air, lungs)."""
+def check_plausible_chest_ct(vol: CTVolume) -> ChestMasks:
+    """Raise CTInputError unless ``vol`` looks like a chest CT in HU (finite, enough slices, CT air, lungs).
+
+    Returns the body and lung masks the check found, so the caller need not segment the CT again.
+    """
     src = vol.source or "<array>"
     hu = vol.hu
     bad = int(hu.size - np.count_nonzero(np.isfinite(hu)))
@@ -48,4 +51,4 @@ def check_plausible_chest_ct(vol: CTVolume) -> None:
             f"measured air level {air:.0f} HU (1st percentile) is not CT air (≈ −1000 HU, expected "
             f"{AIR_RANGE_HU[0]:.0f}…{AIR_RANGE_HU[1]:.0f}); is this HU-scaled CT?",
         )
-    lung_mask(vol)
+    return chest_masks(vol)

@@ -99,7 +99,9 @@ class ProjectionGeometry:
 
     def to_dict(self) -> dict:
         """JSON-able form."""
-        return asdict(self)
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ TotalSegmentator lobes with Dice ≈ 0.98.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -16,6 +18,7 @@ from ct_projection.body import (
     BodyMask,
     block_factor,
     block_mean,
+    body_mask,
     fill_holes_inplane,
     from_sitk,
     inside_body,
@@ -69,6 +72,20 @@ def lung_mask(
         problem = f"no lungs found (lung volume {ml:.0f} mL < {MIN_LUNG_ML:.0f} mL; is this a chest CT?)"
         raise CTInputError(vol.source or "<array>", problem)
     return mask
+
+
+@dataclass(frozen=True)
+class ChestMasks:
+    """A CT's body mask and lung mask, computed once and shared (plausibility check, renderer, nodule placement)."""
+
+    body: BodyMask
+    lungs: np.ndarray
+
+
+def chest_masks(vol: CTVolume) -> ChestMasks:
+    """The body mask (2 mm blocks) and the lung mask built on it; CTInputError when there are no lungs."""
+    body = body_mask(vol.hu, vol.spacing)
+    return ChestMasks(body, lung_mask(vol, body=body))
 
 
 def lobe_map(vol: CTVolume) -> np.ndarray | None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from data.atomic import DatasetWriteError, atomic_write_json, dumps_json
+from data.atomic import DatasetWriteError, atomic_write_bytes, atomic_write_json, dumps_json
 from data.confine import open_file
 
 # DICOM patient-identifying attribute names that must never reach dataset.json.
@@ -57,6 +57,16 @@ class Manifest:
             pos = start
         os.ftruncate(fd, keep)  # on this descriptor: the file that is appended to, never a link's target
 
+    def _private_copy(self, fd: int) -> int:
+        """Replace a hard-linked manifest by a copy of it (new inode), so the other name never changes; new fd."""
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+        atomic_write_bytes(self.path, data)
+        return open_file(self.path, os.O_RDWR | os.O_APPEND)
+
     def append(self, entry: Mapping[str, Any]) -> None:
         """Append ``entry`` as one sorted-key JSON line, then flush and fsync.
 
@@ -71,6 +81,8 @@ class Manifest:
             # O_APPEND + a single write per line keeps concurrent appenders from interleaving bytes; O_RDWR lets the
             # torn-tail check read the same file it truncates. Inside a confined folder no link is followed.
             fd = open_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644, create_dirs=True)
+            if os.fstat(fd).st_nlink > 1:  # a hard link shares this file with another name: append to our own copy
+                fd = self._private_copy(fd)
             try:
                 if not self._tail_checked:
                     self._drop_torn_tail(fd)

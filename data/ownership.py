@@ -48,6 +48,8 @@ def foreign_entries(root: str | Path) -> list[str]:
         return sorted(name for name in os.listdir(root) if not is_tool_file(name))
     except FileNotFoundError:
         return []
+    except OSError as err:  # cannot tell whether it is empty: not a folder to write into
+        raise DatasetWriteError(root, f"cannot list the output folder: {err.strerror or err}") from err
 
 
 def marker_content(fingerprint: str, version: str, dataset_files: list[str] | None = None) -> dict[str, Any]:
@@ -71,9 +73,9 @@ def read_marker(root: str | Path) -> dict[str, Any] | None:
     try:
         with os.fdopen(open_file(Path(root) / MARKER, os.O_RDONLY), "rb") as fh:
             marker = json.loads(fh.read().decode("utf-8"))
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError):
+    except UnsafePathError:
+        raise
+    except (OSError, ValueError):  # missing, a folder, unreadable or not our JSON: no marker of ours
         return None
     return marker if isinstance(marker, dict) and marker.get("tool") == TOOL else None
 

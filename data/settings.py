@@ -147,7 +147,8 @@ def _jsonable(value: Any) -> Any:
 
 def settings_dict(obj: Any) -> dict[str, Any]:
     """JSON-able dict of a config dataclass (tuples become lists, nested configs dicts)."""
-    return TypeAdapter(type(obj)).dump_python(obj, mode="json")  # type: ignore[no-any-return]
+    # warnings=False: an int in a float field (ProjectionGeometry(sdd_mm=1500)) is saved as given, as asdict did
+    return TypeAdapter(type(obj)).dump_python(obj, mode="json", warnings=False)  # type: ignore[no-any-return]
 
 
 def read_settings_file(path: str | Path) -> dict[str, Any]:

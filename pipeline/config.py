@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +19,7 @@ from ct_projection.labels import LabelConfig
 from ct_projection.nodules import NoduleConfig
 from ct_projection.physics.acquisition import PhysicsConfig
 from ct_projection.renderer import DEFAULT_RENDERER, RENDERERS
-from data.settings import SettingsError, field_names, load_settings, read_settings_file
+from data.settings import SettingsError, field_names, load_settings, read_settings_file, settings_dict
 from data.yolo import FAINT_LABELS
 from pipeline.enhancer import EnhanceConfig
 
@@ -163,8 +163,7 @@ class GenerateConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (a series UID appears only as a hash)."""
-        out = asdict(self)
-        out["nodules"] = self.nodules.to_dict()
+        out = settings_dict(self)
         out["series_uid"] = None if self.series_uid is None else series_selector_digest(self.series_uid)
         return out
 

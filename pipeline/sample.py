@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ct_projection.geometry import Pose, ProjectionGeometry
     from ct_projection.renderer import Renderer
     from ct_projection.lung_field import LungField
+    from ct_projection.lungs import ChestMasks
     from ct_projection.nodules.insertion import InsertedNodule
     from ct_projection.nodules.placement import NoduleSampler
     from ct_projection.volume import CTVolume
@@ -106,17 +107,18 @@ class SampleContext:
         ct_id: str,
         device: str | None = None,
         steps: Sequence[SampleStep] = (),
+        masks: ChestMasks | None = None,
     ) -> SampleContext:
-        """Per-CT set-up: body mask, lung and lobe maps, the renderer centred on the lungs, the prepared sampler."""
-        from ct_projection.body import body_mask
+        """Per-CT set-up: body and lung masks (``masks`` when already computed), lobe map, the renderer centred on
+        the lungs and cropped to the body, the prepared nodule sampler."""
         from ct_projection.geometry import lung_isocentre
         from ct_projection.lung_field import LungField
-        from ct_projection.lungs import lobe_map, lung_mask
+        from ct_projection.lungs import chest_masks, lobe_map
         from ct_projection.nodules.placement import NoduleSampler
         from ct_projection.renderer import make_renderer
 
-        body = body_mask(vol.hu, vol.spacing)  # one per CT: the lung segmentation and the renderer's crop share it
-        lungs = lung_mask(vol, body=body)
+        masks = masks or chest_masks(vol)  # one body mask per CT: lung segmentation and renderer crop share it
+        body, lungs = masks.body, masks.lungs
         lobes = lobe_map(vol)
         acquisition = densities = None
         if config.physics.mode == "full":

@@ -8,7 +8,7 @@ Model (``build_unet``) and scheduler (``make_scheduler``) live here; the samplin
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,9 @@ class DDPMHQConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields."""
-        d = asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        d["attention_levels"] = list(self.attention_levels or ())
-        return d
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], section: str = "") -> DDPMHQConfig:

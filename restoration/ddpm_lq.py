@@ -10,7 +10,7 @@ the anatomy (low frequencies survive the noise) and re-synthesises the fine text
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,9 @@ class DDPMLQConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], section: str = "") -> DDPMLQConfig:

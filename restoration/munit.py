@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +77,9 @@ class MUNITConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields."""
-        return asdict(self)
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], section: str = "") -> MUNITConfig:

@@ -7,7 +7,7 @@ import functools
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,9 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields."""
-        return asdict(self)
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], section: str = "preprocess") -> PreprocessConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -171,10 +171,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields."""
-        d = asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        d["attention_levels"] = None if self.attention_levels is None else list(self.attention_levels)
-        return d
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -11,7 +11,7 @@ classifier-free dropout of the condition). See ``docs/DDPM_LQ.md`` for why. Trai
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,9 +144,9 @@ class DDPMLQTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (nested model/preprocess dicts)."""
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DDPMLQTrainConfig:

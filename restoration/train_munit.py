@@ -12,7 +12,7 @@ resumes from the latest one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -128,7 +128,9 @@ class MUNITTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (nested model/preprocess dicts)."""
-        return asdict(self)
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MUNITTrainConfig:

@@ -32,6 +32,32 @@ def test_auto_device_is_cuda_and_render_matches_cpu() -> None:
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
 
 
+def test_nanodrr_on_gpu_matches_cpu_with_channels() -> None:
+    """nanodrr on CUDA (its Triton kernel when Triton imports, else grid_sample) equals its CPU path, C = 2 too."""
+    from ct_projection.attenuation import AttenuationModel
+    from ct_projection.geometry import get_pose_params, lung_isocentre
+    from ct_projection.ingest import load_example_ct
+    from ct_projection.lungs import chest_masks
+    from ct_projection.renderer import make_renderer
+
+    vol = load_example_ct()
+    masks = chest_masks(vol)
+    geometry = ProjectionGeometry(size_px=256)
+    pose = get_pose_params(np.random.default_rng(0), geometry)
+    model = AttenuationModel()
+
+    def two(hu: np.ndarray) -> np.ndarray:
+        return np.stack([model.mu(hu), 2 * model.mu(hu)])
+
+    kwargs = dict(isocentre_world=lung_isocentre(vol, masks.lungs), body=masks.body, densities=two)
+    gpu = make_renderer("nanodrr", vol, geometry, device="cuda", **kwargs)
+    cpu = make_renderer("nanodrr", vol, geometry, device="cpu", **kwargs)
+    a, b = gpu.render_channels(pose), cpu.render_channels(pose)
+    assert a.shape == b.shape == (2, 256, 256)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(a[1], 2 * a[0], rtol=1e-4, atol=1e-5)
+
+
 def test_generate_on_gpu_writes_a_labeled_dataset(tmp_path) -> None:  # noqa: ANN001
     """The main job on the GPU defaults path: images at the requested size with non-empty boxes."""
     from typer.testing import CliRunner

@@ -161,6 +161,21 @@ def test_manifest_naming_files_outside_the_folder_is_never_followed(
     assert tree(victim.parent) == before
 
 
+def test_hard_linked_manifest_gets_its_own_copy(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
+    """Appending never changes another name of the manifest's inode (e.g. a ``cp -al`` backup)."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out, symlinks=True)
+    next(iter(sorted((out / "images").glob("*.png")))).unlink()  # one sample to redo: one record appended
+    backup = tmp_path / "backup.jsonl"
+    os.link(out / "manifest.jsonl", backup)
+    before = backup.read_bytes()
+    result = run(chest_nifti, out)
+    assert result.exit_code == 0 and "resumed: 2 finished images verified" in result.output, result.output
+    assert backup.read_bytes() == before and os.stat(backup).st_nlink == 1
+    assert (out / "manifest.jsonl").read_bytes().startswith(before) and os.stat(out / "manifest.jsonl").st_nlink == 1
+    assert (out / "manifest.jsonl").read_bytes().count(b"\n") == before.count(b"\n") + 1
+
+
 def test_writes_under_a_confined_folder_never_follow_links(tmp_path: Path, victim: Path) -> None:
     """The data layer itself refuses links and '..' below a guarded root, whoever calls it."""
     root = tmp_path / "ds"

@@ -171,3 +171,15 @@ def test_unparsable_option_is_one_line(args: list[str], words: list[str], chest_
     line = _one_error_line(result, out)
     assert all(w in line for w in words) and "--help" in line, line
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_saved_form_is_canonical() -> None:
+    """Configs are saved one way (data.settings): the same settings typed as 1500 or 1500.0 save and fingerprint
+    identically, and what is saved reads back to an equal config."""
+    from ct_projection.geometry import ProjectionGeometry
+
+    as_int = GenerateConfig(geometry=ProjectionGeometry(size_px=64, sdd_mm=1500, jitter_rotation_deg=0))
+    as_float = GenerateConfig(geometry=ProjectionGeometry(size_px=64, sdd_mm=1500.0, jitter_rotation_deg=0.0))
+    assert as_int.to_dict() == as_float.to_dict() and as_int.fingerprint() == as_float.fingerprint()
+    back = load_settings(GenerateConfig, json.loads(json.dumps(as_int.to_dict())))
+    assert back == as_float and back.fingerprint() == as_int.fingerprint()

@@ -35,8 +35,8 @@ def config(count: tuple[int, int] = (1, 2), seed: int = 4) -> GenerateConfig:
 
 @pytest.fixture(scope="module")
 def context(chest_nifti: Path) -> SampleContext:
-    vol = load_input(str(chest_nifti))
-    return SampleContext.build(vol, config(), vol.checksum[:12], device="cpu")
+    vol, masks = load_input(str(chest_nifti))
+    return SampleContext.build(vol, config(), vol.checksum[:12], device="cpu", masks=masks)
 
 
 def with_count(context: SampleContext, count: tuple[int, int]) -> SampleContext:

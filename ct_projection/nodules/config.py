@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 NODULE_TYPES: tuple[str, ...] = ("solid", "part_solid", "ground_glass")
@@ -154,11 +154,9 @@ class NoduleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (ranges as 2-element lists)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
-        return out
+        from data.settings import settings_dict
+
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NoduleConfig:
