@@ -255,7 +255,8 @@ def note_outcome(
         return
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
         if "slice_interpolation" in outcome.source["info"]:
-            print(f"note: {path}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
+            # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
+            print(f"note: CT {outcome.source['ct']}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done
