@@ -306,7 +306,7 @@ def generate(
             err=True,
         )
     from data.atomic import DatasetWriteError
-    from pipeline.generate import RunSettingsError
+    from pipeline.run_folder import RunSettingsError
 
     kwargs = dict(device=str(dev), progress=progress, restart=restart)
     if config.enhance is not None:

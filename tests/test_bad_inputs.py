@@ -410,6 +410,7 @@ def test_corpus_is_large_enough() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_ingest_gives_one_clear_line(case: str, corpus: Path) -> None:
     path = case_path(case, corpus)
     with pytest.raises(CTInputError) as err:
@@ -421,6 +422,7 @@ def test_ingest_gives_one_clear_line(case: str, corpus: Path) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_cli_single_bad_ct_fails_cleanly(case: str, corpus: Path, tmp_path: Path) -> None:
     path = case_path(case, corpus)
     out = tmp_path / "out"
@@ -432,6 +434,7 @@ def test_cli_single_bad_ct_fails_cleanly(case: str, corpus: Path, tmp_path: Path
     assert_no_outputs(out)
 
 
+@pytest.mark.slow
 def test_cli_bad_cts_do_not_stop_the_good_one(corpus: Path, good_ct: Path, tmp_path: Path) -> None:
     """One run over every per-CT bad input plus the phantom: each bad one is one error line, the good one completes."""
     bad = available_cases(corpus, [c for c in sorted(CASES) if c not in ARGUMENT_ERRORS])
@@ -462,6 +465,7 @@ def test_cli_argument_error_does_not_stop_the_good_ct(case: str, corpus: Path, g
 # ------------------------------------------------------------------------ accepted, with resampling
 
 
+@pytest.mark.slow
 def test_gantry_tilt_is_resampled_not_refused(tmp_path: Path) -> None:
     """The real GE head CT (18.5° tilt, uneven spacing) loads onto an axis-aligned grid; it fails only for its lack of
     lungs."""
@@ -643,6 +647,7 @@ def _fail_for(checksum: str, exc: BaseException, real: Callable) -> Callable:
         ("placement", "NodulePlacementError: no room"),
     ],
 )
+@pytest.mark.slow
 def test_any_failure_of_one_ct_is_one_line_and_the_run_goes_on(
     exc: BaseException | str,
     shown: str,

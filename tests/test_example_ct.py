@@ -10,6 +10,8 @@ from ct_projection.render import DRRRenderer
 from ct_projection.volume import CTVolume
 from ct_projection.geometry import lung_isocentre
 
+pytestmark = pytest.mark.slow  # real-CT renders (the embedded chest CT, up to 512 px)
+
 GEOM = ProjectionGeometry(size_px=96, jitter_rotation_deg=0.0, jitter_translation_mm=0.0)
 HEART, LIVER, LUNGS = (51,), (5,), (10, 11, 12, 13, 14)
 

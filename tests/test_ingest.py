@@ -347,6 +347,7 @@ def _shared(*parts: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_real_study_with_two_series_picks_one() -> None:
     study = _shared("lung-pet-ct-dx", "Lung_Dx-A0001", "04-04-2007-NA-Chest-07990")
     vol = load_ct(study.parent.parent)  # the patient folder: series are found recursively
@@ -373,6 +374,7 @@ def test_real_series_with_spaces_in_folder_names() -> None:
     check_plausible_chest_ct(vol)
 
 
+@pytest.mark.slow
 def test_real_jpeg2000_dicom_with_empty_uids_has_no_lungs() -> None:
     folder = _shared("totalsegmentator-example", "example_ct_dicom")
     vol = load_ct(folder)
@@ -390,6 +392,7 @@ def test_real_abdomen_nifti_has_no_lungs() -> None:
     one_line(err, path, "no lungs found")
 
 
+@pytest.mark.slow
 def test_real_gantry_tilt_is_resampled_correctly() -> None:
     folder = _shared("dcm_qa_ct-ge-gantry-tilt", "In", "GE")
     vol = load_ct(folder)

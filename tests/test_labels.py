@@ -92,6 +92,7 @@ def example_ct(request, example_anatomy):  # noqa: ANN001
 
 
 @pytest.mark.parametrize("shape", ["sphere", "lobulated", "spiculated"])
+@pytest.mark.slow
 def test_rendered_box_agrees_with_projected_surface_at_512px(example_ct, shape: str) -> None:
     """Footprint box vs the projection of the 3D surface: body box ⊆ footprint box ⊆ surface box, each
     within one pixel plus the half voxel (in z: half a 2.5 mm slice) that partial volume can add; both backends."""

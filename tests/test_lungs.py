@@ -116,6 +116,7 @@ def example() -> CTVolume:
     return load_example_ct()
 
 
+@pytest.mark.slow
 def test_example_ct_geometry_and_air(example: CTVolume) -> None:
     assert sorted(example.shape) == [133, 512, 512]
     np.testing.assert_allclose(sorted(example.spacing), [0.703125, 0.703125, 2.5], atol=1e-4)
@@ -126,6 +127,7 @@ def test_example_ct_geometry_and_air(example: CTVolume) -> None:
     assert example.labels is not None and example.labels.shape == example.shape
 
 
+@pytest.mark.slow
 def test_example_lungs_from_labels(example: CTVolume) -> None:
     mask = lung_mask(example)
     litres = mask.sum() * np.prod(example.spacing) / 1e6
@@ -139,6 +141,7 @@ def test_example_lungs_from_labels(example: CTVolume) -> None:
     check_plausible_chest_ct(example)
 
 
+@pytest.mark.slow
 def test_example_threshold_segmentation_matches_totalsegmentator(example: CTVolume) -> None:
     reference = np.isin(example.labels, list(LOBE_NAMES))
     mask = lung_mask(example, label_ids=None)

@@ -45,6 +45,7 @@ def test_material_basis_splits_hu_into_water_and_bone() -> None:
     assert 1300 < basis.bone_hu < 1800
 
 
+@pytest.mark.slow
 def test_spectrum_weighted_water_slab_matches_analytic_value() -> None:
     """−ln of the binned detector signal equals the 1-keV spectrum sum for water slabs (beam hardening included)."""
     config = PhysicsConfig(scatter=NO_SCATTER, detector=IDEAL_DETECTOR)

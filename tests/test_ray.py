@@ -16,6 +16,8 @@ from ct_projection.geometry import ProjectionGeometry
 from pipeline.config import GenerateConfig
 from pipeline.generate import generate
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster
+
 ray = pytest.importorskip("ray")
 
 HANG_LIMIT_S = 420  # a pool waiting on actors that cannot be placed would block forever; fail instead

@@ -14,7 +14,10 @@ from conftest import SHARED_DATA
 STUDY = SHARED_DATA / "ct" / "lung-pet-ct-dx" / "Lung_Dx-A0001" / "04-04-2007-NA-Chest-07990"
 BOXES = SHARED_DATA / "ct" / "lung-pet-ct-dx" / "annotations" / "A0001"
 
-pytestmark = pytest.mark.skipif(not (STUDY.is_dir() and BOXES.is_dir()), reason="../shared/data is not present")
+pytestmark = [
+    pytest.mark.slow,  # real study, lung segmentation and placement at full resolution
+    pytest.mark.skipif(not (STUDY.is_dir() and BOXES.is_dir()), reason="../shared/data is not present"),
+]
 
 
 def tumour_boxes_ras(series_uid: str) -> list[np.ndarray]:

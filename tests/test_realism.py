@@ -69,6 +69,7 @@ def test_lung_histogram_distance_is_the_intensity_shift() -> None:
     assert d == pytest.approx(0.5, abs=1.0 / realism.HIST_BINS)
 
 
+@pytest.mark.slow
 def test_classifier_separates_noise_from_smooth_but_not_same_distribution() -> None:
     noise_vs_smooth = classifier_two_sample_test(_noisy(16, 32, 0), _smooth(16, 32, 1), cfg=SMALL, seed=0)
     same = classifier_two_sample_test(_smooth(16, 32, 2), _smooth(16, 32, 3), cfg=SMALL, seed=0)
@@ -90,6 +91,7 @@ def _write_set(folder: Path, stack: np.ndarray) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_cli_writes_report_figure_and_is_reproducible(tmp_path: Path) -> None:
     from pipeline.cli import app
 

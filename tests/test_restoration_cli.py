@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 
+pytestmark = pytest.mark.slow  # trains a DDPM-HQ model through the CLI
+
 TINY = [
     "--set", "lq_size=48", "--set", "block_out_channels=[8,16]", "--set", "norm_num_groups=4",
     "--set", "layers_per_block=1", "--set", "attention_levels=[false,false]", "--set", "batch_size=2",

@@ -242,6 +242,7 @@ def test_config_json_and_scheduler_errors(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_training_loss_goes_down():
     cfg = tiny_cfg(lq_size=8, block_out_channels=(16, 32))
     torch.manual_seed(0)

@@ -119,6 +119,7 @@ def test_munit_shapes_and_input_checks() -> None:
         MUNITConfig.from_dict({"dims": 8})
 
 
+@pytest.mark.slow
 def test_munit_losses_finite_and_decreasing() -> None:
     torch.manual_seed(0)
     m = MUNIT(tiny_munit_cfg(recon_x_cyc_w=1.0))
@@ -185,6 +186,7 @@ def _pairs_ok(out: Path, names: list[str], half: int) -> None:
         assert lq.dtype == np.uint16 and lq.shape == (half, half) and hq.shape == (2 * half, 2 * half)
 
 
+@pytest.mark.slow
 def test_munit_train_checkpoints_resume_and_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "munit_run"
     cfg = MUNITTrainConfig(
@@ -271,6 +273,7 @@ def test_ddpm_lq_config_errors() -> None:
     assert DDPMLQConfig.from_dict(tiny_ddpm_cfg().to_dict()) == tiny_ddpm_cfg()
 
 
+@pytest.mark.slow
 def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
     base = dict(
         lq_dir=str(folders["lq"]), model=tiny_ddpm_cfg(), preprocess=PreprocessConfig(size=SIZE), batch_size=2,

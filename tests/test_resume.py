@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 
+pytestmark = pytest.mark.slow  # SIGKILL/resume runs in subprocesses (12 images each)
+
 ARGS = ["--size", "96", "-n", "12", "--seed", "5", "--no-progress", "--device", "cpu"]
 ROOT = Path(__file__).resolve().parents[1]
 
