@@ -21,13 +21,7 @@ from data.atomic import DatasetWriteError, atomic_write_json
 from data.records import ImageRecord
 from pipeline.config import GenerateConfig
 from pipeline.enhancer import Enhancer
-from pipeline.run_folder import (  # noqa: F401 - RunMismatchError/RunSettingsError/MANIFEST: part of this API
-    MANIFEST,
-    RunMismatchError,
-    RunSettingsError,
-    make_output_folder,
-    open_run,
-)
+from pipeline.run_folder import make_output_folder, open_run
 
 if TYPE_CHECKING:
     from ct_projection.lungs import ChestMasks
@@ -262,7 +256,8 @@ def note_outcome(
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
         for key in ("slice_interpolation", "coverage"):  # what was done to / is missing from this CT, one line each
             if key in outcome.source["info"]:
-                print(f"note: {path}: {outcome.source['info'][key]}", file=sys.stderr)
+                # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
+                print(f"note: CT {outcome.source['ct']}: {outcome.source['info'][key]}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done

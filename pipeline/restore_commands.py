@@ -57,13 +57,16 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         """Train a restoration model from scratch (accelerate; checkpoint-N, resume, save_pretrained at the end)."""
         from data.settings import SettingsError, read_settings_file
         from pipeline.options import TrainOptions, check_options
+        from restoration.training_setup import saved_train_config
 
         try:
             check_options(TrainOptions, model=model, steps=steps, stage=stage)
         except SettingsError as err:
             fail(str(err))
         try:
-            base: dict[str, Any] = read_settings_file(config) if config else {}
+            base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
+            if ignored:
+                typer.echo(f"note: {config}: run record fields ignored (not settings): {', '.join(ignored)}", err=True)
             if hq_dir is not None:
                 base["hq_dir"] = str(hq_dir)
             if lq_dir is not None:
@@ -236,7 +239,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         from restoration.realism import evaluate_realism as run
         from restoration.two_sample import TwoSampleConfig
 
+        from pipeline.options import RealismOptions, check_options
+
         try:
+            check_options(RealismOptions, seed=seed)
             cfg = RealismConfig(size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs))
             report = run(candidates, real, cfg, figure=out / "realism.png")
         except ValueError as err:

@@ -61,6 +61,19 @@ def trainer_settings(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+RUN_RECORD_KEYS = ("global_step", "resumed_from", "stage", "init_from", "conditional")
+
+
+def saved_train_config(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The training fields of a config file, which may be a run's own record (``model/train_config.json`` of MUNIT,
+    ``ddpm_lq_config.json``'s ``train_config``), and the record keys left out (what the run did, not settings)."""
+    fields = dict(data["train_config"]) if isinstance(data.get("train_config"), Mapping) else dict(data)
+    ignored = sorted(k for k in (data if "train_config" in data else fields) if k in RUN_RECORD_KEYS)
+    for key in ignored:
+        fields.pop(key, None)
+    return fields, ignored
+
+
 def resume_checkpoint(resume: bool | str, output_dir: str | Path) -> Path | None:
     """The checkpoint a run continues from: the latest in ``output_dir`` (True or "latest"), none (False), or the
     ``checkpoint-N`` folder named; a missing folder is a one-line ValueError."""

@@ -314,6 +314,21 @@ def test_cli_refuses_degenerate_geometry_cleanly(case: str, corpus: Callable[[st
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))  # nothing written
 
 
+def test_degenerate_cts_do_not_stop_the_good_one(corpus: Callable[[str], Path], tmp_path: Path) -> None:
+    """One run over every degenerate input plus a good phantom: one error line each, the good CT completes."""
+    bad = {case: corpus(case) for case in sorted(CASES)}
+    good = write_chest_phantom(tmp_path / "good.nii.gz")
+    out = tmp_path / "out"
+    result = run_cli([*bad.values(), good], out)
+    assert result.exit_code == 0 and result.exception is None and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(bad), result.output
+    for case, path in bad.items():
+        (line,) = [e for e in errors if e.startswith(f"error: {path}: ")]
+        assert_one_clear_line(line.removeprefix("error: "), path, case)
+    assert len(json.loads((out / "dataset.json").read_text())["sources"]) == 1
+
+
 # ------------------------------------------------------------------------------- sheared grids
 
 

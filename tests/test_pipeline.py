@@ -296,7 +296,7 @@ def test_other_cts_of_an_earlier_run_are_reported_not_mixed(
 
 def test_dicom_series_and_alias_are_run_settings(chest_nifti: Path, tmp_path: Path) -> None:
     """Resuming with --dicom (or another series/alias) after a run without it is refused, not silently mixed."""
-    from pipeline.generate import RunMismatchError
+    from pipeline.run_folder import RunMismatchError
 
     out = tmp_path / "out"
     generate([str(chest_nifti)], out, small_config(n=1), device="cpu", progress=False)

@@ -87,6 +87,7 @@ BAD_RESTORATION_OPTIONS = {
     "enhance-steps": (["enhance", "IMAGES", "--steps", "0"], "--steps = 0: must be >= 1"),
     "enhance-scheduler": (["enhance", "IMAGES", "--scheduler", "euler"], "--scheduler = \"euler\": must be 'ddpm', 'ddim'"),
     "evaluate-strength": (["evaluate", "--strength", "0"], "--strength = 0.0: must be > 0"),
+    "realism-seed": (["evaluate-realism", "IMAGES", "IMAGES", "--seed", "-1"], "--seed = -1: must be >= 0"),
 }
 
 
@@ -99,10 +100,26 @@ def test_bad_restoration_option_is_one_line(case: str, tmp_path: Path) -> None:
     places = {"train": ["--hq-dir", str(images), "--lq-dir", str(images), "-o", str(out)],
               "make-pairs": ["--model", str(tmp_path / "m"), "--hq-dir", str(images), "--out", str(out)],
               "enhance": ["--model", str(tmp_path / "m"), "--out", str(out)],
-              "evaluate": ["--model", str(tmp_path / "m"), "--hq-dir", str(images), "--json", str(out / "m.json")]}  # fmt: skip
+              "evaluate": ["--model", str(tmp_path / "m"), "--hq-dir", str(images), "--json", str(out / "m.json")],
+              "evaluate-realism": ["--out", str(out)]}  # fmt: skip
     argv = [str(images) if a == "IMAGES" else a for a in args] + places[args[0]]
     result = CliRunner().invoke(app, argv)
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code != 0 and len(errors) == 1 and "Traceback" not in result.output, result.output
     assert message in errors[0], errors[0]
     assert not out.exists()
+
+
+def test_a_runs_saved_record_is_accepted_as_config() -> None:
+    """`train --config` takes what a run saved beside its model: the settings, without the run's bookkeeping."""
+    from restoration.training_setup import saved_train_config
+
+    munit = MUNITTrainConfig.from_dict({**REQUIRED[MUNITTrainConfig], "batch_size": 2})
+    fields, ignored = saved_train_config(munit.to_dict() | {"global_step": 7, "resumed_from": None})
+    assert MUNITTrainConfig.from_dict(fields) == munit and ignored == ["global_step", "resumed_from"]
+    lq = DDPMLQTrainConfig.from_dict({**REQUIRED[DDPMLQTrainConfig], "seed": 3})
+    record = {"model": lq.model.to_dict(), "stage": 1, "global_step": 5, "train_config": lq.to_dict()}
+    fields, ignored = saved_train_config(record)
+    assert DDPMLQTrainConfig.from_dict(fields) == lq and ignored == ["global_step", "stage"]
+    with pytest.raises(SettingsError, match="unknown MUNITTrainConfig field 'globl_step'"):
+        MUNITTrainConfig.from_dict(saved_train_config(munit.to_dict() | {"globl_step": 7})[0])
