@@ -92,7 +92,7 @@ class SampleContext:
     config: GenerateConfig
     ct_id: str
     renderer: Renderer
-    sampler: NoduleSampler
+    sampler: Any  # NoduleSampler, or a LibrarySampler wrapping one (generate --nodule-library)
     lungs: np.ndarray
     lobes: np.ndarray | None
     lung_field: LungField
@@ -132,8 +132,13 @@ class SampleContext:
             config.renderer, vol, config.geometry, attenuation=config.attenuation,
             isocentre_world=lung_isocentre(vol, lungs), device=device, body=body, densities=densities,
         )  # fmt: skip
-        sampler = NoduleSampler(config.nodules)
+        sampler: Any = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
+        if config.nodule_library is not None:
+            from ct_projection.nodule_library import LibraryConfig, LibrarySampler, NoduleLibrary
+
+            library = NoduleLibrary(config.nodule_library, LibraryConfig(fraction=config.library_fraction))
+            sampler = LibrarySampler(sampler, library)
         steps = (presentation_step(config), *steps)  # the clinical display comes before any restoration
         return cls(
             vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps), acquisition
@@ -157,21 +162,26 @@ def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules.insertion import nodule_deltas
+    from ct_projection.nodule_library import LibraryInsertion, insert_mixed
     from ct_projection.nodules.shape import nodule_surface_points
 
     vol, config, renderer = context.vol, context.config, context.renderer
     seeds = sample_seeds(config.seed, vol.checksum, index)
     pose = get_pose_params(np.random.default_rng(seeds["pose"]), config.geometry)
     params = context.sampler.get_params(np.random.default_rng(seeds["nodules"]), vol, context.lungs, context.lobes)
-    inserted = nodule_deltas(vol, params, supersample=config.nodules.supersample)
+    library = getattr(context.sampler, "library", None)
+    inserted = insert_mixed(vol, params, library, supersample=config.nodules.supersample)
     physical = _PhysicalImage(context, pose, seeds["noise"]) if context.acquisition is not None else None
     background = renderer.render(pose) if physical is None else physical.nodule_free()
     image = background.copy()
     labels: list[NoduleLabel] = []
     unlabelled: list[dict[str, Any]] = []  # inserted nodules with no box on this image, and why
     for nodule_id, nodule in enumerate(inserted):
-        facts = _nodule_facts(nodule)
+        if isinstance(nodule, LibraryInsertion):  # a real nodule: its mask's surface, its contrast over its lung
+            facts, surface, contrast = nodule.facts(), nodule.surface_world_mm, abs(nodule.contrast_hu)
+        else:
+            facts, surface = _nodule_facts(nodule), nodule_surface_points(nodule.params)
+            contrast = abs(nodule.params.hu_target - nodule.local_lung_mean_hu)
         # Full physics: the nodule's material paths join the image's; its label is cut from their 60 keV line
         # integral, the same geometric quantity as in simple mode (so labels do not depend on the physics).
         rendered = None if physical is None else physical.add_nodule(nodule)
@@ -184,10 +194,10 @@ def make_sample(context: SampleContext, index: int) -> Sample:
                 nodule.offset,
                 nodule.box_world_mm,
                 np.asarray(nodule.params.centre_world_mm),
-                nodule_surface_points(nodule.params),
+                surface,
                 background,
                 config.labels,
-                contrast_hu=abs(nodule.params.hu_target - nodule.local_lung_mean_hu),
+                contrast_hu=contrast,
                 rendered=rendered,
             )
         if proj is None:

