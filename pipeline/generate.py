@@ -59,7 +59,9 @@ def load_input(path: str, series_uid: str | None = None) -> tuple[CTVolume, Ches
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape the output (provenance)."""
     out = {"python": platform.python_version()}
-    for name in ("diffusionxray", "diffdrr", "nanodrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom"):
+    names = ("diffusionxray", "diffdrr", "nanodrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom",
+             "spekpy", "xraydb")  # spekpy/xraydb: the spectrum and attenuation data of --physics full
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
