@@ -256,9 +256,10 @@ def note_outcome(
         result.failed.append(outcome.error)
         return
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
-        if "slice_interpolation" in outcome.source["info"]:
-            # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
-            print(f"note: CT {outcome.source['ct']}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
+        for key in ("slice_interpolation", "coverage"):  # what was done to / is missing from this CT, one line each
+            if key in outcome.source["info"]:
+                # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
+                print(f"note: CT {outcome.source['ct']}: {outcome.source['info'][key]}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done
