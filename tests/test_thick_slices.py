@@ -77,6 +77,7 @@ def _box_ratios(vol: CTVolume, out: Path) -> list[float]:
     return [n.bbox_xywh[3] / n.bbox_xywh[2] for r in records for n in r.nodules]
 
 
+@pytest.mark.slow
 def test_thick_slice_sphere_projects_square(tmp_path: Path) -> None:
     vol = thick_chest()
     fine, _ = refine_thick_slices(vol)
