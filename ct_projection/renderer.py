@@ -147,6 +147,7 @@ class Renderer(ABC):
             _REORIENT[geometry.diffdrr_orientation],
             reverse_x_axis=True,  # radiological display: the patient's right on the image's left
         ).to(self.device)
+        self._last_projection: tuple[Pose, np.ndarray] | None = None
 
     # -- geometry --------------------------------------------------------------------------------------------------
 
@@ -159,22 +160,39 @@ class Renderer(ABC):
         return convert(rot, trans, parameterization="euler_angles", convention=pose.convention)
 
     @torch.no_grad()
-    def rays(self, pose: Pose) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source (1, 1, 3) and detector pixel centres (1, H·W, 3, row-major) in the renderer's world frame (mm)."""
-        return self.detector(self.pose_transform(pose), None)
+    def rays(self, pose: Pose, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source (1, 1, 3) and detector pixel centres (1, N, 3) in the renderer's world frame (mm).
 
-    @torch.no_grad()
+        Args:
+            pose: the pose.
+            pixels: flat row-major pixel indices (``row * size + col``) to return; default all, N = H·W.
+        """
+        if pixels is None:
+            return self.detector(self.pose_transform(pose), None)
+        # DiffDRR's ``Detector.forward`` on a subset of its pixels (labels trace a few hundred, not H·W).
+        det = self.detector
+        placed = det.reorient.compose(self.pose_transform(pose))
+        return placed(det.source), placed(det.calibration(det.target[:, pixels]))
+
     def project(self, pose: Pose, points_world: np.ndarray) -> np.ndarray:
         """Project (N, 3) CT-world RAS mm points to (N, 2) detector (x=col, y=row), pixel-edge convention."""
         pts = np.atleast_2d(np.asarray(points_world, dtype=np.float64)) - self.isocentre_world
-        t = torch.tensor(pts[None], dtype=torch.float32, device=self.device)
-        # DiffDRR 0.6.1's ``DRR.perspective_projection`` on our detector.
-        extrinsic = self.detector.reorient.compose(self.pose_transform(pose)).inverse()
-        x = torch.einsum("ij, bnj -> bni", self.detector.intrinsic, extrinsic(t))
-        x = x / x[..., -1:].clone()
+        x = pts @ self._projection(pose)[:, :3].T + self._projection(pose)[:, 3]
         size = self.geometry.size_px
-        uv = torch.stack([size - x[..., 0], size - x[..., 1]], dim=-1)
-        return uv[0].cpu().numpy().astype(np.float64)
+        # Origin at the upper-left corner, x reversed (radiological display), as DiffDRR's perspective_projection.
+        return np.stack([size - x[:, 0] / x[:, 2], size - x[:, 1] / x[:, 2]], axis=1)
+
+    @torch.no_grad()
+    def _projection(self, pose: Pose) -> np.ndarray:
+        """3x4 matrix of DiffDRR 0.6.1's ``DRR.perspective_projection`` (intrinsic @ world→camera) for ``pose``.
+
+        Kept for the last pose asked (labels project several point sets per pose): a value-keyed cache.
+        """
+        if self._last_projection is None or self._last_projection[0] != pose:
+            extrinsic = self.detector.reorient.compose(self.pose_transform(pose)).inverse().matrix[0, :3]
+            matrix = self.detector.intrinsic.double() @ extrinsic.double()
+            self._last_projection = (pose, matrix.cpu().numpy())
+        return self._last_projection[1]
 
     def window_for(self, pose: Pose, box_world: np.ndarray, pad_px: int = 2) -> Window | None:
         """Detector window that a world box (2, 3: min/max corners) can reach; None if off the detector."""
@@ -219,13 +237,12 @@ class Renderer(ABC):
         stack = np.asarray(densities, dtype=np.float32)
         if stack.ndim != 4:
             raise ValueError(f"render_window needs (C, a, b, c) densities, got shape {stack.shape}")
-        source, target = self.rays(pose)
         size = self.geometry.size_px
         rows = torch.arange(window.r0, window.r1, device=self.device)
         cols = torch.arange(window.c0, window.c1, device=self.device)
-        idx = (rows[:, None] * size + cols[None, :]).reshape(-1)
+        source, target = self.rays(pose, (rows[:, None] * size + cols[None, :]).reshape(-1))
         affine = _shifted(self.affine, offset_ijk)
-        out = self._integrate(_to_layout(stack, self.device), affine, source, target[0, idx], fine=True)
+        out = self._integrate(_to_layout(stack, self.device), affine, source, target[0], fine=True)
         return out.reshape(stack.shape[0], *window.shape).cpu().numpy()
 
     def render_delta(self, pose: Pose, delta_hu: np.ndarray, offset_ijk: np.ndarray, window: Window) -> np.ndarray:

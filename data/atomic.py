@@ -47,7 +47,7 @@ def _describe(exc: BaseException) -> str:
 
 def _create_temp(dir_fd: int, name: str) -> tuple[int, str]:
     """Create a new empty temp file next to ``name`` (never through a link); returns (fd, temp name)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     while True:
         tmp = f".{name}.{''.join(secrets.choice(_TEMP_CHARS) for _ in range(8))}.tmp"
         try:

@@ -24,7 +24,9 @@ from data.errors import UnsafePathError
 _ROOTS: dict[tuple[str, ...], int] = {}
 # Per registered root form: the root-relative names written by atomic writes while it is registered.
 _WRITTEN: dict[tuple[str, ...], set[str]] = {}
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+# POSIX flags (the dir_fd walk needs a POSIX system; getattr keeps the module importable elsewhere).
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _parts(path: str | PurePath) -> tuple[str, ...]:
@@ -104,7 +106,7 @@ def _open_child_dir(fd: int, name: str, root: Path, below: tuple[str, ...], crea
     """Open the real folder ``name`` inside ``fd`` (created if missing and ``create``), refusing a link."""
     for _ in range(2):  # a folder created concurrently (another actor) between open and mkdir: open again
         try:
-            return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            return os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
         except FileNotFoundError:
             if not create:
                 raise
@@ -116,7 +118,7 @@ def _open_child_dir(fd: int, name: str, root: Path, below: tuple[str, ...], crea
             if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(name, fd):
                 raise _link_error(root, below) from None
             raise
-    return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+    return os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
 
 
 @contextmanager
@@ -164,7 +166,7 @@ def open_file(path: str | Path, flags: int, mode: int = 0o644, create_dirs: bool
     """``os.open`` that refuses links below a confined root (the file itself included); returns the fd."""
     with parent_dir(path, create=create_dirs) as (dir_fd, name, confined):
         try:
-            return os.open(name, flags | getattr(os, "O_CLOEXEC", 0) | (os.O_NOFOLLOW if confined else 0), mode,
+            return os.open(name, flags | getattr(os, "O_CLOEXEC", 0) | (_NOFOLLOW if confined else 0), mode,
                            dir_fd=dir_fd)  # fmt: skip
         except OSError as exc:
             if confined and exc.errno == errno.ELOOP:

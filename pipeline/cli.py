@@ -73,6 +73,8 @@ _OPTION_FIELDS = {
     "faint_labels": "--faint-labels",
     "negatives": "--negatives",
     "val_fraction": "--val-fraction",
+    "nodule_library": "--nodule-library",
+    "library_fraction": "--library-fraction",
     "physics.mode": "--physics",
     "physics.spectrum.kvp": "--kvp",
     "physics.spectrum.mas": "--mas",
@@ -135,8 +137,12 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Non-negative integer (default 0)."),
     nodules_min: Optional[int] = typer.Option(None, "--nodules-min", help="Nodules per image, at least (default 1)."),
     nodules_max: Optional[int] = typer.Option(None, "--nodules-max", help="Nodules per image, at most (default 3)."),
-    diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 3)."),
+    diameter_min: Optional[float] = typer.Option(None, "--diameter-min", help="mm (default 6)."),
     diameter_max: Optional[float] = typer.Option(None, "--diameter-max", help="mm (default 30)."),
+    size_preset: Optional[str] = typer.Option(
+        None, "--size-preset", help="Diameter distribution: node21 (default; 6-30 mm, median 17), lidc (LUNA16 "
+        "nodules: 5-46 mm, median 14.7) or small (3-30 mm, median 9.5). --diameter-min/max override its range.",
+    ),
     types: Optional[str] = typer.Option(
         None, "--types", help="Nodule type mix, e.g. solid=0.6,part_solid=0.2,ground_glass=0.2 (or just solid)."
     ),
@@ -152,6 +158,13 @@ def generate(
         "nodules, geometry, labels, attenuation, ...); the options above override it.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    nodule_library: Optional[Path] = typer.Option(
+        None, "--nodule-library", help="Folder of real CT nodule patches (<uid>_dcm_<k>.mha + <uid>_seg_<k>.mha, the "
+        "NODE21 generation-baseline format) inserted instead of parametric nodules.",
+    ),
+    library_fraction: Optional[float] = typer.Option(
+        None, "--library-fraction", help="Share of nodules from --nodule-library (default 1; the rest parametric)."
+    ),
     renderer: Optional[str] = typer.Option(
         None, "--renderer", help="diffdrr (exact Siddon, default) or nanodrr (trilinear ray marching, faster)."
     ),
@@ -240,6 +253,13 @@ def generate(
         put("geometry.jitter_translation_mm", jitter_mm)
         put("geometry.sdd_mm", sdd_mm)
         put("geometry.detector_mm", detector_mm)
+        if size_preset is not None:
+            from ct_projection.size_presets import size_preset as preset_fields
+
+            preset = preset_fields(size_preset)
+            for key, value in preset.items():
+                put(f"nodules.{key}", list(value) if isinstance(value, tuple) else value)
+            base_nod = NoduleConfig.from_dict({**base_nod.to_dict(), **preset})  # --diameter-min/max refine it
         if nodules_min is not None or nodules_max is not None:
             put("nodules.count_range", [_pick(nodules_min, base_nod.count_range[0]),
                                         _pick(nodules_max, base_nod.count_range[1])])  # fmt: skip
@@ -262,6 +282,8 @@ def generate(
         put("faint_labels", faint_labels)
         put("negatives", negatives)
         put("val_fraction", val_fraction)
+        put("nodule_library", None if nodule_library is None else str(nodule_library))
+        put("library_fraction", library_fraction)
         if enhance is not None:
             options["enhance"] = {"model_dir": str(enhance)}  # a new model: the file's checksum/size do not apply
         elif isinstance(file_data.get("enhance"), dict):

@@ -108,6 +108,11 @@ class GenerateConfig:
         negatives: list each sample's nodule-free twin as a negative image (no boxes) in the detector files.
         val_fraction: share of CTs (or of images, for a one-CT run) held out as the validation split.
         renderer: DRR backend, ``diffdrr`` (exact Siddon, the reference) or ``nanodrr`` (trilinear ray marching).
+        nodule_library: folder of real CT nodule patches (``<uid>_dcm_<k>.mha`` + ``<uid>_seg_<k>.mha``); like the
+            input CTs its path is not part of the saved settings, its content is (``nodule_library_sha256``).
+        nodule_library_sha256: content digest of the library (set from ``nodule_library``; a config that names one
+            needs the same library given again).
+        library_fraction: share of nodules taken from the library (the rest are parametric).
     """
 
     images_per_ct: Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_CT)] = DEFAULT_IMAGES_PER_CT
@@ -129,8 +134,27 @@ class GenerateConfig:
     negatives: bool = False
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
     renderer: str = DEFAULT_RENDERER
+    nodule_library: str | None = None
+    nodule_library_sha256: str | None = None
+    library_fraction: Annotated[float, Field(ge=0, le=1)] = 1.0
 
     def __post_init__(self) -> None:
+        if self.nodule_library is not None:
+            from ct_projection.nodule_library import library_digest
+
+            digest = library_digest(self.nodule_library)  # NoduleLibraryError (a ValueError) names the folder
+            if self.nodule_library_sha256 not in (None, digest):
+                raise ValueError(
+                    f"--nodule-library: {self.nodule_library} is not the library these settings were made with "
+                    f"(sha256 {self.nodule_library_sha256[:12]}…, this one {digest[:12]}…)"
+                )
+            self.nodule_library_sha256 = digest
+        elif self.nodule_library_sha256 is not None:
+            raise ValueError(
+                "the settings name a nodule library (nodule_library_sha256): give its folder with --nodule-library"
+            )
+        if not 0.0 <= float(self.library_fraction) <= 1.0:
+            raise ValueError(f"--library-fraction: must be in [0, 1], got {self.library_fraction}")
         if self.images_per_ct < 1:
             raise ValueError(f"images_per_ct must be >= 1, got {self.images_per_ct}")
         if self.renderer not in RENDERERS:
@@ -165,6 +189,10 @@ class GenerateConfig:
         """JSON-able form (a series UID appears only as a hash)."""
         out = settings_dict(self)
         out["series_uid"] = None if self.series_uid is None else series_selector_digest(self.series_uid)
+        out.pop("nodule_library")  # a local path, like the input CTs' (its content is nodule_library_sha256)
+        if self.nodule_library_sha256 is None:
+            out.pop("nodule_library_sha256")  # runs without a library keep their earlier fingerprints
+            out.pop("library_fraction")
         return out
 
     def fingerprint(self) -> str:

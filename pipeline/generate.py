@@ -59,7 +59,9 @@ def load_input(path: str, series_uid: str | None = None) -> tuple[CTVolume, Ches
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape the output (provenance)."""
     out = {"python": platform.python_version()}
-    for name in ("diffusionxray", "diffdrr", "nanodrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom"):
+    names = ("diffusionxray", "diffdrr", "nanodrr", "torch", "numpy", "scipy", "SimpleITK", "nibabel", "pydicom",
+             "spekpy", "xraydb")  # spekpy/xraydb: the spectrum and attenuation data of --physics full
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -254,9 +256,10 @@ def note_outcome(
         result.failed.append(outcome.error)
         return
     if outcome.duplicate_of is None and outcome.source["sha256"] not in firsts:
-        if "slice_interpolation" in outcome.source["info"]:
-            # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
-            print(f"note: CT {outcome.source['ct']}: {outcome.source['info']['slice_interpolation']}", file=sys.stderr)
+        for key in ("slice_interpolation", "coverage"):  # what was done to / is missing from this CT, one line each
+            if key in outcome.source["info"]:
+                # Named by CT id, not path: a successful run never echoes the input path (it may name the patient).
+                print(f"note: CT {outcome.source['ct']}: {outcome.source['info'][key]}", file=sys.stderr)
         firsts[outcome.source["sha256"]] = path
         sources.append(outcome.source)
         result.skipped_done += outcome.skipped_done

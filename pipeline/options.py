@@ -59,6 +59,13 @@ class EvaluateOptions:
 
 
 @dataclass(frozen=True)
+class RealismOptions:
+    """``evaluate-realism`` options (sizes and counts are checked by RealismConfig)."""
+
+    seed: Seed = 0
+
+
+@dataclass(frozen=True)
 class TrainOptions:
     """``train`` options (the training settings themselves are checked as the model's TrainConfig)."""
 

@@ -239,7 +239,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         from restoration.realism import evaluate_realism as run
         from restoration.two_sample import TwoSampleConfig
 
+        from pipeline.options import RealismOptions, check_options
+
         try:
+            check_options(RealismOptions, seed=seed)
             cfg = RealismConfig(size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs))
             report = run(candidates, real, cfg, figure=out / "realism.png")
         except ValueError as err:

@@ -57,7 +57,8 @@ class Sample:
         nodules: the inserted nodules (parameters and ΔHU volumes), labelled or not.
         images: named uint16 images: ``image`` (with nodules), ``nodule_free`` (same pose, no nodules) when asked;
             steps may add others (enhancement keeps the raw DRRs as ``drr`` and ``drr_nodule_free``).
-        masks: named bool maps on the rendered detector grid: ``lung_field`` (where the lungs project).
+        masks: named bool maps on the rendered detector grid: ``lung_field`` (where the lungs project) and
+            ``exposed`` (the collimated field, see ``ct_projection.framing``).
         labels: one label per nodule with a box on ``image``.
         attributes: the image record's attributes (pose, geometry, unlabelled nodules and why, ...).
         seeds: the sample's child seeds by stream name (see ``SEED_STREAMS``).
@@ -92,12 +93,14 @@ class SampleContext:
     config: GenerateConfig
     ct_id: str
     renderer: Renderer
-    sampler: NoduleSampler
+    sampler: Any  # NoduleSampler, or a LibrarySampler wrapping one (generate --nodule-library)
     lungs: np.ndarray
     lobes: np.ndarray | None
     lung_field: LungField
     steps: Sequence[SampleStep] = ()
     acquisition: Any = None  # ct_projection.physics.acquisition.Acquisition for --physics full, else None
+    covered_box: np.ndarray | None = None  # framing.covered_box_world: grid and body boxes (collimated field)
+    coverage: tuple[str, ...] = ()  # what of the lungs the CT does not cover (reported, recorded per image)
 
     @classmethod
     def build(
@@ -109,9 +112,13 @@ class SampleContext:
         steps: Sequence[SampleStep] = (),
         masks: ChestMasks | None = None,
     ) -> SampleContext:
-        """Per-CT set-up: body and lung masks (``masks`` when already computed), lobe map, the renderer centred on
-        the lungs and cropped to the body, the prepared nodule sampler."""
-        from ct_projection.geometry import lung_isocentre
+        """Per-CT set-up: body and lung masks (``masks`` when already computed), lobe map, the renderer framed on
+        the lungs and cropped to the body, the prepared nodule sampler.
+
+        Raises:
+            CTInputError: the CT does not hold both lungs.
+        """
+        from ct_projection.framing import check_both_lungs, coverage_notes, covered_box_world, framed_isocentre
         from ct_projection.lung_field import LungField
         from ct_projection.lungs import chest_masks, lobe_map
         from ct_projection.nodules.placement import NoduleSampler
@@ -120,6 +127,10 @@ class SampleContext:
         masks = masks or chest_masks(vol)  # one body mask per CT: lung segmentation and renderer crop share it
         body, lungs = masks.body, masks.lungs
         lobes = lobe_map(vol)
+        check_both_lungs(vol, lungs)
+        coverage = tuple(coverage_notes(vol, lungs))
+        if coverage:
+            vol.info["coverage"] = "; ".join(coverage)  # reported once per CT by the run (pipeline.generate)
         acquisition = densities = None
         if config.physics.mode == "full":
             from ct_projection.physics.acquisition import Acquisition
@@ -130,14 +141,21 @@ class SampleContext:
             acquisition = Acquisition(config.physics, config.geometry.pixel_mm, config.geometry.sdd_mm)
         renderer = make_renderer(
             config.renderer, vol, config.geometry, attenuation=config.attenuation,
-            isocentre_world=lung_isocentre(vol, lungs), device=device, body=body, densities=densities,
+            isocentre_world=framed_isocentre(vol, lungs, config.geometry), device=device, body=body,
+            densities=densities,
         )  # fmt: skip
-        sampler = NoduleSampler(config.nodules)
+        sampler: Any = NoduleSampler(config.nodules)
         sampler.prepare(vol, lungs)
+        if config.nodule_library is not None:
+            from ct_projection.nodule_library import LibraryConfig, LibrarySampler, NoduleLibrary
+
+            library = NoduleLibrary(config.nodule_library, LibraryConfig(fraction=config.library_fraction))
+            sampler = LibrarySampler(sampler, library)
         steps = (presentation_step(config), *steps)  # the clinical display comes before any restoration
         return cls(
-            vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps), acquisition
-        )
+            vol, config, ct_id, renderer, sampler, lungs, lobes, LungField(vol, lungs), tuple(steps), acquisition,
+            covered_box_world(vol, body), coverage,
+        )  # fmt: skip
 
 
 def _nodule_facts(nodule: InsertedNodule) -> dict[str, Any]:
@@ -153,25 +171,48 @@ def _nodule_facts(nodule: InsertedNodule) -> dict[str, Any]:
     }
 
 
+def _inside_field(labels: list[NoduleLabel], exposed: np.ndarray, unlabelled: list[dict[str, Any]]) -> list[NoduleLabel]:
+    """Labels with footprints clipped to the exposed field (boxes recomputed); wholly collimated ones move to
+    ``unlabelled`` with the reason."""
+    from data.records import bbox_from_mask
+
+    kept = []
+    for label in labels:
+        footprint = label.footprint & exposed
+        if np.array_equal(footprint, label.footprint):
+            kept.append(label)
+        elif footprint.any():
+            kept.append(replace(label, bbox_xywh=bbox_from_mask(footprint), footprint=footprint))
+        else:
+            unlabelled.append({"nodule_id": label.nodule_id, "reason": "outside the collimated field", **label.attributes})
+    return kept
+
+
 def make_sample(context: SampleContext, index: int) -> Sample:
     """Render and label sample ``index`` of the context's CT, then apply the context's steps; writes nothing."""
+    from ct_projection.framing import collimate, collimation_field
     from ct_projection.geometry import get_pose_params
     from ct_projection.labels import project_nodule
-    from ct_projection.nodules.insertion import nodule_deltas
+    from ct_projection.nodule_library import LibraryInsertion, insert_mixed
     from ct_projection.nodules.shape import nodule_surface_points
 
     vol, config, renderer = context.vol, context.config, context.renderer
     seeds = sample_seeds(config.seed, vol.checksum, index)
     pose = get_pose_params(np.random.default_rng(seeds["pose"]), config.geometry)
     params = context.sampler.get_params(np.random.default_rng(seeds["nodules"]), vol, context.lungs, context.lobes)
-    inserted = nodule_deltas(vol, params, supersample=config.nodules.supersample)
+    library = getattr(context.sampler, "library", None)
+    inserted = insert_mixed(vol, params, library, supersample=config.nodules.supersample)
     physical = _PhysicalImage(context, pose, seeds["noise"]) if context.acquisition is not None else None
     background = renderer.render(pose) if physical is None else physical.nodule_free()
     image = background.copy()
     labels: list[NoduleLabel] = []
     unlabelled: list[dict[str, Any]] = []  # inserted nodules with no box on this image, and why
     for nodule_id, nodule in enumerate(inserted):
-        facts = _nodule_facts(nodule)
+        if isinstance(nodule, LibraryInsertion):  # a real nodule: its mask's surface, its contrast over its lung
+            facts, surface, contrast = nodule.facts(), nodule.surface_world_mm, abs(nodule.contrast_hu)
+        else:
+            facts, surface = _nodule_facts(nodule), nodule_surface_points(nodule.params)
+            contrast = abs(nodule.params.hu_target - nodule.local_lung_mean_hu)
         # Full physics: the nodule's material paths join the image's; its label is cut from their 60 keV line
         # integral, the same geometric quantity as in simple mode (so labels do not depend on the physics).
         rendered = None if physical is None else physical.add_nodule(nodule)
@@ -184,10 +225,10 @@ def make_sample(context: SampleContext, index: int) -> Sample:
                 nodule.offset,
                 nodule.box_world_mm,
                 np.asarray(nodule.params.centre_world_mm),
-                nodule_surface_points(nodule.params),
+                surface,
                 background,
                 config.labels,
-                contrast_hu=abs(nodule.params.hu_target - nodule.local_lung_mean_hu),
+                contrast_hu=contrast,
                 rendered=rendered,
             )
         if proj is None:
@@ -204,6 +245,13 @@ def make_sample(context: SampleContext, index: int) -> Sample:
         labels.append(NoduleLabel(nodule_id, proj.bbox_xywh, proj.footprint, attributes={**facts, **proj.attributes()}))
     if physical is not None:
         image = physical.with_nodules()
+    exposure = None
+    if context.covered_box is not None:  # collimate to what the CT covers: no CT box edges in the image
+        exposure = collimation_field(renderer, pose, context.covered_box)
+        weight = exposure.weight(config.geometry.size_px)
+        image = collimate(image, weight, config.attenuation.l_max)
+        background = collimate(background, weight, config.attenuation.l_max)
+        labels = _inside_field(labels, weight >= 0.5, unlabelled)
     images = {"image": config.attenuation.to_uint16(image)}
     if config.write_nodule_free:
         images["nodule_free"] = config.attenuation.to_uint16(background)
@@ -221,11 +269,18 @@ def make_sample(context: SampleContext, index: int) -> Sample:
         "unlabelled_nodules": unlabelled,
         "physics": config.physics.mode,
     }
+    if exposure is not None:
+        attributes["collimation"] = exposure.to_dict()
+    if context.coverage:
+        attributes["ct_coverage"] = list(context.coverage)
     alias = config.alias_for(vol.checksum)
     if alias is not None:
         attributes["alias"] = alias
     stem = f"{config.tag()}_{context.ct_id}_{index:04d}"
     masks = {"lung_field": context.lung_field.mask(renderer, pose)}
+    if exposure is not None:
+        masks["exposed"] = weight >= 0.5  # the collimated field (display windows are fitted inside it)
+        masks["lung_field"] &= masks["exposed"]
     sample = Sample(context.ct_id, vol.checksum, index, stem, pose, inserted, images, masks, labels, attributes, seeds)
     for step in context.steps:
         sample = step(sample)
@@ -293,7 +348,7 @@ def presented(sample: Sample, config: GenerateConfig) -> Sample:
         return sample
     pixel_mm = config.geometry.pixel_mm
     physical = {name: config.attenuation.from_uint16(sample.images[name]) for name in ("image", "nodule_free") if name in sample.images}
-    window = fit_window(physical.get("nodule_free", physical["image"]), display)
+    window = fit_window(physical.get("nodule_free", physical["image"]), display, sample.masks.get("exposed"))
     images = dict(sample.images)
     for name, line_integral in physical.items():
         images["physical" if name == "image" else "physical_nodule_free"] = sample.images[name]

@@ -282,7 +282,7 @@ def test_other_settings_refused_without_config_json(
 # ------------------------------------------------------------------------------- one writer at a time
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a CLI run in a subprocess
 def test_second_run_is_refused_while_the_first_completes_byte_identical(
     chest_nifti: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -303,7 +303,7 @@ def test_second_run_is_refused_while_the_first_completes_byte_identical(
     assert not (out / LOCK_PID).exists()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a CLI run in a subprocess
 def test_lock_of_a_killed_run_does_not_block_the_resume(chest_nifti: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     killed = start(chest_nifti, out, kill_after_images=2)
@@ -318,7 +318,7 @@ def test_lock_of_a_killed_run_does_not_block_the_resume(chest_nifti: Path, refer
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a CLI run in a subprocess
 def test_ctrl_c_says_where_it_stopped_and_the_same_command_resumes(
     chest_nifti: Path, reference: Path, tmp_path: Path
 ) -> None:

@@ -230,18 +230,29 @@ def test_sphere_volumes_match_ellipsoid(ph: Phantom) -> None:
 
 
 def test_diameter_distribution() -> None:
-    s = NoduleSampler()
+    from ct_projection.size_presets import size_preset
+
     rng = np.random.default_rng(0)
+    # Default = the node21 preset: NODE21's 6–30 mm, median 17 mm, sizes up to 30 mm present.
+    s = NoduleSampler()
+    assert NoduleConfig() == NoduleConfig(**size_preset("node21"))
     d = np.array([s.sample_diameter(rng) for _ in range(4000)])
-    assert d.min() >= 3.0 and d.max() <= 30.0
-    assert ((d >= 6) & (d <= 15)).mean() > 0.7
-    assert (d < 6).any() and (d > 15).any()
+    assert d.min() >= 6.0 and d.max() <= 30.0
+    assert 16.0 < np.median(d) < 18.0 and (d > 25).mean() > 0.05 and (d < 10).mean() > 0.03
+    # lidc: the fit of the 251 LUNA16 patches (5–46 mm, median 13, geometric mean 14.7)
+    d = np.array([NoduleSampler(NoduleConfig(**size_preset("lidc"))).sample_diameter(rng) for _ in range(4000)])
+    assert d.min() >= 5.0 and d.max() <= 46.0 and 13.5 < np.median(d) < 16.0 and (d > 30).any()
+    small = NoduleSampler(NoduleConfig(**size_preset("small")))
+    d = np.array([small.sample_diameter(rng) for _ in range(4000)])
+    assert d.min() >= 3.0 and d.max() <= 30.0 and ((d >= 6) & (d <= 15)).mean() > 0.7
     # Smaller re-draws respect the cap; other distributions stay in range.
-    assert all(s.sample_diameter(rng, upper_mm=5.0) <= 5.0 for _ in range(200))
+    assert all(small.sample_diameter(rng, upper_mm=5.0) <= 5.0 for _ in range(200))
     for dist in ("uniform", "loguniform"):
         s2 = NoduleSampler(NoduleConfig(diameter_distribution=dist))
         d2 = np.array([s2.sample_diameter(rng) for _ in range(500)])
-        assert d2.min() >= 3.0 and d2.max() <= 30.0
+        assert d2.min() >= 6.0 and d2.max() <= 30.0
+    with pytest.raises(ValueError, match="--size-preset.*node21, lidc, small"):
+        size_preset("huge")
 
 
 def test_input_not_modified(ph: Phantom) -> None:

@@ -111,3 +111,24 @@ def test_full_physics_is_deterministic(chest_nifti: Path, tmp_path: Path, datase
 def _disc(shape: tuple[int, int], centre: list[float], radius: float) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius**2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--physics", "film"], "error: --physics: physics.mode: unknown physics mode 'film': expected one of simple, full"),
+        (["--display", "film"], "error: --display: display.mode: unknown display mode 'film': expected one of raw, clinical"),
+        (["--kvp", "300"], "error: --kvp: physics.spectrum.kvp must be within 30..150 kV"),
+        (["--mas", "0"], "error: --mas: physics.spectrum.mas must be > 0"),
+    ],
+)
+def test_bad_physics_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert not (tmp_path / "o").exists()

@@ -87,6 +87,7 @@ BAD_RESTORATION_OPTIONS = {
     "enhance-steps": (["enhance", "IMAGES", "--steps", "0"], "--steps = 0: must be >= 1"),
     "enhance-scheduler": (["enhance", "IMAGES", "--scheduler", "euler"], "--scheduler = \"euler\": must be 'ddpm', 'ddim'"),
     "evaluate-strength": (["evaluate", "--strength", "0"], "--strength = 0.0: must be > 0"),
+    "realism-seed": (["evaluate-realism", "IMAGES", "IMAGES", "--seed", "-1"], "--seed = -1: must be >= 0"),
 }
 
 
@@ -99,7 +100,8 @@ def test_bad_restoration_option_is_one_line(case: str, tmp_path: Path) -> None:
     places = {"train": ["--hq-dir", str(images), "--lq-dir", str(images), "-o", str(out)],
               "make-pairs": ["--model", str(tmp_path / "m"), "--hq-dir", str(images), "--out", str(out)],
               "enhance": ["--model", str(tmp_path / "m"), "--out", str(out)],
-              "evaluate": ["--model", str(tmp_path / "m"), "--hq-dir", str(images), "--json", str(out / "m.json")]}  # fmt: skip
+              "evaluate": ["--model", str(tmp_path / "m"), "--hq-dir", str(images), "--json", str(out / "m.json")],
+              "evaluate-realism": ["--out", str(out)]}  # fmt: skip
     argv = [str(images) if a == "IMAGES" else a for a in args] + places[args[0]]
     result = CliRunner().invoke(app, argv)
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]

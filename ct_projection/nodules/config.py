@@ -54,7 +54,8 @@ class NoduleConfig:
         count_range: nodules per image, inclusive integer range (uniform).
         diameter_range_mm: nominal (longest-axis) diameter bounds; every draw lies inside.
         diameter_distribution: ``lognormal`` (default: median ``diameter_median_mm``, log-sd ``diameter_sigma``,
-            truncated to the range by inverse-CDF sampling; with 9.5 mm / 0.35 about 81% of draws fall in 6–15 mm),
+            truncated to the range by inverse-CDF sampling; the defaults, 6–30 mm, 17 mm / 0.35, are the ``node21``
+            preset of :mod:`ct_projection.size_presets`, which documents their source),
             ``uniform`` or ``loguniform`` over the range.
         diameter_median_mm / diameter_sigma: log-normal parameters.
         type_probs: probabilities of solid / part_solid / ground_glass (missing keys = 0; normalised).
@@ -81,9 +82,9 @@ class NoduleConfig:
     """
 
     count_range: tuple[int, int] = (1, 3)
-    diameter_range_mm: tuple[float, float] = (3.0, 30.0)
+    diameter_range_mm: tuple[float, float] = (6.0, 30.0)
     diameter_distribution: str = "lognormal"
-    diameter_median_mm: float = 9.5
+    diameter_median_mm: float = 17.0
     diameter_sigma: float = 0.35
     type_probs: dict[str, float] = field(
         default_factory=lambda: {"solid": 0.6, "part_solid": 0.2, "ground_glass": 0.2}
