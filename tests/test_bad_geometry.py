@@ -448,6 +448,7 @@ def test_info_is_cleaned_and_length_limited() -> None:
     json.dumps(info, allow_nan=False)
 
 
+@pytest.mark.slow
 def test_hostile_header_text_reaches_dataset_json_cleaned(tmp_path: Path) -> None:
     hostile = {
         "SpecificCharacterSet": "ISO_IR 192",  # UTF-8, so the right-to-left override below is stored as it is

@@ -83,6 +83,7 @@ def _box_ratios(vol: CTVolume, out: Path) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_thick_slice_sphere_projects_square(tmp_path: Path) -> None:
     vol = thick_chest()
     fine, _ = refine_thick_slices(vol)
