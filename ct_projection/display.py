@@ -135,13 +135,28 @@ def collapse(pyramid: list[np.ndarray]) -> np.ndarray:
 
 
 def present(
-    line_integral: np.ndarray, config: DisplayConfig, window: DisplayWindow, pixel_mm: float
+    line_integral: np.ndarray,
+    config: DisplayConfig,
+    window: DisplayWindow,
+    pixel_mm: float,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The display image in [0, 1] (float32, bright = attenuating) of a log image L."""
+    """The display image in [0, 1] (float32, bright = attenuating) of a log image L.
+
+    Args:
+        valid: the exposed (collimated) field; outside it the image is shown unexposed (white) and its values take
+            no part in the processing, as consoles process only the collimated field.
+    """
     x = (np.asarray(line_integral, dtype=np.float64) - window.lo) / (window.hi - window.lo)
     if config.mode == "raw":
         return np.clip(x, 0.0, 1.0).astype(np.float32)
-    # Direct exposure (air, collimated edges) is clipped just below the window, so it makes no giant edge.
+    outside = None
+    if valid is not None and valid.any() and not valid.all():
+        outside = ~np.asarray(valid, dtype=bool)
+        # Each collimated pixel takes its nearest exposed neighbour's value: no collimator edge enters the bands.
+        nearest = ndimage.distance_transform_edt(outside, return_distances=False, return_indices=True)
+        x = x[tuple(nearest)]
+    # Direct exposure (air) is clipped just below the window, so it makes no giant edge.
     x = np.clip(x, -0.05, 1.05)
     pyramid = laplacian_pyramid(x, pyramid_levels(pixel_mm, config.coarse_mm, x.shape))
     m = config.amplitude
@@ -159,7 +174,10 @@ def present(
     # Direct exposure (below the window: air beside the body) stays black, as on a detector it saturates; the
     # latitude reduction would otherwise lift it to grey. A soft ramp over ±5% of the window avoids a hard edge.
     direct = np.clip((x + 0.05) / 0.1, 0.0, 1.0)
-    return (shown * direct).astype(np.float32)
+    shown = shown * direct
+    if outside is not None:
+        shown[outside] = 1.0  # unexposed under the collimator, white as on film (and as the physical image)
+    return shown.astype(np.float32)
 
 
 def tone_curve(y: np.ndarray, slope: float, centre: float) -> np.ndarray:

@@ -348,11 +348,12 @@ def presented(sample: Sample, config: GenerateConfig) -> Sample:
         return sample
     pixel_mm = config.geometry.pixel_mm
     physical = {name: config.attenuation.from_uint16(sample.images[name]) for name in ("image", "nodule_free") if name in sample.images}
-    window = fit_window(physical.get("nodule_free", physical["image"]), display, sample.masks.get("exposed"))
+    exposed = sample.masks.get("exposed")
+    window = fit_window(physical.get("nodule_free", physical["image"]), display, exposed)
     images = dict(sample.images)
     for name, line_integral in physical.items():
         images["physical" if name == "image" else "physical_nodule_free"] = sample.images[name]
-        images[name] = to_uint16(present(line_integral, display, window, pixel_mm))
+        images[name] = to_uint16(present(line_integral, display, window, pixel_mm, exposed))
     attributes = {**sample.attributes, "display": display.mode, "display_window": window.to_dict()}
     return replace(sample, images=images, attributes=attributes)
 

@@ -85,3 +85,18 @@ def test_bad_display_settings_are_one_line_errors() -> None:
         DisplayConfig(mode="film")
     with pytest.raises(ValueError, match="window_percentiles"):
         DisplayConfig(window_percentiles=(90.0, 10.0))
+
+
+def test_collimated_region_takes_no_part_and_shows_unexposed() -> None:
+    """Consoles process the collimated field only: what lies under the collimator changes nothing inside it."""
+    log_image = _chest_like()
+    valid = np.zeros(log_image.shape, dtype=bool)
+    valid[8:120, 10:118] = True
+    config = DisplayConfig()
+    window = fit_window(log_image, config, valid)
+    shutter_white, shutter_air = log_image.copy(), log_image.copy()
+    shutter_white[~valid], shutter_air[~valid] = 10.0, 0.0
+    a = present(shutter_white, config, window, 2.0, valid)
+    b = present(shutter_air, config, window, 2.0, valid)
+    np.testing.assert_array_equal(a, b)
+    assert np.all(a[~valid] == 1.0)
