@@ -8,8 +8,9 @@ Usage:
 Each run is ``python -m pipeline.cli generate --out <fresh dir> -n N --size 512 --device cpu --no-progress`` on the
 embedded chest CT, with ``PYTHONPATH`` pointing at the checkout being measured, in its own process. For each N the
 runs are interleaved (release, then this checkout with each renderer) so load drifts of a shared machine hit all
-alike. Reports wall seconds, CPU seconds (user + sys of the child: less sensitive to other processes on the
-machine than wall time) and peak RSS, per run and per image.
+alike. Reports wall seconds and CPU seconds (user + sys of the child: less sensitive to other processes on the
+machine than wall time), per run and per image; without ``--release`` only this checkout runs. (``peak_rss_gib``
+is the largest child so far, not per run.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(checkout: Path, images: int, size: int, extra: list[str]) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--release", type=Path, required=True, help="checkout of the release to compare with")
+    parser.add_argument("--release", type=Path, default=None, help="checkout of the release to compare with")
     parser.add_argument("--images", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--renderers", nargs="+", default=["diffdrr", "nanodrr"])
     parser.add_argument("--size", type=int, default=512)
@@ -56,15 +57,17 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, dict[str, float]]] = {}
     for n in args.images:
-        rows = {"release": run(args.release, n, args.size, [])}
-        print(f"n={n} release: {rows['release']}", flush=True)
+        rows = {}
+        if args.release is not None:
+            rows["release"] = run(args.release, n, args.size, [])
+            print(f"n={n} release: {rows['release']}", flush=True)
         for name in args.renderers:
             rows[name] = run(HERE, n, args.size, ["--renderer", name, *args.extra.split()])
             print(f"n={n} {name}: {rows[name]}", flush=True)
         for row in rows.values():
             row["wall_s_per_image"] = row["wall_s"] / n
             row["cpu_s_per_image"] = row["cpu_s"] / n
-        for name in args.renderers:
+        for name in args.renderers if "release" in rows else ():
             rows[name]["speedup_wall"] = rows["release"]["wall_s"] / rows[name]["wall_s"]
             rows[name]["speedup_cpu"] = rows["release"]["cpu_s"] / rows[name]["cpu_s"]
         results[str(n)] = rows
