@@ -475,7 +475,7 @@ def insert_mixed(
     vol: CTVolume, params: list[Any], library: NoduleLibrary | None, supersample: int
 ) -> list[Any]:
     """ΔHU of a mixed parameter list in its order: parametric ones by ``nodule_deltas``, library ones here."""
-    from ct_projection.nodules import nodule_deltas
+    from ct_projection.nodules.insertion import nodule_deltas
 
     parametric = [p for p in params if not isinstance(p, LibraryNoduleParams)]
     from_library = [p for p in params if isinstance(p, LibraryNoduleParams)]
