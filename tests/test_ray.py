@@ -101,3 +101,25 @@ def test_ray_with_nodule_library_equals_serial(local_ray: None, tmp_path: Path) 
     assert len(serial.records) == len(distributed.records) == 4
     assert any(n.attributes.get("source") == "library" for r in serial.records for n in r.nodules)
     assert digest(tmp_path / "ray") == digest(tmp_path / "serial")
+
+
+def test_nanodrr_on_ray_with_dicom_equals_serial_and_resumes(local_ray: None, tmp_path: Path) -> None:
+    """generate --renderer nanodrr --dicom: Ray gives the serial bytes; a lost image is redone byte-identical."""
+    from pipeline.ray_backend import generate_ray
+
+    cts = [str(write_chest_phantom(tmp_path / f"ct{i}.nii.gz", seed=i)) for i in range(2)]
+    config = GenerateConfig(
+        images_per_ct=2, seed=5, geometry=ProjectionGeometry(size_px=64), renderer="nanodrr", dicom=True
+    )
+    serial = generate(cts, tmp_path / "serial", config, device="cpu", progress=False)
+    distributed = generate_ray(cts, tmp_path / "ray", config, device="cpu", progress=False, num_workers=2)
+    assert len(serial.records) == len(distributed.records) == 4
+    assert all(n.bbox_xywh[2] > 0 for r in serial.records for n in r.nodules)
+    before = digest(tmp_path / "serial")
+    assert any(name.startswith("dicom/") for name in before)
+    assert digest(tmp_path / "ray") == before
+    lost = tmp_path / "serial" / serial.records[1].file_name
+    lost.unlink()  # resume: the sample whose image is gone is redone, the others are verified and kept
+    resumed = generate(cts, tmp_path / "serial", config, device="cpu", progress=False)
+    assert resumed.skipped_done == 3
+    assert digest(tmp_path / "serial") == before
