@@ -317,49 +317,51 @@ def open_run(inputs: list[str], out_dir: Path, config: GenerateConfig, restart: 
     created = not out_dir.exists()
     make_output_folder(out_dir)
     lock = FolderLock(out_dir)
-    with confine.guarded(out_dir):
-        claim_check(out_dir)  # before the lock file is created: a folder that is not ours gets nothing
-        lock.acquire()
-        unused = False
-        recorder: RunRecorder | None = None
-        try:
-            try:  # Ctrl-C from here on (verifying a large manifest, or the run itself) says where the run stands
-                marker = claim_check(out_dir)  # again, now that no other run can change it
-                _refuse_links(out_dir)
-                entries = check_run_settings(out_dir, config, restart, marker, read_manifest(out_dir, warn=True))
-                write_marker(out_dir, config.fingerprint(), code_version())
-                # Only this run writes here now, so any atomic-write temp file is a leftover of a SIGKILLed run.
-                removed = remove_stale_temp_files(out_dir)
-                if removed:
-                    print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run",
-                          file=sys.stderr)  # fmt: skip
-                done = completed_entries(out_dir, config.fingerprint(), entries, True)
-                recorder = RunRecorder(out_dir, config, done)
-                yield recorder
-            except KeyboardInterrupt:
-                raise RunInterrupted(out_dir, _recorded(out_dir, config.fingerprint(), recorder)) from None
-            except OSError as err:  # reading or listing the folder failed (permissions...): one line, no traceback
-                if isinstance(err, DatasetWriteError):
-                    raise
-                problem = f"cannot use the output folder: {err.strerror or err}"
-                raise DatasetWriteError(err.filename or out_dir, problem) from err
-            # The marker lists the dataset-level files this run wrote, so a later --restart removes exactly those.
-            samples = {str(n) for e in recorder.entries.values() for n in e.get("files", {})}
-            made = sorted(
-                n for n in confine.written_under(out_dir)
-                if n not in samples and not is_tool_file(n) and (out_dir / n).is_file()  # not a failed sample's
-            )  # fmt: skip
-            write_marker(out_dir, config.fingerprint(), code_version(), made)
-        finally:
-            # Nothing but our bookkeeping here: leave the folder as the run found it (empty, or absent).
-            if not (out_dir / MANIFEST).exists():  # nothing recorded: folders of failed samples are ours and empty
-                for folder in OUTPUT_FOLDERS:
-                    _remove_empty_folders(out_dir / folder)
-            unused = not foreign_entries(out_dir)
+    unused = False
+    try:
+        with confine.guarded(out_dir):
+            claim_check(out_dir)  # before the lock file is created: a folder that is not ours gets nothing
+            lock.acquire()
+            recorder: RunRecorder | None = None
             try:
-                if unused:
-                    confine.remove_file(out_dir / MARKER)
+                try:  # Ctrl-C from here on (verifying a large manifest, or the run itself) says where the run stands
+                    marker = claim_check(out_dir)  # again, now that no other run can change it
+                    _refuse_links(out_dir)
+                    entries = check_run_settings(out_dir, config, restart, marker, read_manifest(out_dir, warn=True))
+                    write_marker(out_dir, config.fingerprint(), code_version())
+                    # Only this run writes here now, so any atomic-write temp file is a leftover of a SIGKILLed run.
+                    removed = remove_stale_temp_files(out_dir)
+                    if removed:
+                        print(f"note: {out_dir}: removed {len(removed)} temp file(s) left by an interrupted run",
+                              file=sys.stderr)  # fmt: skip
+                    done = completed_entries(out_dir, config.fingerprint(), entries, True)
+                    recorder = RunRecorder(out_dir, config, done)
+                    yield recorder
+                except KeyboardInterrupt:
+                    raise RunInterrupted(out_dir, _recorded(out_dir, config.fingerprint(), recorder)) from None
+                except OSError as err:  # reading or listing the folder failed (permissions...): one line, no traceback
+                    if isinstance(err, DatasetWriteError):
+                        raise
+                    problem = f"cannot use the output folder: {err.strerror or err}"
+                    raise DatasetWriteError(err.filename or out_dir, problem) from err
+                # The marker lists the dataset-level files this run wrote, so a later --restart removes exactly those.
+                samples = {str(n) for e in recorder.entries.values() for n in e.get("files", {})}
+                made = sorted(
+                    n for n in confine.written_under(out_dir)
+                    if n not in samples and not is_tool_file(n) and (out_dir / n).is_file()  # not a failed sample's
+                )  # fmt: skip
+                write_marker(out_dir, config.fingerprint(), code_version(), made)
             finally:
-                lock.release(remove=unused or not (out_dir / MARKER).is_file())
-        if unused and created:
+                # Nothing but our bookkeeping here: leave the folder as the run found it (empty, or absent).
+                if not (out_dir / MANIFEST).exists():  # nothing recorded: folders of failed samples are ours and empty
+                    for folder in OUTPUT_FOLDERS:
+                        _remove_empty_folders(out_dir / folder)
+                unused = not foreign_entries(out_dir)
+                try:
+                    if unused:
+                        confine.remove_file(out_dir / MARKER)
+                finally:
+                    lock.release(remove=unused or not (out_dir / MARKER).is_file())
+    finally:  # also when the run fails (full disk): a folder this run made and left empty is removed again
+        if unused and created:  # outside the guard: the folder itself is not a path below the confined root
             confine.remove_empty_dir(out_dir)
