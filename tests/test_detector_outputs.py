@@ -184,3 +184,26 @@ def test_window_uses_lung_field_and_encodes_full_range() -> None:
     assert 10000 <= lo < 10100 and 19900 < hi <= 20000
     img = encode_uint8(pixels, (lo, hi))
     assert img.dtype == np.uint8 and img[field].min() == 0 and img[field].max() == 255 and img[0, 0] == 255
+
+
+def test_merged_dataset_reads_with_ultralytics(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Ultralytics' own dataset checker and loader take the merged data.yaml as is: every YOLO box arrives."""
+    pytest.importorskip("ultralytics")  # optional: pip install ultralytics
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from pipeline.cli import app
+
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(app, ["merge", *(str(r) for r in runs), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = check_det_dataset(str(out / "data.yaml"))
+    assert data["nc"] == 1
+    n_boxes = 0
+    for split in ("train", "val"):
+        loaded = YOLODataset(img_path=data[split], data=data, task="detect", imgsz=64, augment=False)
+        listed = (out / "detector" / f"{split}.txt").read_text().split()
+        assert len(loaded.labels) == len(listed) > 0
+        n_boxes += sum(len(label["bboxes"]) for label in loaded.labels)
+    yolo_lines = sum(len(p.read_text().split("\n")) - 1 for p in (out / "detector" / "labels").glob("*.txt"))
+    assert n_boxes == yolo_lines > 0
