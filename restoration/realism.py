@@ -22,7 +22,6 @@ Each metric is also computed real-vs-real (REAL split in two halves by patient) 
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from restoration.splits import find_patient_table, patient_table  # noqa: F401  (re-exported)
 from restoration.preprocess import list_images, load_grayscale, resize_image, resize_square, split_by_source
 from restoration.two_sample import TwoSampleConfig, classifier_two_sample_test
 
@@ -88,36 +88,6 @@ def prepare(img01: np.ndarray, size: int) -> np.ndarray:
 def load_set(paths: Sequence[Path], size: int) -> np.ndarray:
     """Images at the analysis scale as an N x size x size float32 stack."""
     return np.stack([prepare(load_grayscale(p), size) for p in paths]) if paths else np.zeros((0, size, size), np.float32)
-
-
-def patient_table(csv_path: str | Path) -> dict[str, str]:
-    """File stem → patient id from a metadata CSV (NIH ``images.csv``: image,patient_id; MHH ``data.csv``: image_id,patient_id)."""
-    table: dict[str, str] = {}
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        fields = set(reader.fieldnames or [])
-        image_col = next((c for c in ("image", "image_id", "file", "filename") if c in fields), None)
-        patient_col = next((c for c in ("patient_id", "patient", "group") if c in fields), None)
-        if image_col is None or patient_col is None:
-            raise ValueError(
-                f"{csv_path}: needs an image column (image, image_id, file, filename) and a patient column "
-                f"(patient_id, patient, group); has {', '.join(sorted(fields))}"
-            )
-        for row in reader:
-            table[Path(row[image_col].strip()).stem] = row[patient_col].strip()
-    return table
-
-
-def find_patient_table(folder: Path) -> dict[str, str]:
-    """The patient table of a real-CXR folder: images.csv/data.csv in it or up to two levels above (else empty)."""
-    for parent in [folder, *list(folder.resolve().parents)[:2]]:
-        for name in ("images.csv", "data.csv"):
-            if (parent / name).is_file():
-                try:
-                    return patient_table(parent / name)
-                except ValueError:
-                    continue
-    return {}
 
 
 def choose(paths: Sequence[Path], n: int, seed: int) -> list[Path]:

@@ -132,3 +132,23 @@ def test_patient_table_reads_nih_and_mhh_metadata() -> None:
     assert realism.patient_table(nih)["00018701_000"] == "18701"
     table = realism.patient_table(mhh)
     assert len(set(table.values())) < len(table)  # several images per patient: groups matter there
+
+
+def test_held_out_split_is_by_patient_and_stable() -> None:
+    """The held-out part is a pure function of the patient id: no patient on both sides, order/subset invariant."""
+    from restoration.splits import is_held_out, patient_of, split_real
+
+    nih = SHARED_DATA / "cxr" / "nih-chestxray14" / "images"
+    mhh = SHARED_DATA / "cxr" / "mhh-covid-19" / "png"
+    if not nih.is_dir() or not mhh.is_dir():
+        pytest.skip("shared CXRs not available")
+    paths = sorted(nih.glob("*.png")) + sorted(mhh.glob("*.png"))
+    train, held = split_real(paths)
+    assert train and held and len(train) + len(held) == len(paths)
+    assert not {patient_of(p) for p in train} & {patient_of(p) for p in held}
+    assert 0.2 < len(held) / len(paths) < 0.5
+    # a subset in another order keeps each image on its side
+    sub = list(reversed(paths[::3]))
+    train_s, held_s = split_real(sub)
+    assert set(held_s) == set(held) & set(sub) and set(train_s) == set(train) & set(sub)
+    assert is_held_out("x", 1.0) and not is_held_out("x", 0.0)
