@@ -69,15 +69,21 @@ class TrainConfig:
             equal share of every batch from each (e.g. MUNIT-LQ and DDPM-LQ pairs, 50/50).
         exclude_held_out: never train on the held-out patients of ``restoration.splits`` (validate on them).
         crop_size: train on aligned random crops of this LQ side (HQ side ``crop_size * scale``) of whole images
-            at ``lq_size``; None trains on whole images.
-        val_crop_size: LQ side of the fixed validation crops (default ``crop_size``; None with no crop: whole).
+            at ``lq_size``; None, or a crop as large as the image, trains on whole images.
+        val_crop_size: LQ side of the fixed validation crops (default ``crop_size``).
         group_by: split groups of the source images (for pairs_dir: each pair's ``hq_source`` in pairs.json):
             "mhh" (patient from data.csv, required), "stem", "parent" folder, "auto" (the patient where a data.csv
             or pairs.json knows it, else the stem). The split is written to ``split.json`` beside the model.
-        lq_size, scale: training LQ side and SR factor (HQ side = lq_size * scale).
+        lq_size, scale: LQ side of the whole training images (the model's working scale) and SR factor
+            (HQ side = lq_size * scale).
+        space_to_depth, block_out_channels, layers_per_block, attention_levels, mid_attention, norm_num_groups:
+            the UNet (``DDPMHQConfig``; defaults: the compact CPU model).
         prediction_type, residual_scale: what the diffusion model learns (see ``DDPMHQConfig``); defaults are the
             data-efficient residual/x0 setting, ``residual_scale=0, prediction_type=epsilon`` is the paper's.
-        max_train_steps: optimizer steps; checkpointing_steps/validation_steps in the same unit.
+        max_train_steps: optimizer steps; checkpointing_steps/validation_steps in the same unit (the last step is
+            always checkpointed, so a rerun of a finished run only rewrites the model folder).
+        val_scheduler, val_inference_steps, val_strength: the sampler validated during training and saved as the
+            pipeline's default (8 steps at strength 0.5 = 4 UNet evaluations).
         resume: continue from the latest checkpoint in ``output_dir`` (true), start afresh (false) or continue from
             the ``checkpoint-N`` folder named.
         batch_size, lr, progress: images per device per step, peak learning rate, show the progress bar.
@@ -89,22 +95,24 @@ class TrainConfig:
     lq_dir: str | None = None
     pairs_dirs: tuple[str, ...] = ()
     exclude_held_out: bool = True
-    crop_size: Annotated[int, Field(ge=1)] | None = None
+    crop_size: Annotated[int, Field(ge=1)] | None = 64
     val_crop_size: Annotated[int, Field(ge=1)] | None = None
     blur_sigma: float = 0.0
     val_fraction: float = 0.1
     split_seed: int = 0
     group_by: str = "auto"
     # preprocessing
-    lq_size: int = 64
+    lq_size: Annotated[int, Field(ge=1)] = 512
     scale: int = 2
     low_pct: float = 0.5
     high_pct: float = 99.5
     augment: bool = True
     # model
-    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    space_to_depth: Annotated[int, Field(ge=1)] = 4
+    block_out_channels: tuple[int, ...] = (64, 96, 128, 128)
     layers_per_block: int = 2
     attention_levels: tuple[bool, ...] | None = None
+    mid_attention: bool = False
     norm_num_groups: int = 32
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -139,10 +147,10 @@ class TrainConfig:
     checkpoints_total_limit: int | None = 3
     resume: bool | str = True
     validation_steps: int = 500
-    num_val_images: int = 8
-    val_inference_steps: int = 20
+    num_val_images: Annotated[int, Field(ge=0)] = 8
+    val_inference_steps: Annotated[int, Field(ge=1)] = 8
     val_scheduler: str = "ddim"
-    val_strength: float = 1.0
+    val_strength: Annotated[float, Field(gt=0, le=1)] = 0.5
     log_every: int = 10
     progress: bool = True
 
@@ -156,10 +164,6 @@ class TrainConfig:
             )
         if self.pairs_dirs and self.pair_source != "pairs_dir":
             raise ValueError(f"pairs_dirs is set but pair_source is {self.pair_source!r}: set pair_source=pairs_dir")
-        for name in ("crop_size", "val_crop_size"):
-            crop = getattr(self, name)
-            if crop is not None and crop > self.lq_size:
-                raise ValueError(f"{name} {crop} is larger than lq_size {self.lq_size} (crops are cut at lq_size)")
         if self.group_by not in GROUP_BY:
             raise ValueError(f"unknown group_by {self.group_by!r}: expected one of {', '.join(GROUP_BY)}")
         if self.optimizer not in ("adam", "adamw"):
@@ -175,9 +179,11 @@ class TrainConfig:
         return DDPMHQConfig(
             lq_size=self.lq_size,
             scale=self.scale,
+            space_to_depth=self.space_to_depth,
             block_out_channels=self.block_out_channels,
             layers_per_block=self.layers_per_block,
             attention_levels=self.attention_levels,
+            mid_attention=self.mid_attention,
             norm_num_groups=self.norm_num_groups,
             num_train_timesteps=self.num_train_timesteps,
             beta_schedule=self.beta_schedule,
@@ -186,6 +192,11 @@ class TrainConfig:
             residual_scale=self.residual_scale,
             preprocess=self.preprocess_config().to_dict(),
         )
+
+    def crop(self, val: bool = False) -> int | None:
+        """LQ side of the training (or validation) crops; None: whole images (no crop, or one as large as them)."""
+        crop = (self.val_crop_size or self.crop_size) if val else self.crop_size
+        return crop if crop is not None and crop < self.lq_size else None
 
     def preprocess_config(self, size: int | None = None) -> PreprocessConfig:
         """HQ preprocessing (or at ``size``)."""
@@ -237,16 +248,31 @@ def validate(
 def check_crop(cfg: TrainConfig) -> None:
     """One line when the HQ crop side does not fit the UNet's downsampling (it must be a multiple of it)."""
     multiple = cfg.model_config().size_multiple
-    for name in ("crop_size", "val_crop_size"):
-        crop = getattr(cfg, name)
+    for name, crop in (("crop_size", cfg.crop()), ("val_crop_size", cfg.crop(val=True))):
         if crop is not None and (crop * cfg.scale) % multiple:
             raise ValueError(
-                f"{name} {crop}: the HQ crop side {crop * cfg.scale} must be a multiple of {multiple} for this UNet"
+                f"{name} {crop}: the HQ crop side {crop * cfg.scale} must be a multiple of {multiple} for this UNet "
+                f"(space_to_depth x 2^(levels-1))"
             )
 
 
+def save_final(out_dir: Path, unet: torch.nn.Module, cfg: TrainConfig, ema: Any | None) -> Path:
+    """The trained model (EMA weights) as a ``DDPMHQPipeline`` folder in ``out_dir`` (model_index.json, unet/,
+    scheduler/: what ``DDPMHQPipeline.from_pretrained`` and ``load_pipeline`` read), its default sampler the one
+    validated during training; plus the older single-folder files (``ddpm_hq_config.json``, weights) that
+    ``ddpm_hq.load_model`` reads."""
+    from restoration.pipeline_ddpm_hq import save_pipeline
+
+    mcfg = cfg.model_config()
+    save_model(out_dir, unet, mcfg, ema)  # first: its scheduler/ (the training DDPM) is replaced by the sampler's
+    return save_pipeline(
+        out_dir, unet, mcfg, ema, sampler=cfg.val_scheduler, num_inference_steps=cfg.val_inference_steps,
+        strength=cfg.val_strength,
+    )  # fmt: skip
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Train DDPM-HQ; returns ``cfg.output_dir`` holding the EMA weights (safetensors) + ddpm_hq_config.json."""
+    """Train DDPM-HQ; returns ``cfg.output_dir``, a ``DDPMHQPipeline`` folder of the EMA weights (``save_final``)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -343,7 +369,7 @@ def train(cfg: TrainConfig) -> Path:
     while global_step < cfg.max_train_steps:
         position = micro * per_step + accelerator.process_index * cfg.batch_size
         items = mixed_indices([len(src) for src in data.sources], cfg.batch_size, position, cfg.seed)
-        hq, lq = mixed_batch(data.sources, items, gen, cfg.augment, cfg.crop_size)
+        hq, lq = mixed_batch(data.sources, items, gen, cfg.augment, cfg.crop())
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
         with accelerator.accumulate(unet):
             loss = training_loss(
@@ -373,7 +399,9 @@ def train(cfg: TrainConfig) -> Path:
             if accelerator.is_main_process:
                 with open(metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": global_step, "time_s": round(time.time() - t0, 2), **logs}) + "\n")
-        if cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
+        if cfg.checkpointing_steps > 0 and (
+            global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps
+        ):
             save_checkpoint(accelerator, out_dir, global_step, cfg.checkpoints_total_limit)  # every process
         if (
             accelerator.is_main_process
@@ -399,6 +427,6 @@ def train(cfg: TrainConfig) -> Path:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(out_dir, accelerator.unwrap_model(unet), mcfg, ema)
+        save_final(out_dir, accelerator.unwrap_model(unet), cfg, ema)
     accelerator.end_training()
     return out_dir

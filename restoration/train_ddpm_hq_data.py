@@ -339,8 +339,7 @@ def training_data(cfg: TrainConfig) -> TrainingData:
         # the same number of validation pairs from each source, fixed across runs and resumes
         per = max(1, math.ceil(cfg.num_val_images / len(val_items)))
         gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "held_out_pairs"))
-        crop = cfg.val_crop_size or cfg.crop_size
-        parts = [src.batch(idx[:per], gen, augment=False, crop=crop) for src, idx in val_items]
+        parts = [src.batch(idx[:per], gen, augment=False, crop=cfg.crop(val=True)) for src, idx in val_items]
         val_hq = torch.cat([p[0] for p in parts])[: cfg.num_val_images]
         val_lq = torch.cat([p[1] for p in parts])[: cfg.num_val_images]
     if len(sources) == 1:  # one source: the record of earlier runs, at the top level

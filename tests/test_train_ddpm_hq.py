@@ -12,6 +12,7 @@ import torch
 
 from data.images import write_png16
 from restoration.degrade import bicubic_degrade
+from restoration.pipeline_ddpm_hq import DDPMHQPipeline
 from restoration.splits import split_real
 
 TINY = dict(
@@ -87,8 +88,8 @@ def test_crops_are_aligned_pairs_of_the_whole_images(real: Path, tmp_path: Path)
             assert torch.allclose(whole_lq[y // 2 : y // 2 + 8, x // 2 : x // 2 + 8], lq[k, 0])
     again = src.batch([0, 1, 2, 0], torch.Generator().manual_seed(0), augment=True, crop=8)
     assert again[0].shape == hq.shape and not torch.equal(again[0], hq)  # gamma on both images
-    with pytest.raises(ValueError, match="crop_size 40 is larger than lq_size 32"):
-        TrainConfig(hq_dir=str(real), lq_size=32, crop_size=40)
+    assert TrainConfig(lq_size=32, crop_size=32).crop() is None  # a crop as large as the image: whole images
+    assert TrainConfig(lq_size=32, crop_size=8, val_crop_size=16).crop(val=True) == 16
 
 
 def test_two_pairs_folders_share_every_batch_equally() -> None:
@@ -150,6 +151,22 @@ def test_crop_training_learns_and_resumes_exactly(real: Path, tmp_path: Path) ->
     assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-35", "checkpoint-40"]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))
-    wa = load_file(whole / "diffusion_pytorch_model.safetensors")
-    wb = load_file(out / "diffusion_pytorch_model.safetensors")
+    wa = load_file(whole / "unet" / "diffusion_pytorch_model.safetensors")
+    wb = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the run folder is a DDPMHQPipeline folder that restores whole images (its sampler: the validated one)
+    pipe = DDPMHQPipeline.from_pretrained(str(out), local_files_only=True)
+    assert pipe.config.lq_size == 32 and pipe.config.space_to_depth == 4
+    assert (pipe.config.num_inference_steps, pipe.config.strength) == (8, 0.5)
+    img = toy_image(64, 0).astype(np.float32)
+    a = pipe(img, generator=torch.Generator().manual_seed(0)).images[0]
+    b = pipe(img, generator=torch.Generator().manual_seed(0)).images[0]
+    assert a.shape == (64, 64) and np.array_equal(a, b) and 0.0 <= a.min() and a.max() <= 1.0
+
+
+def test_crop_must_fit_the_unet(real: Path, tmp_path: Path) -> None:
+    from restoration.train_ddpm_hq import TrainConfig, train
+
+    cfg = TrainConfig(hq_dir=str(real), output_dir=str(tmp_path), lq_size=32, crop_size=6, **TINY)
+    with pytest.raises(ValueError, match="crop_size 6: the HQ crop side 12 must be a multiple of 8"):
+        train(cfg)
