@@ -24,9 +24,13 @@ from data.records import NoduleLabel
 
 # How the run settings name the packaged model (resolved to its folder on load).
 PACKAGED_MODEL = "packaged:ddpm-hq"
-# Sampler settings of folders without their own defaults (models trained before DDPMHQPipeline).
-LEGACY_STEPS = 50
-LEGACY_SCHEDULER = "ddim"
+# Scheduler classes by the sampler names of --enhance-scheduler (restoration.ddpm_hq.make_scheduler).
+SAMPLER_NAMES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
+
+
+def sampler_name(pipe: Any) -> str | None:
+    """The sampler name of a pipeline's scheduler (None for a scheduler class the options do not name)."""
+    return SAMPLER_NAMES.get(type(pipe.scheduler).__name__)
 
 
 def packaged_model() -> Path | None:
@@ -63,23 +67,19 @@ def model_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
                   and not any(part.startswith((".", "checkpoint-")) for part in p.relative_to(folder).parts))  # fmt: skip
 
 
-class ModelLoadError(ValueError):
-    """A model folder that exists but cannot be used; ``str`` is one line naming the file and the problem."""
-
-
 def check_model_folder(folder: Path) -> None:
     """Refuse a missing or corrupt model folder before loading it: every JSON must parse, every safetensors header
     read (missing files are the loader's to name).
 
     Raises:
         ModelNotFoundError: no such folder (one line with the command that trains one).
-        ModelLoadError: one line naming the first bad file.
+        ModelFolderError: one line naming the first bad file.
     """
     import json
 
     from safetensors import safe_open
 
-    from restoration.ddpm_hq import ModelNotFoundError
+    from restoration.ddpm_hq import ModelFolderError, ModelNotFoundError
 
     if not folder.is_dir():
         raise ModelNotFoundError(
@@ -91,13 +91,13 @@ def check_model_folder(folder: Path) -> None:
         try:
             json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise ModelLoadError(f"{path}: not a readable JSON model config ({' '.join(str(err).split())})") from None
+            raise ModelFolderError(f"{path}: not a readable JSON model config ({' '.join(str(err).split())})") from None
     for path in model_files(folder, (".safetensors",)):
         try:
             with safe_open(str(path), framework="pt"):
                 pass  # the header is parsed and checked against the file's length (truncation)
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for any damage
-            raise ModelLoadError(f"{path}: damaged weights file ({' '.join(str(err).split())})") from None
+            raise ModelFolderError(f"{path}: damaged weights file ({' '.join(str(err).split())})") from None
 
 
 def model_digest(folder: str | Path) -> str:
@@ -157,54 +157,46 @@ def resample_footprint(footprint: np.ndarray, out_hw: tuple[int, int]) -> np.nda
 
 
 class Enhancer:
-    """Loads DDPM-HQ once and restores uint16 DRRs deterministically (seeded per image).
+    """Loads a ``DDPMHQPipeline`` once and restores uint16 DRRs deterministically (seeded per image).
 
     Attributes:
         config: the settings with everything filled in (model digest, steps, scheduler, strength, input size).
+        pipe: the loaded pipeline.
         scale: the model's SR factor (output side / model-input side).
-        input_size: longer side each DRR is resized to before restoring (the model's training ``lq_size``).
+        input_size: longer side each DRR is resized to before restoring (the model's ``lq_size``).
         preprocess: the model's input window (``restoration.preprocess.PreprocessConfig``).
         model_path: the folder the model was loaded from.
     """
 
     def __init__(self, config: EnhanceConfig, device: str = "cpu", model_path: Path | None = None) -> None:
         """Load the model ``config`` names (``model_path``: the folder it resolved to, e.g. in the Ray driver)."""
-        from restoration.ddpm_hq import load_model, make_scheduler
-        from restoration.preprocess import PreprocessConfig
+        from restoration.ddpm_hq import ModelFolderError
+        from restoration.pipeline_ddpm_hq import load_pipeline
 
         self.model_path = Path(model_path) if model_path is not None else resolve_model_dir(config.model_dir)
-        check_model_folder(self.model_path)
-        try:
-            self.unet, self.model_config = load_model(self.model_path, device=device)
-        except (FileNotFoundError, ModelLoadError):
-            raise
-        except Exception as err:  # noqa: BLE001 - diffusers/torch raise many types for a damaged folder
-            raise ModelLoadError(
-                f"{self.model_path}: cannot load the DDPM-HQ model ({type(err).__name__}: {' '.join(str(err).split())})"
-            ) from None
+        check_model_folder(self.model_path)  # names a damaged file; load_pipeline names missing ones
         digest = model_digest(self.model_path)
         if config.weights_sha256 and config.weights_sha256 != digest:
-            raise ValueError(
+            raise ModelFolderError(
                 f"{self.model_path}: not the model these settings were made with (digest "
                 f"{config.weights_sha256[:12]}…, this folder {digest[:12]}…)"
             )
-        self.input_size = int(self.model_config.lq_size)
-        self.scale = int(self.model_config.scale)
+        self.pipe = load_pipeline(self.model_path, device=device)
+        if config.scheduler is not None:
+            self.pipe.set_sampler(config.scheduler)
+        pc = self.pipe.config
+        self.input_size = int(pc.lq_size)
+        self.scale = int(pc.scale)
+        self.preprocess = self.pipe.preprocess_config
         self.config = EnhanceConfig(
-            config.model_dir, config.steps or LEGACY_STEPS, config.scheduler or LEGACY_SCHEDULER,
-            config.strength or 1.0, digest, self.input_size,
+            config.model_dir, int(config.steps or pc.num_inference_steps), config.scheduler or sampler_name(self.pipe),
+            float(config.strength or pc.strength), digest, self.input_size,
         )  # fmt: skip
-        self.scheduler = make_scheduler(self.config.scheduler, self.model_config)
-        pre = self.model_config.preprocess
-        self.preprocess = PreprocessConfig.from_dict(pre) if pre else PreprocessConfig()
         self.device = device
 
     def output_size(self, in_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the enhanced image of an (h, w) DRR."""
-        from restoration.preprocess import model_scale_size
-
-        h, w = model_scale_size(int(in_size[0]), int(in_size[1]), self.input_size)
-        return h * self.scale, w * self.scale
+        return self.pipe.output_size((int(in_size[0]), int(in_size[1])))
 
     def factors(self, in_size: tuple[int, int]) -> tuple[float, float]:
         """(x, y) output/input size factors for an (h, w) DRR: multiply x/width by the first, y/height by the second."""
@@ -213,13 +205,14 @@ class Enhancer:
 
     def restore01(self, img01: np.ndarray, seed: int) -> np.ndarray:
         """Restore a [0, 1] float image; returns float32 in [0, 1] of ``output_size(img01.shape)``."""
-        from restoration.enhance import enhance_image
+        import torch
 
-        return enhance_image(
-            img01, self.unet, self.scheduler, self.preprocess, self.config.steps, self.scale,
-            self.model_config.hq_size, 32, seed, self.device, strength=self.config.strength,
-            residual_scale=self.model_config.residual_scale, lq_size=self.input_size,
+        generator = torch.Generator().manual_seed(int(seed))  # CPU noise: the same draws on any device
+        out = self.pipe(
+            np.clip(img01, 0.0, 1.0).astype(np.float32), num_inference_steps=self.config.steps,
+            strength=self.config.strength, generator=generator,
         )  # fmt: skip
+        return np.asarray(out.images[0], dtype=np.float32)
 
     def __call__(self, pixels: np.ndarray, seed: int) -> np.ndarray:
         """Restore a uint16 DRR; returns a uint16 image of ``output_size(pixels.shape)``."""

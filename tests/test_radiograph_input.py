@@ -113,23 +113,28 @@ def test_enhance_refuses_a_folder_with_one_bad_image_and_writes_nothing(tmp_path
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("damage", ["missing", "no-weights", "bad-json", "truncated-weights", "garbage-weights"])
+@pytest.mark.parametrize(
+    "damage", ["missing", "no-weights", "no-index", "bad-json", "bad-unet-json", "truncated-weights", "garbage-weights"]
+)
 def test_missing_or_damaged_model_is_one_line_naming_the_file(damage: str, tmp_path: Path) -> None:
-    from restoration.ddpm_hq import WEIGHTS_NAME
-
     images = tmp_path / "in"
     images.mkdir()
     Image.fromarray(GRADIENT).save(images / "a.png")
     model = tmp_path / "model"
     if damage != "missing":
         save_tiny_restorer(model, lq_size=16)
-    weights = model / WEIGHTS_NAME
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
     named = model
     if damage == "no-weights":
         weights.unlink()
+    elif damage == "no-index":
+        (model / "model_index.json").unlink()
     elif damage == "bad-json":
-        named = model / "ddpm_hq_config.json"
+        named = model / "model_index.json"
         named.write_text('{"lq_size": 16,')
+    elif damage == "bad-unet-json":
+        named = model / "unet" / "config.json"
+        named.write_text("[1, 2")
     elif damage == "truncated-weights":
         named = weights
         weights.write_bytes(weights.read_bytes()[:-100])
