@@ -14,41 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from restoration.ddpm_hq import load_model, make_scheduler, upsample_condition
+from restoration.ddpm_hq import load_model, make_scheduler
 from restoration.ddpm_hq_sampling import restore
-from restoration.preprocess import (
-    PreprocessConfig,
-    list_images,
-    load_grayscale,
-    model_scale_size,
-    normalize,
-    resize_image,
-)
+from restoration.pipeline_ddpm_hq import conditioning_image, model_input
+from restoration.preprocess import PreprocessConfig, list_images, load_grayscale, model_scale_size
 
 ENHANCE_INFO_NAME = "enhance.json"
-
-
-def model_input(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None) -> np.ndarray:
-    """[0, 1] HxW image -> the model's LQ input in [-1, 1]: percentile window, then longer side ``lq_size``.
-
-    Args:
-        img01: image in [0, 1].
-        pcfg: the model's preprocessing (its percentile window).
-        lq_size: the model's training LQ side; None keeps the native size.
-    """
-    lq = normalize(img01, pcfg)  # window at full resolution, as in training
-    if lq_size is None:
-        return lq
-    return resize_image(lq, model_scale_size(*lq.shape, lq_size))
-
-
-def conditioning_image(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None, scale: int) -> np.ndarray:
-    """The image as the restorer sees it, at output size, in [0, 1]: ``model_input`` bicubic-upsampled by ``scale``.
-
-    Compare restored outputs with this (e.g. nodule contrast before vs after restoration).
-    """
-    lq = torch.from_numpy(model_input(img01, pcfg, lq_size))[None, None]
-    return ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+__all__ = ["EnhanceRun", "conditioning_image", "enhance_folder", "enhance_image", "model_input"]
 
 
 def enhance_image(
