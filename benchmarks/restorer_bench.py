@@ -298,6 +298,7 @@ class Restorer:
     condition: Callable[[np.ndarray], np.ndarray]
     preprocess: Any
     clock: UNetClock = field(default_factory=UNetClock)
+    pipeline: Any = None  # the DDPMHQPipeline itself (whole-image calls as users make them)
 
     def restore(
         self,
@@ -315,28 +316,36 @@ class Restorer:
             return self.run(lq, steps, strength, gen, scheduler).float().cpu()
 
 
+SCHEDULER_NAMES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
+
+
 def load_restorer(path: Path, device: str) -> Restorer:
-    """Load a DDPM-HQ model folder (restoration.ddpm_hq ``load_model`` layout) as a ``Restorer``."""
-    from restoration.ddpm_hq import ModelNotFoundError, load_model, make_scheduler
+    """Load a DDPM-HQ folder (``load_pipeline``: pipeline or older format) as a ``Restorer``.
+
+    ``Restorer.run`` is ``DDPMHQPipeline.__call__`` without its window and resize: the same ``restore`` call on the
+    model-space tensor, with the pipeline's own scheduler unless another is named.
+    """
+    from restoration.ddpm_hq import ModelFolderError, ModelNotFoundError, make_scheduler
     from restoration.ddpm_hq_sampling import restore
-    from restoration.enhance import conditioning_image
-    from restoration.preprocess import PreprocessConfig
+    from restoration.pipeline_ddpm_hq import conditioning_image, load_pipeline
 
     try:
-        unet, cfg = load_model(path, device=device)
-    except ModelNotFoundError as err:
+        pipe = load_pipeline(path, device=device)
+    except (ModelNotFoundError, ModelFolderError) as err:
         raise SystemExit(str(err)) from None
-    pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
-    default = "ddim"
+    cfg = pipe.config
+    default = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
 
     def run(lq: torch.Tensor, steps: int, strength: float, gen: torch.Generator, scheduler: str | None) -> torch.Tensor:
-        sched = make_scheduler(scheduler or default, cfg)
-        return restore(unet, sched, lq.to(device), steps, gen, scale=cfg.scale, strength=strength,
-                       residual_scale=cfg.residual_scale)  # fmt: skip
+        sched = pipe.scheduler if scheduler in (None, default) else make_scheduler(scheduler, pipe.model_config())
+        return restore(pipe.unet, sched, lq.to(device), steps, gen, scale=int(cfg.scale), strength=strength,
+                       residual_scale=float(cfg.residual_scale))  # fmt: skip
 
+    pcfg = pipe.preprocess_config
     r = Restorer(
-        Path(path), cfg.lq_size, cfg.scale, 4, 1.0, default, unet, run,
-        lambda img01: conditioning_image(img01, pcfg, cfg.lq_size, cfg.scale), pcfg,
+        Path(path), int(cfg.lq_size), int(cfg.scale), int(cfg.num_inference_steps), float(cfg.strength), default,
+        pipe.unet, run, lambda img01: conditioning_image(img01, pcfg, int(cfg.lq_size), int(cfg.scale)), pcfg,
     )  # fmt: skip
-    r.clock.attach(unet, device)
+    r.pipeline = pipe
+    r.clock.attach(pipe.unet, device)
     return r

@@ -104,8 +104,13 @@ def targets(results: dict[str, Any], gain_db: float) -> list[dict[str, Any]]:
     return checks
 
 
+def seconds(results: dict[str, Any], label: str) -> float:
+    """Mean restore seconds per image of one model over every pair kind."""
+    return float(np.mean([r[label]["seconds"] for res in results.values() for r in res["per_image"]]))
+
+
 def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict[str, Any], args: argparse.Namespace,
-             names: dict[str, str]) -> str:  # fmt: skip
+             names: dict[str, str], models: dict[str, Restorer]) -> str:  # fmt: skip
     """The PSNR/SSIM table (rows = restorers, columns = pair kinds) and the target lines."""
     kinds = [k for k in KIND_LABELS if k in results]
     header = ["restorer \\ held-out pairs", *[f"{KIND_LABELS[k]} (n={results[k]['n']})" for k in kinds]]
@@ -121,7 +126,10 @@ def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict
     lines = [
         "PSNR dB / SSIM on held-out patients at 512 -> 1024 (mean; in brackets the mean paired PSNR gain over the "
         "input ± its standard error).",
-        f"Sampler: {args.steps or 'model default'} steps, strength {args.strength or 'model default'}; seed {args.seed}.",
+        "Sampler: " + "; ".join(f"{names[k]}: {m.scheduler_name}, {args.steps or m.default_steps} steps, strength "
+                                f"{args.strength or m.default_strength:g}" for k, m in models.items())
+        + f"; seed {args.seed}. Mean seconds per image: "
+        + ", ".join(f"{names[k]} {seconds(results, k):.2f} s" for k in models) + ".",
         "",
         md_table(header, rows),
         "",
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": {"bicubic": str(args.bicubic_pairs or f"made here from {args.nih} (held-out split)"),
                   "munit-lq": str(args.munit_pairs), "ddpm-lq": str(args.ddpm_lq_pairs)},
     }  # fmt: skip
-    write_report(args.out, "restorer_metrics", payload, markdown(results, checks, record, args, names))
+    write_report(args.out, "restorer_metrics", payload, markdown(results, checks, record, args, names, models))
     return 0
 
 
