@@ -63,7 +63,7 @@ class DDPMLQConfig:
 
     image_size: int = 128
     space_to_depth: int = 4
-    block_out_channels: tuple[int, ...] = (64, 96, 128)
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "DownBlock2D")
     up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "UpBlock2D")
     layers_per_block: int = 1

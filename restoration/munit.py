@@ -29,9 +29,9 @@ Domain = Literal["a", "b"]
 class MUNITConfig:
     """Architecture and loss weights: MUNIT's losses and layout, greyscale, at a compact CPU width.
 
-    The defaults are a narrow MUNIT (dim 16, 3 residual blocks, 3x3 upsampling convs) so that a training step on
-    a batch of 4 crops of 128 px and the translation of a whole 512 px image each take about a second on one CPU
-    core; the network is fully convolutional (no attention, no fully connected layer on the image), so weights
+    The defaults are a narrow MUNIT (dim 12, 3 residual blocks, 3x3 upsampling convs, discriminator width 16) so
+    that a training step on a batch of 4 crops of 128 px takes a few seconds and the translation of a whole 512 px
+    image about a second on one CPU core (``benchmarks/degraders_speed.py``); the network is fully convolutional (no attention, no fully connected layer on the image), so weights
     trained on crops apply to whole images. ``MUNITConfig.paper()`` is the published size (dim 64, 4 residual
     blocks, 5x5 upsampling convs, discriminator width 64, MLP 256) for GPU users.
 
@@ -55,7 +55,7 @@ class MUNITConfig:
     """
 
     in_channels: int = 1
-    dim: int = 16
+    dim: int = 12
     n_downsample: int = 2
     n_res: int = 3
     up_kernel: int = 3
