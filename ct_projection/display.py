@@ -8,7 +8,10 @@ and the mediastinum both fit) and map the result through a film-like S-shaped to
 1. window: ``x = (L − lo)/(hi − lo)`` with lo/hi robust percentiles of L over the exposed, attenuating region
    (histogram analysis; fitted once per sample on the nodule-free twin and applied to both images of the pair);
 2. Laplacian pyramid of ``x`` with ``levels`` bands (finest band ≈ one pixel; coarse bands reach ``coarse_mm``);
-3. each band ``b → gain·M·sign(b)·(|b|/M)^power`` (MUSICA's amplification: small details gain most);
+3. each band ``b → gain·M·sign(b)·(|b|/M)^power`` (MUSICA's amplification: small details gain most), noise-aware
+   as consoles' noise compensation is: a coefficient at its band's noise level (estimated from the finest band)
+   keeps a gain near 1, and bands with pixels finer than ``fine_mm`` (only outputs above ~860 px) are not boosted
+   (``fine_gain`` <= 1); see :func:`band_gains`;
 4. the residual (coarsest) band's deviation from its mean is scaled by ``latitude`` (< 1 compresses);
 5. reconstruct, place the result's body percentiles on [0, 1] and apply a logistic tone curve of slope
    ``tone_slope`` around ``tone_centre`` (film-like toe and shoulder);
@@ -24,6 +27,7 @@ Bright means attenuating (bone white, lungs dark), as radiographs are read. Ever
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -45,6 +49,13 @@ class DisplayConfig:
         gain: band gain.
         latitude: residual (coarse) band contrast factor.
         tone_slope / tone_centre: logistic tone curve (slope in normalised units; 0 turns it off: linear clip).
+        fine_mm: bands whose pixels are finer than this (mm) are not amplified: they hold mostly quantum noise and
+            the detector's blur, not anatomy; they get the linear ``fine_gain`` instead of the power law.
+        fine_gain: linear gain of those finest bands (<= 1: consoles' noise suppression).
+        noise_k: noise-aware amplification: a coefficient within ``noise_k`` times its band's noise level keeps a
+            gain near 1 (the power-law boost fades in as ``t²/(1+t²)``, t = |b|/(noise_k·σ_band)); 0 turns it off.
+            The band noise σ is estimated from the finest band (median absolute value) and carried to coarser bands
+            by how white noise passes through the pyramid.
     """
 
     mode: str = "clinical"
@@ -57,6 +68,9 @@ class DisplayConfig:
     latitude: float = 0.2
     tone_slope: float = 3.0
     tone_centre: float = 0.55
+    fine_mm: float = 0.5
+    fine_gain: float = 1.0
+    noise_k: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in DISPLAY_MODES:
@@ -66,6 +80,8 @@ class DisplayConfig:
             raise ValueError(f"display window_percentiles must satisfy 0 <= lo < hi <= 100, got {lo:g}, {hi:g}")
         if not 0.0 < self.power <= 2.0 or self.amplitude <= 0 or self.gain <= 0 or self.latitude < 0:
             raise ValueError("display power must be in (0, 2], amplitude and gain > 0, latitude >= 0")
+        if self.fine_mm < 0 or not 0.0 < self.fine_gain <= 1.0 or self.noise_k < 0:
+            raise ValueError("display fine_mm must be >= 0, fine_gain in (0, 1], noise_k >= 0")
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able form."""
@@ -159,9 +175,8 @@ def present(
     # Direct exposure (air) is clipped just below the window, so it makes no giant edge.
     x = np.clip(x, -0.05, 1.05)
     pyramid = laplacian_pyramid(x, pyramid_levels(pixel_mm, config.coarse_mm, x.shape))
-    m = config.amplitude
-    for i, band in enumerate(pyramid[:-1]):
-        pyramid[i] = config.gain * m * np.sign(band) * (np.abs(band) / m) ** config.power
+    for i, (band, gain) in enumerate(zip(pyramid[:-1], band_gains(pyramid, config, pixel_mm))):
+        pyramid[i] = band * gain
     # Latitude reduction around the window's middle: lungs brighten and the mediastinum darkens.
     pyramid[-1] = 0.5 + config.latitude * (pyramid[-1] - 0.5)
     y = collapse(pyramid)
@@ -178,6 +193,49 @@ def present(
     if outside is not None:
         shown[outside] = 1.0  # unexposed under the collimator, white as on film (and as the physical image)
     return shown.astype(np.float32)
+
+
+def band_scales_mm(levels: int, pixel_mm: float) -> list[float]:
+    """Pixel size (mm) of each detail band, finest first (band k lives on the image subsampled 2^k times)."""
+    return [pixel_mm * 2.0**k for k in range(levels)]
+
+
+@lru_cache(maxsize=16)
+def _white_noise_ratios(levels: int) -> tuple[float, ...]:
+    """σ of each Laplacian band relative to the finest band's, for white noise (a fixed seeded 256² field)."""
+    size = max(256, 2 ** (levels + 3))
+    noise = np.random.default_rng(0).standard_normal((size, size))
+    sigma = [float(np.std(b)) for b in laplacian_pyramid(noise, levels)[:-1]]
+    return tuple(s / sigma[0] for s in sigma)
+
+
+def band_noise(pyramid: list[np.ndarray]) -> list[float]:
+    """Noise σ of each detail band: robust σ of the finest band (1.4826·median|b|), scaled as white noise scales."""
+    finest = 1.4826 * float(np.median(np.abs(pyramid[0])))
+    return [finest * r for r in _white_noise_ratios(len(pyramid) - 1)]
+
+
+def band_gains(pyramid: list[np.ndarray], config: DisplayConfig, pixel_mm: float) -> list[np.ndarray | float]:
+    """Per-coefficient gain of each detail band (finest first): MUSICA's power law on the anatomy's bands.
+
+    Bands finer than ``fine_mm`` get the linear ``fine_gain`` (<= 1). Coarser bands get ``gain·(|b|/M)^(power−1)``
+    (small details gain most), faded towards 1 for coefficients at the band's noise level (``noise_k``), so the
+    console boosts ribs and lung markings, not the quantum noise riding on them.
+    """
+    m = config.amplitude
+    sigmas = band_noise(pyramid)
+    gains: list[np.ndarray | float] = []
+    for band, scale, sigma in zip(pyramid[:-1], band_scales_mm(len(pyramid) - 1, pixel_mm), sigmas):
+        if scale < config.fine_mm:
+            gains.append(config.fine_gain)
+            continue
+        mag = np.maximum(np.abs(band), 1e-12)
+        boost = config.gain * (mag / m) ** (config.power - 1.0)
+        if config.noise_k > 0 and sigma > 0:
+            t2 = (mag / (config.noise_k * sigma)) ** 2
+            boost = 1.0 + (boost - 1.0) * t2 / (1.0 + t2)
+        gains.append(boost)
+    return gains
 
 
 def tone_curve(y: np.ndarray, slope: float, centre: float) -> np.ndarray:

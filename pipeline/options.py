@@ -31,10 +31,11 @@ class GenerateRunOptions:
 
 @dataclass(frozen=True)
 class EnhanceOptions:
-    """``enhance`` options."""
+    """``enhance`` options (None: the model's own sampler settings)."""
 
-    steps: Steps = 50
-    scheduler: Scheduler = "ddim"
+    steps: Steps | None = None
+    scheduler: Scheduler | None = None
+    strength: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: Seed = 0
 
 

@@ -147,28 +147,44 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     @app.command()
     def enhance(
         images: Path = typer.Argument(..., help="Folder of DRRs (e.g. a generate output's images/) or CXRs."),
-        model_dir: Path = typer.Option(..., "--model", help="Trained DDPM-HQ folder."),
+        model_dir: Optional[Path] = typer.Option(
+            None, "--model", help="Trained DDPM-HQ folder (default: the model shipped in the package)."
+        ),
         out: Path = typer.Option(..., "--out"),
-        steps: int = typer.Option(50, "--steps"),
-        scheduler: str = typer.Option("ddim", "--scheduler", help="ddpm, ddim or dpmsolver++."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="1 to 1000 (default: the model's)."),
+        scheduler: Optional[str] = typer.Option(
+            None, "--scheduler", help="ddpm, ddim or dpmsolver++ (default: the model's)."
+        ),
+        strength: Optional[float] = typer.Option(
+            None, "--strength", help="(0, 1]: 1 = from pure noise, less = from the noised input (default: the model's)."
+        ),
         device: str = typer.Option("auto", "--device"),
         seed: int = typer.Option(0, "--seed"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
-        """Restore and 2x super-resolve every image of a folder with DDPM-HQ (16-bit PNGs, same names)."""
+        """Restore and super-resolve every image of a folder with DDPM-HQ (16-bit PNGs, same names)."""
         from ct_projection.render import pick_device
+        from pipeline.enhancer import PACKAGED_MODEL, check_model_folder, resolve_model_dir
         from pipeline.options import EnhanceOptions, check_options
         from restoration.ddpm_hq import ModelNotFoundError
         from restoration.enhance import enhance_folder
+        from restoration.preprocess import list_images, load_grayscale
 
         try:
-            check_options(EnhanceOptions, steps=steps, scheduler=scheduler, seed=seed)
+            check_options(EnhanceOptions, steps=steps, scheduler=scheduler, strength=strength, seed=seed)
+            folder = resolve_model_dir(PACKAGED_MODEL if model_dir is None else model_dir)
+            check_model_folder(folder)  # a missing folder or a damaged file is named before anything is written
+            paths = list_images(images)
+            if not paths:
+                raise ValueError(f"{images}: no png/jpg/jpeg/dcm images to enhance")
+            for path in paths:  # every input must read before the first output is written
+                load_grayscale(path)
             written = enhance_folder(
-                model_dir, images, out, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
-                progress=progress, seed=seed,
+                folder, images, out, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
+                progress=progress, seed=seed, strength=strength,
             )
         except (ModelNotFoundError, ValueError) as err:
-            fail(str(err))
+            fail(" ".join(str(err).split()))
         typer.echo(f"enhanced {len(written)} images into {out}", err=True)
 
     @app.command()
@@ -281,9 +297,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         """Nodule contrast inside each footprint before vs after restoration (ratio ~1 kept, ~0 erased)."""
         from data.atomic import atomic_write_json
         from data.coco import read_coco
+        from pipeline.enhancer import resolve_model_dir
         from pipeline.nodule_preservation import ERASED_BELOW, measure, summarize
-        from restoration.ddpm_hq import DDPMHQConfig, ModelNotFoundError, load_model
-        from restoration.preprocess import PreprocessConfig
+        from restoration.ddpm_hq import ModelNotFoundError
+        from restoration.pipeline_ddpm_hq import load_pipeline
 
         coco = dataset / "annotations" / "coco.json"
         if not coco.is_file():
@@ -294,13 +311,11 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
                 fail(f"{dataset}: not made with --enhance (no restored images to compare)")
             model_dir = Path(next(u for u in used if u))
         try:
-            load_model(model_dir)  # one-line error with the train command when it is missing
-        except ModelNotFoundError as err:
+            pipe = load_pipeline(resolve_model_dir(model_dir))  # the packaged model is recorded by name, not path
+        except (ModelNotFoundError, ValueError) as err:
             fail(str(err))
-        cfg = DDPMHQConfig.load(model_dir)
-        pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
         try:
-            result = summarize(measure(dataset, pcfg, scale=cfg.scale))
+            result = summarize(measure(dataset, pipe.preprocess_config, scale=int(pipe.config.scale)))
         except (FileNotFoundError, ValueError) as err:
             fail(str(err))
         if result["nodules"] == 0:

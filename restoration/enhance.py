@@ -14,41 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from restoration.ddpm_hq import load_model, make_scheduler, upsample_condition
+from restoration.ddpm_hq import make_scheduler
 from restoration.ddpm_hq_sampling import restore
-from restoration.preprocess import (
-    PreprocessConfig,
-    list_images,
-    load_grayscale,
-    model_scale_size,
-    normalize,
-    resize_image,
-)
+from restoration.pipeline_ddpm_hq import conditioning_image, model_input
+from restoration.preprocess import PreprocessConfig, list_images, load_grayscale, model_scale_size
 
 ENHANCE_INFO_NAME = "enhance.json"
-
-
-def model_input(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None) -> np.ndarray:
-    """[0, 1] HxW image -> the model's LQ input in [-1, 1]: percentile window, then longer side ``lq_size``.
-
-    Args:
-        img01: image in [0, 1].
-        pcfg: the model's preprocessing (its percentile window).
-        lq_size: the model's training LQ side; None keeps the native size.
-    """
-    lq = normalize(img01, pcfg)  # window at full resolution, as in training
-    if lq_size is None:
-        return lq
-    return resize_image(lq, model_scale_size(*lq.shape, lq_size))
-
-
-def conditioning_image(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None, scale: int) -> np.ndarray:
-    """The image as the restorer sees it, at output size, in [0, 1]: ``model_input`` bicubic-upsampled by ``scale``.
-
-    Compare restored outputs with this (e.g. nodule contrast before vs after restoration).
-    """
-    lq = torch.from_numpy(model_input(img01, pcfg, lq_size))[None, None]
-    return ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+__all__ = ["EnhanceRun", "conditioning_image", "enhance_folder", "enhance_image", "model_input"]
 
 
 def enhance_image(
@@ -70,7 +42,7 @@ def enhance_image(
 
     Args:
         img01: the image in [0, 1].
-        unet, scheduler: from ``load_model`` / ``make_scheduler``.
+        unet, scheduler: the pipeline's (``load_pipeline``) or ``build_unet`` / ``make_scheduler``.
         pcfg: the model's preprocessing (percentile window).
         steps, strength: sampler steps and start (see ``restore``).
         scale: the model's SR factor.
@@ -120,26 +92,27 @@ def enhance_folder(
     model_dir: str | Path,
     in_dir: str | Path,
     out_dir: str | Path,
-    steps: int = 50,
-    scheduler: str = "ddim",
+    steps: int | None = None,
+    scheduler: str | None = None,
     device: str | torch.device = "cpu",
     tile: int | str | None = "auto",
     progress: bool = True,
     overlap: int = 32,
     seed: int = 0,
-    strength: float = 1.0,
+    strength: float | None = None,
     input_size: int | str | None = "model",
 ) -> list[Path]:
     """Restore every image under ``in_dir`` and write 16-bit PNGs with the same relative names, + ``enhance.json``.
 
     Args:
-        model_dir: trained DDPM-HQ folder (local only; see ``load_model``).
+        model_dir: a DDPM-HQ pipeline folder (or the older single-folder format; local only, see ``load_pipeline``).
         in_dir: DRRs (16-bit PNGs from our generator, or any png/jpg/dcm); windowed like ``normalize``.
         out_dir: output folder (created); files are written atomically as ``<relative stem>.png``.
-        steps, scheduler: sampler settings (ddpm, ddim, dpmsolver++).
+        steps, scheduler: sampler settings (ddpm, ddim, dpmsolver++); None: the model's own.
         tile: HQ tile side; "auto" = the model's training HQ size, None = whole image at once.
         progress: show a tqdm bar over files.
-        strength: 1.0 = sample from pure noise; <1 = start from the noised upsampled DRR (see ``restore``).
+        strength: 1.0 = sample from pure noise; <1 = start from the noised upsampled DRR (see ``restore``);
+            None: the model's own.
         input_size: longer side inputs are resized to before restoring: "model" = the model's training
             ``lq_size`` (the scale it learned anatomy at), an int, or None for the native size.
 
@@ -151,8 +124,14 @@ def enhance_folder(
     from data.atomic import atomic_write_json
     from data.images import write_png16
 
-    unet, cfg = load_model(model_dir, device=device)
-    sched = make_scheduler(scheduler, cfg)
+    from restoration.pipeline_ddpm_hq import load_pipeline
+
+    pipe = load_pipeline(model_dir, device=device)
+    unet, cfg = pipe.unet, pipe.model_config()
+    steps = int(steps or pipe.config.num_inference_steps)
+    strength = float(strength or pipe.config.strength)
+    sched = pipe.scheduler if scheduler is None else make_scheduler(scheduler, cfg)
+    scheduler = scheduler or type(sched).__name__
     pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
     tile_px = cfg.hq_size if tile == "auto" else tile
     if tile_px is not None and not isinstance(tile_px, int):

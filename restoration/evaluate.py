@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from restoration.ddpm_hq import SCHEDULERS, load_model, make_scheduler, upsample_condition
+from restoration.ddpm_hq import SCHEDULERS, load_model, make_scheduler, unet_forward, upsample_condition
 from restoration.ddpm_hq_sampling import restore
 from restoration.degrade import bicubic_degrade
 from restoration.pairs import in_pairs_folder
@@ -223,7 +223,7 @@ def evaluate_samplers(
     with torch.no_grad():  # warm-up: first-call allocations/kernel selection must not count against sampler 1
         _, _, lq0 = batches[0]
         cond = upsample_condition(lq0[:1].to(device), cfg.scale)
-        unet(torch.cat([cond, cond], dim=1), torch.zeros(1, dtype=torch.long, device=device))
+        unet_forward(unet, cond, cond, torch.zeros(1, dtype=torch.long, device=device))
         _sync(device)
 
     runs = []
