@@ -44,6 +44,7 @@ DEFAULT_SAMPLER = "ddim"
 # round(steps * strength) steps of a `steps`-step schedule (set per model in its config after measuring)
 DEFAULT_STEPS = 8
 DEFAULT_STRENGTH = 0.5
+SAMPLER_NAMES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
 
 
 @dataclass
@@ -187,9 +188,14 @@ class DDPMHQPipeline(DiffusionPipeline):
         return self
 
     def output_size(self, in_size: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) of the restored image of an (h, w) input."""
+        """(h, w) of the restored image of an (h, w) input (at the default ``input_size="model"``)."""
         h, w = model_scale_size(int(in_size[0]), int(in_size[1]), int(self.config.lq_size))
         return h * self.config.scale, w * self.config.scale
+
+    @property
+    def sampler_name(self) -> str:
+        """``make_scheduler`` name of the current scheduler (ddpm, ddim, dpmsolver++), or its class name."""
+        return SAMPLER_NAMES.get(type(self.scheduler).__name__, type(self.scheduler).__name__)
 
     @torch.no_grad()
     def __call__(
@@ -202,6 +208,7 @@ class DDPMHQPipeline(DiffusionPipeline):
         overlap: int = 32,
         output_type: str = "np",
         return_dict: bool = True,
+        input_size: int | str | None = "model",
     ) -> DDPMHQPipelineOutput | tuple[list[Any]]:
         """Restore LQ images in [0, 1] ((H, W), (N, H, W) or a list of (H, W)), one at a time.
 
@@ -213,6 +220,8 @@ class DDPMHQPipeline(DiffusionPipeline):
             num_inference_steps, strength: sampler schedule (None: the pipeline's configured defaults).
             tile, overlap: HQ-pixel tiles for memory (None: whole images; see ``restore``).
             output_type: "np" (float32 arrays in [0, 1]) or "pt" (float32 tensors on the CPU).
+            input_size: longer side inputs are resized to: "model" (``lq_size``, the scale the model learned
+                anatomy at), an int, or None for the native size.
         """
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type {output_type!r}: expected one of np, pt")
@@ -222,6 +231,9 @@ class DDPMHQPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        size = int(self.config.lq_size) if input_size == "model" else input_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"input_size must be 'model', a positive int or None, got {input_size!r}")
         imgs = _as_images(images)
         if isinstance(generator, Sequence):
             if len(generator) != len(imgs):
@@ -231,7 +243,7 @@ class DDPMHQPipeline(DiffusionPipeline):
             gens = [generator] * len(imgs)
         outs: list[Any] = []
         for img, gen in zip(imgs, gens):
-            lq = model_input(img, self.preprocess_config, int(self.config.lq_size))
+            lq = model_input(img, self.preprocess_config, size)
             x = restore(
                 self.unet, self.scheduler, torch.from_numpy(lq)[None, None].to(self.unet.device), steps, gen,
                 tile=tile, overlap=overlap, scale=int(self.config.scale), strength=strength,
@@ -291,7 +303,8 @@ def load_pipeline(
             _check_weights(folder / WEIGHTS_NAME)
             try:
                 unet, cfg = load_model(folder, device=device, dtype=dtype)
-                return DDPMHQPipeline.from_model(unet, cfg)
+                # that format recorded no sampler: the one its tools used (DDIM, 50 steps from pure noise)
+                return DDPMHQPipeline.from_model(unet, cfg, "ddim", 50, 1.0)
             except (ModelNotFoundError, ModelFolderError):
                 raise
             except Exception as err:
@@ -323,7 +336,8 @@ def load_pipeline(
         if bar:
             diffusers_logging.enable_progress_bar()
     pipe.unet.eval()
-    return pipe.to(device or "cpu", dtype or torch.float32)
+    pipe = pipe.to(device or "cpu")
+    return pipe if dtype in (None, torch.float32) else pipe.to(dtype=dtype)
 
 
 def save_pipeline(
