@@ -187,6 +187,17 @@ def infinite_batches(accelerator: Any, loader: Any, start_step: int) -> Iterator
         epoch, skip = epoch + 1, 0
 
 
+def out_of_time(accelerator: Any, started: float, budget_s: float | None) -> bool:
+    """Whether a run's wall-clock budget (seconds since ``started``, a ``time.monotonic()``) is spent, agreed by
+    every process (the slowest decides), so all of them stop at the same step; False without a budget."""
+    import time
+
+    if budget_s is None:
+        return False
+    spent = torch.tensor([float(time.monotonic() - started >= budget_s)], device=accelerator.device)
+    return bool(accelerator.reduce(spent, reduction="sum").item() > 0) if accelerator.num_processes > 1 else bool(spent.item())
+
+
 def default_device(device: str | torch.device | None) -> torch.device:
     """``device`` or CUDA when available, else CPU."""
     if device is not None:
