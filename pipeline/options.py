@@ -46,8 +46,9 @@ class MakePairsOptions:
     model: Literal["munit", "ddpm-lq"]
     seed: Seed = 0
     strength: Annotated[float, Field(ge=0, le=1)] = 0.3
-    steps: Steps = 50
+    steps: Steps = 10
     style: Literal["random", "lq-extracted"] = "random"
+    split: Literal["train", "held_out", "all"] = "train"
 
 
 @dataclass(frozen=True)
