@@ -106,9 +106,9 @@ class DDPMHQPipeline(DiffusionPipeline):
         scheduler: the sampler (``ddpm_hq.make_scheduler``), sharing the training noise schedule.
         lq_size: inputs are resized so their longer side is this (the scale the model learned anatomy at).
         scale: super-resolution factor.
-        space_to_depth: the UNet's pixel-unshuffle factor (recorded; the UNet's channels imply it).
+        space_to_depth: the UNet's pixel-unshuffle factor (recorded and checked; None: from the UNet's channels).
         residual_scale: > 0: the model diffuses ``(HQ - bicubic(LQ)) * residual_scale``.
-        prediction_type: what the UNet predicts (epsilon, v_prediction, sample).
+        prediction_type: what the UNet predicts (epsilon, v_prediction, sample; None: the scheduler's).
         preprocess: ``PreprocessConfig.to_dict()`` of the training data (percentile window).
         num_inference_steps, strength: default sampler schedule (``restore``): UNet evaluations per image =
             ``max(1, round(num_inference_steps * strength))``.
@@ -123,9 +123,9 @@ class DDPMHQPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         lq_size: int = 512,
         scale: int = 2,
-        space_to_depth: int = 1,
+        space_to_depth: int | None = None,
         residual_scale: float = 0.0,
-        prediction_type: str = "epsilon",
+        prediction_type: str | None = None,
         preprocess: dict[str, Any] | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
         strength: float = DEFAULT_STRENGTH,
@@ -133,6 +133,12 @@ class DDPMHQPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         s = space_to_depth_of(unet)
+        if space_to_depth is None:  # not given: what the UNet was built for
+            space_to_depth = s
+            self.register_to_config(space_to_depth=s)
+        if prediction_type is None:
+            prediction_type = scheduler.config.prediction_type
+            self.register_to_config(prediction_type=prediction_type)
         if s != space_to_depth or unet.config.in_channels != 2 * s * s:
             raise ModelFolderError(
                 f"UNet has in/out channels {unet.config.in_channels}/{unet.config.out_channels}, which does not "
@@ -338,6 +344,40 @@ def load_pipeline(
     pipe.unet.eval()
     pipe = pipe.to(device or "cpu")
     return pipe if dtype in (None, torch.float32) else pipe.to(dtype=dtype)
+
+
+def configure_sampler(
+    folder: str | Path,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    strength: float | None = None,
+) -> DDPMHQPipeline:
+    """Set a pipeline folder's default sampler, steps and/or strength in place (weights untouched).
+
+    Only ``model_index.json`` and ``scheduler/scheduler_config.json`` are rewritten (atomically), e.g. to ship the
+    setting measured best on held-out pairs. Returns the reloaded pipeline.
+    """
+    from data.atomic import atomic_write_json
+
+    folder = Path(folder)
+    pipe = load_pipeline(folder)
+    if not (folder / MODEL_INDEX).is_file():
+        raise ModelFolderError(f"{folder}: older single-folder format; save it as a pipeline first (save_pipeline)")
+    if num_inference_steps is not None and num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if strength is not None and not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if sampler is not None:
+        pipe.set_sampler(sampler)
+    index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
+    index["scheduler"] = ["diffusers", type(pipe.scheduler).__name__]
+    if num_inference_steps is not None:
+        index["num_inference_steps"] = int(num_inference_steps)
+    if strength is not None:
+        index["strength"] = float(strength)
+    atomic_write_json(folder / "scheduler" / "scheduler_config.json", json.loads(pipe.scheduler.to_json_string()))
+    atomic_write_json(folder / MODEL_INDEX, index)
+    return load_pipeline(folder)
 
 
 def save_pipeline(

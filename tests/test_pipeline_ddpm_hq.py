@@ -288,3 +288,26 @@ def test_enhance_folder_and_sampler_table_on_crops(pipe_dir, tmp_path):
     with pytest.raises(ValueError, match="crop 12: must be a multiple of 8"):
         evaluate_samplers(pipe_dir, hq, specs[:1], crop=12)
     assert SAMPLER_TABLE[0] == "ddpm:1000" and "default" in SAMPLER_TABLE
+
+
+def test_configure_sampler_in_place_and_inferred_config(pipe_dir, tmp_path):
+    import shutil
+
+    from restoration.pipeline_ddpm_hq import configure_sampler
+
+    folder = shutil.copytree(pipe_dir, tmp_path / "m")
+    weights = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    pipe = configure_sampler(folder, "dpmsolver++", num_inference_steps=6, strength=0.5)
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler" and pipe.sampler_name == "dpmsolver++"
+    assert (pipe.config.num_inference_steps, pipe.config.strength) == (6, 0.5)
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    fresh = load_pipeline(folder).set_sampler("dpmsolver++")  # the same sampler the folder now names
+    img = toy_image()
+    a = pipe(img, generator=torch.Generator().manual_seed(0)).images[0]
+    b = fresh(img, num_inference_steps=6, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="strength"):
+        configure_sampler(folder, strength=0.0)
+    # built by hand: space_to_depth and prediction_type default to what the UNet and scheduler say
+    direct = DDPMHQPipeline(pipe.unet, pipe.scheduler, lq_size=16, residual_scale=4.0)
+    assert direct.config.space_to_depth == 4 and direct.config.prediction_type == "sample"
