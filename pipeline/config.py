@@ -221,6 +221,36 @@ def read_generate_config_file(path: str | Path) -> tuple[dict[str, Any], list[st
     return data, notes
 
 
+def pick_enhancement(
+    enhance: Path | None, no_enhance: bool, file_data: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The ``enhance`` settings of a ``generate`` run, and a one-line note when the default had to be dropped.
+
+    ``--no-enhance`` wins, then ``--enhance PATH``, then the ``enhance`` section of ``--config`` (null: none), then
+    the packaged model when this install has one. Pops ``enhance`` from ``file_data``: what the file says is in the
+    returned dict (its model digest only while it names the same model; the input size is re-read on load).
+    """
+    from pipeline.enhancer import PACKAGED_MODEL, packaged_model
+
+    if no_enhance and enhance is not None:
+        raise SettingsError("--enhance and --no-enhance exclude each other", "enhance")
+    in_file = "enhance" in file_data
+    saved = file_data.pop("enhance", None)
+    if no_enhance:
+        return None, None
+    if enhance is not None:
+        return {"model_dir": str(enhance)}, None  # a new model: the file's digest and sizes do not apply
+    if in_file:
+        if not isinstance(saved, dict):
+            return None, None  # the file's run wrote raw DRRs (or the field is checked as wrong below)
+        return {k: saved[k] for k in ("model_dir", "steps", "scheduler", "strength", "weights_sha256") if k in saved}, None
+    if packaged_model() is None:
+        note = ("no packaged restoration model in this install: writing raw DRRs (--enhance PATH "
+                "restores them with a trained DDPM-HQ; --no-enhance silences this note)")  # fmt: skip
+        return None, note
+    return {"model_dir": PACKAGED_MODEL}, None
+
+
 def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` applied section by section (nested dicts merged, None values skipped)."""
     out = dict(base)

@@ -31,10 +31,11 @@ class GenerateRunOptions:
 
 @dataclass(frozen=True)
 class EnhanceOptions:
-    """``enhance`` options."""
+    """``enhance`` options (None: the model's own sampler settings)."""
 
-    steps: Steps = 50
-    scheduler: Scheduler = "ddim"
+    steps: Steps | None = None
+    scheduler: Scheduler | None = None
+    strength: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: Seed = 0
 
 
@@ -45,8 +46,9 @@ class MakePairsOptions:
     model: Literal["munit", "ddpm-lq"]
     seed: Seed = 0
     strength: Annotated[float, Field(ge=0, le=1)] = 0.3
-    steps: Steps = 50
+    steps: Steps = 10
     style: Literal["random", "lq-extracted"] = "random"
+    split: Literal["train", "held_out", "all"] = "train"
 
 
 @dataclass(frozen=True)

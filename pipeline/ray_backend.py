@@ -29,7 +29,7 @@ from pipeline.run_folder import RunRecorder, open_run
 class GenerateWorker:
     """Ray actor body: processes whole CTs with the serial code path, returning manifest entries to the driver."""
 
-    def __init__(self, config: GenerateConfig, out_dir: str, device: str | None) -> None:
+    def __init__(self, config: GenerateConfig, out_dir: str, device: str | None, model_path: str | None = None) -> None:
         import torch
 
         from data.confine import guard
@@ -43,7 +43,9 @@ class GenerateWorker:
         if config.enhance is not None:  # the restoration model is loaded once per actor, not per CT
             from pipeline.enhancer import Enhancer
 
-            self.enhancer = Enhancer(config.enhance, device or "cpu")
+            # The driver's resolved folder (the same install, or shared storage); the digest check catches a
+            # different model there.
+            self.enhancer = Enhancer(config.enhance, device or "cpu", None if model_path is None else Path(model_path))
 
     def process(
         self, index: int, path: str, done: frozenset[tuple[str, int]]
@@ -73,12 +75,14 @@ def generate_ray(
     restart: bool = False,
     address: str | None = None,
     num_workers: int | None = None,
+    enhance_dir: Path | None = None,
 ) -> GenerateResult:
     """``generate`` on Ray; same outputs as the serial backend.
 
     Args:
         address: Ray cluster address (``auto`` for an existing cluster); None starts a local one.
         num_workers: actors in the pool (default: one per GPU, else one per CPU of the cluster; capped by both).
+        enhance_dir: the folder ``config.enhance`` resolved to in the driver (default: each actor resolves it).
 
     A CT whose actor dies (e.g. killed for memory) is reported in one line like any failed CT and the actor replaced.
     """
@@ -90,7 +94,9 @@ def generate_ray(
     out_dir = Path(out_dir).resolve()
     result = GenerateResult(out_dir)
     with open_run(inputs, out_dir, config, restart) as recorder:  # the driver holds the folder's lock
-        outcomes = _run_pool(ray, inputs, out_dir, config, device, progress, address, num_workers, recorder)
+        outcomes = _run_pool(
+            ray, inputs, out_dir, config, device, progress, address, num_workers, recorder, enhance_dir
+        )
         sources: list[dict[str, Any]] = []
         firsts: dict[str, str] = {}
         for index, path in enumerate(inputs):  # reported in input order, like the serial run
@@ -109,6 +115,7 @@ def _run_pool(
     address: str | None,
     num_workers: int | None,
     recorder: RunRecorder,
+    enhance_dir: Path | None = None,
 ) -> dict[int, CTOutcome]:
     """Process every input on an actor pool, recording manifest entries as they arrive; outcomes by input index.
 
@@ -127,7 +134,7 @@ def _run_pool(
     worker_device = "cuda" if gpus else "cpu" if device in (None, "auto") else device
 
     def new_actor() -> Any:
-        return actor_cls.remote(config, str(out_dir), worker_device)
+        return actor_cls.remote(config, str(out_dir), worker_device, None if enhance_dir is None else str(enhance_dir))
 
     idle = [new_actor() for _ in range(workers)]
     pending: dict[Any, tuple[int, Any]] = {}

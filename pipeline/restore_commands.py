@@ -46,10 +46,15 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     def train(
         model: str = typer.Argument(..., help="ddpm-hq (the restorer), munit or ddpm-lq (the degraders)."),
         config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig)."),
-        hq_dir: Optional[Path] = typer.Option(None, "--hq-dir", help="Real high-quality CXRs (png/jpg/dcm)."),
-        lq_dir: Optional[Path] = typer.Option(None, "--lq-dir", help="Low-quality images: our DRRs, or LQ of a pairs folder."),
+        hq_dir: list[Path] = typer.Option(
+            [], "--hq-dir", help="Real high-quality CXRs (png/jpg/dcm); munit/ddpm-lq: repeatable (NIH, MHH, ...)."
+        ),
+        lq_dir: list[Path] = typer.Option(
+            [], "--lq-dir", help="Low-quality images: our DRRs (munit/ddpm-lq: repeatable), or LQ of a pairs folder."
+        ),
         output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o"),
         steps: Optional[int] = typer.Option(None, "--steps", help="max_train_steps"),
+        crop_size: Optional[int] = typer.Option(None, "--crop-size", help="munit/ddpm-lq: side of the random training crops."),
         stage: int = typer.Option(1, "--stage", help="ddpm-lq only: 1 (all images) or 2 (LQ fine-tune)."),
         init_from: Optional[Path] = typer.Option(None, "--init-from", help="ddpm-lq stage 2: the stage-1 model."),
         overrides: list[str] = typer.Option([], "--set", help="Any config field: --set lq_size=128 --set use_ema=true"),
@@ -67,10 +72,11 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
             if ignored:
                 typer.echo(f"note: {config}: run record fields ignored (not settings): {', '.join(ignored)}", err=True)
-            if hq_dir is not None:
-                base["hq_dir"] = str(hq_dir)
-            if lq_dir is not None:
-                base["lq_dir"] = str(lq_dir)
+            for key, dirs in (("hq_dir", hq_dir), ("lq_dir", lq_dir)):
+                if dirs:  # one folder stays a string (ddpm-hq takes one); several a list (munit, ddpm-lq)
+                    base[key] = str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs]
+            if crop_size is not None:
+                base["crop_size"] = crop_size
             if output_dir is not None:
                 base["output_dir"] = str(output_dir)
             if steps is not None:
@@ -99,27 +105,39 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     def make_pairs(
         model: str = typer.Argument(..., help="munit or ddpm-lq: the degrader that turns HQ into LQ."),
         model_dir: Path = typer.Option(..., "--model"),
-        hq_dir: Path = typer.Option(..., "--hq-dir"),
-        out: Path = typer.Option(..., "--out", help="Pairs folder: out/hq/NAME.png and out/lq/NAME.png."),
+        hq_dir: list[Path] = typer.Option(..., "--hq-dir", help="Real HQ CXRs (repeatable); HQ = 2x the LQ scale."),
+        out: Path = typer.Option(..., "--out", help="Pairs folder: out/hq/NAME.png and out/lq/NAME.png (resumable)."),
+        split: str = typer.Option(
+            "train", "--split", help="Patient split of --hq-dir: train (for training), held_out (for measuring) or all."
+        ),
         seed: int = typer.Option(0, "--seed"),
         strength: float = typer.Option(0.3, "--strength", help="ddpm-lq: SDEdit strength (0 = unchanged)."),
-        steps: int = typer.Option(50, "--steps", help="ddpm-lq: sampler steps."),
+        steps: int = typer.Option(10, "--steps", help="ddpm-lq: sampler steps."),
         style: str = typer.Option("random", "--style", help="munit: random or lq-extracted."),
-        lq_dir: Optional[Path] = typer.Option(None, "--lq-dir", help="munit lq-extracted: LQ images to take styles from."),
+        lq_dir: list[Path] = typer.Option([], "--lq-dir", help="munit lq-extracted: LQ images to take styles from."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Degrade real HQ CXRs into DRR-like LQ with a trained MUNIT-LQ or DDPM-LQ: (LQ, HQ) pairs for DDPM-HQ."""
         from pipeline.options import MakePairsOptions, check_options
 
+        hq = [str(d) for d in hq_dir]
         try:
-            check_options(MakePairsOptions, model=model, seed=seed, strength=strength, steps=steps, style=style)
+            check_options(
+                MakePairsOptions, model=model, seed=seed, strength=strength, steps=steps, style=style, split=split
+            )
             if model == "munit":
                 from restoration.train_munit import make_pairs as run
 
-                written = run(model_dir, hq_dir, out, style=style, seed=seed, lq_dir=lq_dir)
+                written = run(
+                    model_dir, hq, out, style=style, seed=seed, lq_dir=[str(d) for d in lq_dir] or None,
+                    split=split, progress=progress,
+                )  # fmt: skip
             elif model == "ddpm-lq":
                 from restoration.train_ddpm_lq import make_pairs as run_lq
 
-                written = run_lq(model_dir, hq_dir, out, strength=strength, steps=steps, seed=seed)
+                written = run_lq(
+                    model_dir, hq, out, strength=strength, steps=steps, seed=seed, split=split, progress=progress
+                )
             else:
                 fail(f"unknown degrader {model!r}: expected one of munit, ddpm-lq")
         except (FileNotFoundError, ValueError) as err:
@@ -129,28 +147,44 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     @app.command()
     def enhance(
         images: Path = typer.Argument(..., help="Folder of DRRs (e.g. a generate output's images/) or CXRs."),
-        model_dir: Path = typer.Option(..., "--model", help="Trained DDPM-HQ folder."),
+        model_dir: Optional[Path] = typer.Option(
+            None, "--model", help="Trained DDPM-HQ folder (default: the model shipped in the package)."
+        ),
         out: Path = typer.Option(..., "--out"),
-        steps: int = typer.Option(50, "--steps"),
-        scheduler: str = typer.Option("ddim", "--scheduler", help="ddpm, ddim or dpmsolver++."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="1 to 1000 (default: the model's)."),
+        scheduler: Optional[str] = typer.Option(
+            None, "--scheduler", help="ddpm, ddim or dpmsolver++ (default: the model's)."
+        ),
+        strength: Optional[float] = typer.Option(
+            None, "--strength", help="(0, 1]: 1 = from pure noise, less = from the noised input (default: the model's)."
+        ),
         device: str = typer.Option("auto", "--device"),
         seed: int = typer.Option(0, "--seed"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
-        """Restore and 2x super-resolve every image of a folder with DDPM-HQ (16-bit PNGs, same names)."""
+        """Restore and super-resolve every image of a folder with DDPM-HQ (16-bit PNGs, same names)."""
         from ct_projection.render import pick_device
+        from pipeline.enhancer import PACKAGED_MODEL, check_model_folder, resolve_model_dir
         from pipeline.options import EnhanceOptions, check_options
         from restoration.ddpm_hq import ModelNotFoundError
         from restoration.enhance import enhance_folder
+        from restoration.preprocess import list_images, load_grayscale
 
         try:
-            check_options(EnhanceOptions, steps=steps, scheduler=scheduler, seed=seed)
+            check_options(EnhanceOptions, steps=steps, scheduler=scheduler, strength=strength, seed=seed)
+            folder = resolve_model_dir(PACKAGED_MODEL if model_dir is None else model_dir)
+            check_model_folder(folder)  # a missing folder or a damaged file is named before anything is written
+            paths = list_images(images)
+            if not paths:
+                raise ValueError(f"{images}: no png/jpg/jpeg/dcm images to enhance")
+            for path in paths:  # every input must read before the first output is written
+                load_grayscale(path)
             written = enhance_folder(
-                model_dir, images, out, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
-                progress=progress, seed=seed,
+                folder, images, out, steps=steps, scheduler=scheduler, device=str(pick_device(device)),
+                progress=progress, seed=seed, strength=strength,
             )
         except (ModelNotFoundError, ValueError) as err:
-            fail(str(err))
+            fail(" ".join(str(err).split()))
         typer.echo(f"enhanced {len(written)} images into {out}", err=True)
 
     @app.command()
@@ -273,9 +307,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         """Nodule contrast inside each footprint before vs after restoration (ratio ~1 kept, ~0 erased)."""
         from data.atomic import atomic_write_json
         from data.coco import read_coco
+        from pipeline.enhancer import resolve_model_dir
         from pipeline.nodule_preservation import ERASED_BELOW, measure, summarize
-        from restoration.ddpm_hq import DDPMHQConfig, ModelNotFoundError, load_model
-        from restoration.preprocess import PreprocessConfig
+        from restoration.ddpm_hq import ModelNotFoundError
+        from restoration.pipeline_ddpm_hq import load_pipeline
 
         coco = dataset / "annotations" / "coco.json"
         if not coco.is_file():
@@ -286,13 +321,11 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
                 fail(f"{dataset}: not made with --enhance (no restored images to compare)")
             model_dir = Path(next(u for u in used if u))
         try:
-            load_model(model_dir)  # one-line error with the train command when it is missing
-        except ModelNotFoundError as err:
+            pipe = load_pipeline(resolve_model_dir(model_dir))  # the packaged model is recorded by name, not path
+        except (ModelNotFoundError, ValueError) as err:
             fail(str(err))
-        cfg = DDPMHQConfig.load(model_dir)
-        pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
         try:
-            result = summarize(measure(dataset, pcfg, scale=cfg.scale))
+            result = summarize(measure(dataset, pipe.preprocess_config, scale=int(pipe.config.scale)))
         except (FileNotFoundError, ValueError) as err:
             fail(str(err))
         if result["nodules"] == 0:

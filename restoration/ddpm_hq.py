@@ -1,21 +1,28 @@
 """DDPM-HQ: conditional diffusion model that restores a DRR-like LQ radiograph and super-resolves it 2x.
 
-SR3-style conditioning: the UNet sees the noisy HQ estimate concatenated with the bicubically upsampled LQ.
-Model (``build_unet``) and scheduler (``make_scheduler``) live here; the sampling loop (``restore``, with tiling) is
-``restoration/ddpm_hq_sampling.py``, so any scheduler can be swapped in at inference time.
+SR3-style conditioning: the UNet sees the noisy HQ estimate concatenated with the bicubically upsampled LQ. The
+default ("compact") model is attention-free and works behind a pixel-unshuffle (``space_to_depth`` s): it sees
+unshuffle(noisy HQ residual) ⊕ unshuffle(bicubic LQ) as 2·s² channels at 1/s of the HQ side and returns s² channels
+that are pixel-shuffled back, so its cost is linear in pixels and crop-trained weights apply to whole images.
+The "paper" preset (larger UNet, attention, no unshuffle) is for GPU users.
+Model (``build_unet``, ``unet_forward``) and scheduler (``make_scheduler``) live here; the sampling loop
+(``restore``, with tiling) is ``restoration/ddpm_hq_sampling.py``; ``restoration/pipeline_ddpm_hq.py`` joins them
+as a diffusers pipeline.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from pydantic import Field
 
 CONFIG_NAME = "ddpm_hq_config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -28,16 +35,27 @@ class ModelNotFoundError(FileNotFoundError):
     """No trained DDPM-HQ model in a folder; ``str(err)`` is one line that says how to train one."""
 
 
+class ModelFolderError(ValueError):
+    """A DDPM-HQ model folder that exists but cannot be used (corrupt weights, wrong config); one-line ``str``."""
+
+
 @dataclass
 class DDPMHQConfig:
     """Architecture + diffusion settings of a DDPM-HQ model (saved as ``ddpm_hq_config.json`` beside the weights).
 
+    Defaults are the compact CPU model (``PRESETS["compact"]``); ``DDPMHQConfig.preset("paper")`` is the paper-size
+    UNet with attention for GPU users (about 1 h per 1024² image at 20 steps on 2 CPU cores).
+
     Args:
-        lq_size: training LQ crop side; HQ side is ``lq_size * scale``.
+        lq_size: the LQ side the model works at (inputs are resized so their longer side is this); HQ side is
+            ``lq_size * scale``. Training may use random crops of it.
         scale: super-resolution factor.
+        space_to_depth: pixel-unshuffle factor s in front of the UNet (1 = none). The UNet runs at HQ/s with
+            2·s² input and s² output channels. Saved configs without it are older models: s = 1.
         block_out_channels: UNet channels per resolution level.
         layers_per_block: ResNet blocks per level.
-        attention_levels: per level, whether it has self-attention (default: lowest resolution only).
+        attention_levels: per level, whether it has self-attention (default: none).
+        mid_attention: self-attention in the UNet's mid block (saved configs without it had it: True).
         norm_num_groups: GroupNorm groups (must divide every channel count).
         num_train_timesteps, beta_schedule, prediction_type: diffusion process (diffusers scheduler names).
         loss: "l1" (SR3/paper) or "l2".
@@ -46,26 +64,28 @@ class DDPMHQConfig:
             the missing detail, so a from-scratch model starts at the bicubic baseline instead of at noise.
     """
 
-    lq_size: int = 128
-    scale: int = 2
-    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
-    layers_per_block: int = 2
+    lq_size: Annotated[int, Field(ge=1)] = 512
+    scale: Annotated[int, Field(ge=1)] = 2
+    space_to_depth: Annotated[int, Field(ge=1)] = 4
+    block_out_channels: tuple[int, ...] = (64, 96, 128, 128)
+    layers_per_block: Annotated[int, Field(ge=1)] = 2
     attention_levels: tuple[bool, ...] | None = None
-    norm_num_groups: int = 32
+    mid_attention: bool = False
+    norm_num_groups: Annotated[int, Field(ge=1)] = 32
     attention_head_dim: int = 8
     dropout: float = 0.0
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    prediction_type: str = "sample"
     loss: str = "l1"
-    residual_scale: float = 0.0
+    residual_scale: float = 4.0
     preprocess: dict[str, Any] = field(default_factory=dict)  # PreprocessConfig.to_dict() of the training data
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         if self.attention_levels is None:
             n = len(self.block_out_channels)
-            self.attention_levels = tuple(i == n - 1 for i in range(n))  # SR3: attention at the lowest resolution
+            self.attention_levels = (False,) * n  # attention-free: cost linear in pixels, crops = whole images
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError(
@@ -92,8 +112,20 @@ class DDPMHQConfig:
 
     @property
     def size_multiple(self) -> int:
-        """HQ sides must be multiples of this (UNet downsamples len(block_out_channels)-1 times)."""
-        return 2 ** (len(self.block_out_channels) - 1)
+        """HQ sides must be multiples of this (unshuffle by s, then len(block_out_channels)-1 downsamplings)."""
+        return self.space_to_depth * 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the UNet has any self-attention (then its cost grows faster than the pixel count)."""
+        return self.mid_attention or any(self.attention_levels or ())
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> DDPMHQConfig:
+        """A named architecture (``PRESETS``: compact, paper) with field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown DDPM-HQ preset {name!r}: expected one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields."""
@@ -106,6 +138,10 @@ class DDPMHQConfig:
         """Inverse of ``to_dict``, strictly validated (data.settings): unknown keys and wrong types are one line."""
         from data.settings import load_settings
 
+        if isinstance(d, dict) and "attention_levels" in d and "space_to_depth" not in d:
+            # a config saved before space_to_depth existed (saved configs hold every field of their time):
+            # that architecture had no unshuffle and mid-block attention
+            d = {"space_to_depth": 1, "mid_attention": True, **d}
         return load_settings(cls, d, section=section)
 
     def save(self, folder: str | Path) -> Path:
@@ -120,18 +156,33 @@ class DDPMHQConfig:
         return cls.from_dict(json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8")))
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU default (BENCHMARKS.md, benchmarks/restorer_speed.py): attention-free, unshuffled by 4
+    "compact": {},
+    # paper-size UNet at full HQ resolution with attention at the lowest level and in the mid block (GPU)
+    "paper": {
+        "space_to_depth": 1,
+        "block_out_channels": (64, 128, 256, 256),
+        "layers_per_block": 2,
+        "attention_levels": (False, False, False, True),
+        "mid_attention": True,
+    },
+}
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 
 def build_unet(cfg: DDPMHQConfig) -> UNet2DModel:
-    """UNet2DModel with in_channels=2 (noisy HQ ⊕ upsampled LQ) and out_channels=1."""
+    """UNet2DModel with 2·s² input channels (unshuffled noisy HQ ⊕ upsampled LQ) and s² output channels."""
     levels = cfg.attention_levels or ()
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in levels)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels))
+    s = cfg.space_to_depth
     return UNet2DModel(
-        sample_size=cfg.hq_size,
-        in_channels=2,
-        out_channels=1,
+        sample_size=cfg.hq_size // s,
+        in_channels=2 * s * s,
+        out_channels=s * s,
         down_block_types=down,
         up_block_types=up,
         block_out_channels=cfg.block_out_channels,
@@ -139,7 +190,40 @@ def build_unet(cfg: DDPMHQConfig) -> UNet2DModel:
         norm_num_groups=cfg.norm_num_groups,
         attention_head_dim=cfg.attention_head_dim,
         dropout=cfg.dropout,
+        add_attention=cfg.mid_attention,
     )
+
+
+def space_to_depth_of(unet: torch.nn.Module) -> int:
+    """The unshuffle factor a UNet was built for (its s² output channels; 1 for stand-ins without a config)."""
+    config = getattr(getattr(unet, "module", unet), "config", None)  # accelerate/DDP wrap the model in .module
+    out = int(getattr(config, "out_channels", 1) or 1)
+    s = math.isqrt(out)
+    if s * s != out:
+        raise ValueError(f"UNet out_channels {out} is not a square s² (space_to_depth)")
+    return s
+
+
+def size_multiple_of(unet: torch.nn.Module) -> int:
+    """HQ sides a UNet accepts are multiples of this (s · 2^(levels-1))."""
+    config = getattr(getattr(unet, "module", unet), "config")
+    return space_to_depth_of(unet) * 2 ** (len(config.block_out_channels) - 1)
+
+
+def unet_forward(unet: torch.nn.Module, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Model output at HQ resolution (B, 1, H, W) for noisy ``x`` and upsampled ``cond`` (both (B, 1, H, W)).
+
+    With space_to_depth s > 1 both are pixel-unshuffled to s² channels at (H/s, W/s), the UNet returns s² channels
+    there and they are pixel-shuffled back; H and W must be multiples of s.
+    """
+    s = space_to_depth_of(unet)
+    dtype = getattr(getattr(unet, "module", unet), "dtype", x.dtype)
+    if s > 1:
+        inp = torch.cat([F.pixel_unshuffle(x, s), F.pixel_unshuffle(cond, s)], dim=1)
+    else:
+        inp = torch.cat([x, cond], dim=1)
+    out = unet(inp.to(dtype), t).sample
+    return F.pixel_shuffle(out, s) if s > 1 else out
 
 
 def upsample_condition(lq: torch.Tensor, scale: int = 2) -> torch.Tensor:
@@ -219,7 +303,7 @@ def training_loss(
     cond = upsample_condition(lq, scale).to(hq.dtype)
     x0 = (hq - cond) * residual_scale if residual_scale > 0 else hq
     noisy = scheduler.add_noise(x0, noise, t)
-    pred = unet(torch.cat([noisy, cond], dim=1), t).sample
+    pred = unet_forward(unet, noisy, cond, t)
     ptype = scheduler.config.prediction_type
     if ptype == "epsilon":
         target = noise

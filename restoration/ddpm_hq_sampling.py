@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from restoration.ddpm_hq import seeded_noise, upsample_condition
+from restoration.ddpm_hq import seeded_noise, size_multiple_of, space_to_depth_of, unet_forward, upsample_condition
+
 
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Tile origins covering [0, length) with the last tile flush with the end."""
@@ -44,25 +45,28 @@ def _predict(
     overlap: int,
     max_batch: int,
 ) -> torch.Tensor:
-    """UNet output for the full canvas, computed in overlapping tiles blended in model-output space."""
-    dtype = unet.dtype
-    b, _, h, w = x.shape
-    inp = torch.cat([x, cond], dim=1)
+    """Model output (B, 1, H, W) for the full canvas, computed in overlapping tiles blended in model-output space.
 
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        outs = [
-            unet(batch[i : i + max_batch].to(dtype), t.expand(min(max_batch, batch.shape[0] - i))).sample.float()
-            for i in range(0, batch.shape[0], max_batch)
-        ]
+    Tiles are taken in HQ pixels at multiples of the UNet's size multiple (so a tile's pixel-unshuffle grid is the
+    whole image's); GroupNorm sees only its tile, so tiled output differs slightly from untiled (tested bound).
+    """
+    b, _, h, w = x.shape
+
+    def run(xs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(0, xs.shape[0], max_batch):
+            n = min(max_batch, xs.shape[0] - i)
+            outs.append(unet_forward(unet, xs[i : i + n], cs[i : i + n], t.expand(n)).float())
         return torch.cat(outs)
 
     if tile is None or (h <= tile and w <= tile):
-        return run(inp)
+        return run(x, cond)
     th, tw = min(tile, h), min(tile, w)
     boxes = [
         (y, xx) for y in _tile_starts(h, th, max(1, th - overlap)) for xx in _tile_starts(w, tw, max(1, tw - overlap))
     ]
-    preds = run(torch.cat([inp[:, :, y : y + th, xx : xx + tw] for (y, xx) in boxes]))  # tile-major batches
+    crops = [(x[:, :, y : y + th, xx : xx + tw], cond[:, :, y : y + th, xx : xx + tw]) for (y, xx) in boxes]
+    preds = run(torch.cat([c[0] for c in crops]), torch.cat([c[1] for c in crops]))  # tile-major batches
     acc = torch.zeros((b, 1, h, w), device=x.device)
     norm = torch.zeros((1, 1, h, w), device=x.device)
     for k, (y, xx) in enumerate(boxes):
@@ -99,8 +103,9 @@ def restore(
 
     Args:
         scheduler: from ``make_scheduler``; its state is reset by ``set_timesteps``.
-        tile: tile side in HQ pixels (rounded down to the UNet size multiple) or None for whole images.
-        overlap: tile overlap in HQ pixels (clipped to tile // 2).
+        tile: tile side in HQ pixels (rounded down to the UNet size multiple) or None for whole images. The
+            default attention-free UNet needs tiles only where memory does (large images on a small GPU).
+        overlap: tile overlap in HQ pixels (clipped to tile // 2, rounded down to the space_to_depth factor).
         max_batch: most UNet inputs per forward pass.
         strength: 1.0 starts from pure noise (paper). Below 1, sampling starts from the upsampled LQ
             diffused to the timestep ``strength * T`` and runs only the last ``round(steps * strength)``
@@ -114,7 +119,8 @@ def restore(
     if lq.ndim != 4 or lq.shape[1] != 1:
         raise ValueError(f"expected LQ of shape (B, 1, h, w), got {tuple(lq.shape)}")
     device = unet.device
-    mult = 2 ** (len(unet.config.block_out_channels) - 1)
+    mult = size_multiple_of(unet)  # s * 2^(levels - 1): tiles and the padded canvas keep the unshuffle grid
+    s2d = space_to_depth_of(unet)
     cond = upsample_condition(lq.to(device, torch.float32), scale)
     h, w = cond.shape[-2:]
     ph, pw = (-h) % mult, (-w) % mult
@@ -123,7 +129,7 @@ def restore(
         cond = F.pad(cond, (0, pw, 0, ph), mode=mode)
     if tile is not None:
         tile = max(mult, (int(tile) // mult) * mult)
-        overlap = max(0, min(int(overlap), tile // 2))
+        overlap = max(0, min(int(overlap), tile // 2)) // s2d * s2d  # tile starts stay on the unshuffle grid
     noise = seeded_noise(tuple(cond.shape), generator, cond)
     scheduler.set_timesteps(num_inference_steps, device=device)
     steps = scheduler.timesteps

@@ -5,6 +5,11 @@ training (see ``docs/DDPM_LQ.md``) the condition is zeroed (classifier-free-styl
 stages are unconditional: stage 1 learns all radiographs (HQ and LQ), stage 2 fine-tunes on LQ only. HQ -> LQ
 is then SDEdit: noise the HQ image to timestep ``strength * T`` and denoise it with the stage-2 model, which keeps
 the anatomy (low frequencies survive the noise) and re-synthesises the fine texture in the LQ style.
+
+The default network is compact and attention-free (cost linear in pixels, so crop-trained weights apply to whole
+images): the UNet sees a pixel-unshuffled input (``space_to_depth`` 4: a 512 px image becomes 128 px with 2*16
+channels) and its output is pixel-shuffled back. It trains on random crops (``image_size`` is the crop side) and
+runs SDEdit on whole 512 px images with few steps (strength 0.3, 10 steps).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -32,16 +38,22 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 @dataclass
 class DDPMLQConfig:
-    """UNet architecture and noise schedule (defaults: diffusers' train_unconditional.py UNet at 256 px).
+    """UNet architecture and noise schedule (defaults: a compact attention-free UNet behind a 4x pixel unshuffle).
+
+    ``DDPMLQConfig.paper()`` gives the 6-level 256 px UNet of diffusers' ``train_unconditional.py`` (with
+    attention at one level) that earlier versions used; it is for GPUs.
 
     Args:
-        image_size: side of the square training images in pixels.
+        image_size: side of the square training crops in pixels (the UNet's nominal ``sample_size``; whole images
+            of any size that is a multiple of ``pad_multiple()`` are denoised at inference).
+        space_to_depth: pixel-unshuffle factor in front of the UNet (1: none).
         block_out_channels: channels of each UNet resolution level.
         down_block_types: one of ``DOWN_BLOCKS`` per level (attention blocks are slower but see further).
         up_block_types: one of ``UP_BLOCKS`` per level, deepest first.
         layers_per_block: ResNet layers per level.
         norm_num_groups: GroupNorm groups (must divide every entry of ``block_out_channels``).
         attention_head_dim: channels per attention head.
+        mid_attention: self-attention in the UNet's middle block (cost quadratic in pixels: off by default).
         dropout: dropout in the ResNet blocks.
         num_train_timesteps: diffusion steps T.
         beta_schedule: one of ``BETA_SCHEDULES``.
@@ -49,17 +61,15 @@ class DDPMLQConfig:
         clip_sample: clip the predicted clean image to [-1, 1] while sampling.
     """
 
-    image_size: int = 256
-    block_out_channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512)
-    down_block_types: tuple[str, ...] = (
-        "DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
-    )  # fmt: skip
-    up_block_types: tuple[str, ...] = (
-        "UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D",
-    )  # fmt: skip
-    layers_per_block: int = 2
+    image_size: int = 128
+    space_to_depth: int = 4
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "UpBlock2D")
+    layers_per_block: int = 1
     norm_num_groups: int = 32
     attention_head_dim: int = 8
+    mid_attention: bool = False
     dropout: float = 0.0
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
@@ -84,9 +94,12 @@ class DDPMLQConfig:
                 raise ValueError(f"unknown up block {b!r}; allowed: {UP_BLOCKS}")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every block_out_channels entry")
-        if self.image_size < 1 or self.image_size % 2 ** (n - 1):
+        if self.space_to_depth < 1:
+            raise ValueError(f"space_to_depth must be >= 1, got {self.space_to_depth}")
+        if self.image_size < 1 or self.image_size % self.pad_multiple():
             raise ValueError(
-                f"image_size={self.image_size} must be a positive multiple of 2**(levels-1)={2 ** (n - 1)}"
+                f"image_size={self.image_size} must be a positive multiple of "
+                f"space_to_depth * 2**(levels-1) = {self.pad_multiple()}"
             )
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
@@ -94,6 +107,21 @@ class DDPMLQConfig:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+
+    def pad_multiple(self) -> int:
+        """Image sides must be multiples of this (the unshuffle times the UNet's total downsampling)."""
+        return self.space_to_depth * 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> DDPMLQConfig:
+        """diffusers' train_unconditional.py UNet at 256 px (6 levels, attention at 16 px and in the middle)."""
+        base: dict[str, Any] = {
+            "image_size": 256, "space_to_depth": 1, "block_out_channels": (128, 128, 256, 256, 512, 512),
+            "down_block_types": ("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+            "layers_per_block": 2, "mid_attention": True,
+        }  # fmt: skip
+        return cls(**(base | overrides))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (tuples become lists)."""
@@ -111,16 +139,18 @@ class DDPMLQConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that shape the UNet's weights (a stage-2 run must match its stage-1 model on these)."""
         keys = ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "norm_num_groups",
-                "attention_head_dim")  # fmt: skip
+                "attention_head_dim", "space_to_depth", "mid_attention")  # fmt: skip
         return {k: v for k, v in self.to_dict().items() if k in keys}
 
 
 def build_unet(cfg: DDPMLQConfig) -> UNet2DModel:
-    """Freshly initialised 2-channel-in (noisy image, condition), 1-channel-out UNet."""
+    """Freshly initialised UNet: (noisy image, condition) in, image out, each pixel-unshuffled by space_to_depth."""
+    s2 = cfg.space_to_depth**2
     return UNet2DModel(
-        sample_size=cfg.image_size,
-        in_channels=IMAGE_CHANNELS + COND_CHANNELS,
-        out_channels=IMAGE_CHANNELS,
+        sample_size=cfg.image_size // cfg.space_to_depth,
+        in_channels=(IMAGE_CHANNELS + COND_CHANNELS) * s2,
+        out_channels=IMAGE_CHANNELS * s2,
+        add_attention=cfg.mid_attention,
         layers_per_block=cfg.layers_per_block,
         block_out_channels=cfg.block_out_channels,
         down_block_types=cfg.down_block_types,
@@ -149,6 +179,22 @@ def model_input(x_t: torch.Tensor, condition: torch.Tensor | None) -> torch.Tens
     return torch.cat([x_t, cond], dim=1)
 
 
+def denoiser_output(
+    unet: UNet2DModel, x_t: torch.Tensor, condition: torch.Tensor | None, t: torch.Tensor | int, space_to_depth: int
+) -> torch.Tensor:
+    """The UNet's prediction for noisy images ``x_t`` (B, 1, H, W) at timestep ``t``, same shape as ``x_t``."""
+    inp = model_input(x_t, condition)
+    if space_to_depth > 1:
+        inp = F.pixel_unshuffle(inp, space_to_depth)
+    out = unet(inp, t).sample
+    return F.pixel_shuffle(out, space_to_depth) if space_to_depth > 1 else out
+
+
+def space_to_depth_of(unet: UNet2DModel) -> int:
+    """The unshuffle factor a UNet was built for (from its channel counts)."""
+    return int(round((unet.config.out_channels / IMAGE_CHANNELS) ** 0.5))
+
+
 def sdedit_timesteps(strength: float, num_inference_steps: int, num_train_timesteps: int) -> list[int]:
     """Descending timesteps from t_start = round(strength * T) (at most T - 1) down to 0; empty for strength 0."""
     if not 0.0 <= strength <= 1.0:
@@ -168,8 +214,8 @@ def sdedit(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
     x_hq: torch.Tensor,
-    strength: float,
-    num_inference_steps: int = 50,
+    strength: float = 0.3,
+    num_inference_steps: int = 10,
     generator: torch.Generator | list[torch.Generator] | None = None,
     condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -178,7 +224,7 @@ def sdedit(
     Args:
         unet: DDPM-LQ UNet (put it in eval mode).
         scheduler: its DDPM scheduler (not modified: a copy is stepped).
-        x_hq: (B, 1, H, W) HQ images in [-1, 1].
+        x_hq: (B, 1, H, W) HQ images in [-1, 1]; H and W multiples of the model's ``pad_multiple()``.
         strength: in [0, 1]; 0 returns ``x_hq`` unchanged, 1 starts from (almost) pure noise.
         num_inference_steps: denoising steps spread evenly over [0, t_start].
         generator: RNG (or one per image) for the initial and per-step noise.
@@ -199,8 +245,9 @@ def sdedit(
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=dtype)
     t_start = torch.full((x0.shape[0],), timesteps[0], dtype=torch.long, device=x0.device)
     x = sched.add_noise(x0, noise, t_start)
+    s2d = space_to_depth_of(unet)
     for t in sched.timesteps:
-        out = unet(model_input(x, condition), t).sample
+        out = denoiser_output(unet, x, condition, t, s2d)
         x = sched.step(out, t, x, generator=generator).prev_sample
     return x.clamp(-1.0, 1.0).to(x_hq.dtype)
 
@@ -238,8 +285,12 @@ def load(
     for name in (CONFIG_NAME, UNET_SUBDIR, SCHEDULER_SUBDIR):
         if not (d / name).exists():
             raise ValueError(f"{d}: not a DDPM-LQ model folder (missing {name})")
-    cfg = DDPMLQConfig.from_dict(json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))["model"])
     unet = UNet2DModel.from_pretrained(str(d / UNET_SUBDIR))
+    fields = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))["model"]
+    # folders saved before these fields existed: read them off the network itself
+    fields.setdefault("space_to_depth", space_to_depth_of(unet))
+    fields.setdefault("mid_attention", bool(unet.config.add_attention))
+    cfg = DDPMLQConfig.from_dict(fields)
     scheduler = DDPMScheduler.from_pretrained(str(d / SCHEDULER_SUBDIR))
     return unet.to(device).eval(), scheduler, cfg
 
@@ -254,6 +305,7 @@ __all__ = [
     "DDPMLQConfig",
     "build_scheduler",
     "build_unet",
+    "denoiser_output",
     "load",
     "model_input",
     "read_extra",

@@ -14,41 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from restoration.ddpm_hq import load_model, make_scheduler, upsample_condition
 from restoration.ddpm_hq_sampling import restore
-from restoration.preprocess import (
-    PreprocessConfig,
-    list_images,
-    load_grayscale,
-    model_scale_size,
-    normalize,
-    resize_image,
-)
+from restoration.pipeline_ddpm_hq import conditioning_image, model_input
+from restoration.preprocess import PreprocessConfig, list_images, load_grayscale, model_scale_size
 
 ENHANCE_INFO_NAME = "enhance.json"
-
-
-def model_input(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None) -> np.ndarray:
-    """[0, 1] HxW image -> the model's LQ input in [-1, 1]: percentile window, then longer side ``lq_size``.
-
-    Args:
-        img01: image in [0, 1].
-        pcfg: the model's preprocessing (its percentile window).
-        lq_size: the model's training LQ side; None keeps the native size.
-    """
-    lq = normalize(img01, pcfg)  # window at full resolution, as in training
-    if lq_size is None:
-        return lq
-    return resize_image(lq, model_scale_size(*lq.shape, lq_size))
-
-
-def conditioning_image(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None, scale: int) -> np.ndarray:
-    """The image as the restorer sees it, at output size, in [0, 1]: ``model_input`` bicubic-upsampled by ``scale``.
-
-    Compare restored outputs with this (e.g. nodule contrast before vs after restoration).
-    """
-    lq = torch.from_numpy(model_input(img01, pcfg, lq_size))[None, None]
-    return ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+__all__ = ["EnhanceRun", "conditioning_image", "enhance_folder", "enhance_image", "model_input"]
 
 
 def enhance_image(
@@ -94,7 +65,7 @@ class EnhanceRun:
 
     Args:
         model_dir: the DDPM-HQ folder.
-        scheduler, steps, strength, seed, tile, overlap: sampler settings.
+        scheduler, steps, strength, seed, tile, overlap: sampler settings (tile None: whole images).
         lq_size: longer side the inputs were resized to (None: native size).
         scale: the model's SR factor.
         files: per input, ``{"input", "output", "input_size", "model_input_size", "output_size"}`` ([h, w]).
@@ -120,28 +91,30 @@ def enhance_folder(
     model_dir: str | Path,
     in_dir: str | Path,
     out_dir: str | Path,
-    steps: int = 50,
-    scheduler: str = "ddim",
+    steps: int | None = None,
+    scheduler: str | None = None,
     device: str | torch.device = "cpu",
     tile: int | str | None = "auto",
     progress: bool = True,
     overlap: int = 32,
     seed: int = 0,
-    strength: float = 1.0,
+    strength: float | None = None,
     input_size: int | str | None = "model",
 ) -> list[Path]:
     """Restore every image under ``in_dir`` and write 16-bit PNGs with the same relative names, + ``enhance.json``.
 
     Args:
-        model_dir: trained DDPM-HQ folder (local only; see ``load_model``).
-        in_dir: DRRs (16-bit PNGs from our generator, or any png/jpg/dcm); windowed like ``normalize``.
+        model_dir: DDPM-HQ pipeline folder (or the older single-folder format; local only, see ``load_pipeline``).
+        in_dir: DRRs (16-bit PNGs from our generator, or any png/jpg/dcm); windowed as the model's preprocess says.
         out_dir: output folder (created); files are written atomically as ``<relative stem>.png``.
-        steps, scheduler: sampler settings (ddpm, ddim, dpmsolver++).
-        tile: HQ tile side; "auto" = the model's training HQ size, None = whole image at once.
+        steps, scheduler, strength: sampler settings (ddpm, ddim, dpmsolver++); None = the model's configured
+            default sampler and schedule.
+        tile: HQ tile side (memory); "auto" = whole images (the default UNet is attention-free, so a whole
+            image costs what its tiles would), None the same.
         progress: show a tqdm bar over files.
-        strength: 1.0 = sample from pure noise; <1 = start from the noised upsampled DRR (see ``restore``).
-        input_size: longer side inputs are resized to before restoring: "model" = the model's training
-            ``lq_size`` (the scale it learned anatomy at), an int, or None for the native size.
+        seed: every image's noise seed (per image, so outputs do not depend on folder order).
+        input_size: longer side inputs are resized to before restoring: "model" = the model's ``lq_size``
+            (the scale it learned anatomy at), an int, or None for the native size.
 
     Returns:
         Written paths, in input order.
@@ -150,30 +123,34 @@ def enhance_folder(
 
     from data.atomic import atomic_write_json
     from data.images import write_png16
+    from restoration.pipeline_ddpm_hq import load_pipeline
 
-    unet, cfg = load_model(model_dir, device=device)
-    sched = make_scheduler(scheduler, cfg)
-    pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
-    tile_px = cfg.hq_size if tile == "auto" else tile
-    if tile_px is not None and not isinstance(tile_px, int):
+    pipe = load_pipeline(model_dir, device=device)
+    if scheduler is not None:
+        pipe.set_sampler(scheduler)
+    steps = int(steps if steps is not None else pipe.config.num_inference_steps)
+    strength = float(strength if strength is not None else pipe.config.strength)
+    tile_px = None if tile == "auto" else tile
+    if tile_px is not None and (isinstance(tile_px, bool) or not isinstance(tile_px, int)):
         raise ValueError(f"tile must be an int, 'auto' or None, got {tile!r}")
-    lq_size = cfg.lq_size if input_size == "model" else input_size
-    if lq_size is not None and (not isinstance(lq_size, int) or lq_size < 1):
+    lq_size = int(pipe.config.lq_size) if input_size == "model" else input_size
+    if lq_size is not None and (isinstance(lq_size, bool) or not isinstance(lq_size, int) or lq_size < 1):
         raise ValueError(f"input_size must be 'model', a positive int or None, got {input_size!r}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     paths = list_images(in_dir)
     if not paths:
         raise ValueError(f"{in_dir}: no png/jpg/jpeg/dcm images to enhance")
-    run = EnhanceRun(str(model_dir), scheduler, steps, strength, seed, tile_px, overlap, lq_size, cfg.scale)
+    scale = int(pipe.config.scale)
+    run = EnhanceRun(str(model_dir), pipe.sampler_name, steps, strength, seed, tile_px, overlap, lq_size, scale)
     written: list[Path] = []
     for p in tqdm(paths, desc="enhance", disable=not progress):
         img = load_grayscale(p)
-        hq = enhance_image(
-            img, unet, sched, pcfg, steps, cfg.scale, tile_px, overlap, seed, device, strength, cfg.residual_scale,
-            lq_size,
-        )  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)  # per-image seed: output independent of folder order
+        hq = pipe(
+            img, steps, strength, gen, tile=tile_px, overlap=overlap, input_size=lq_size
+        ).images[0]  # fmt: skip
         dest = (out_dir / p.relative_to(in_dir)).with_suffix(".png")
-        written.append(write_png16(dest, np.rint(hq * 65535.0).astype(np.uint16)))
+        written.append(write_png16(dest, np.rint(hq.astype(np.float64) * 65535.0).astype(np.uint16)))
         mh, mw = img.shape if lq_size is None else model_scale_size(*img.shape, lq_size)
         run.files.append({
             "input": p.relative_to(in_dir).as_posix(), "output": dest.relative_to(out_dir).as_posix(),

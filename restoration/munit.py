@@ -27,13 +27,20 @@ Domain = Literal["a", "b"]
 
 @dataclass
 class MUNITConfig:
-    """Architecture and loss weights (defaults follow the MUNIT paper, greyscale input).
+    """Architecture and loss weights: MUNIT's losses and layout, greyscale, at a compact CPU width.
+
+    The defaults are a narrow MUNIT (dim 12, 3 residual blocks, 3x3 upsampling convs, discriminator width 16) so
+    that a training step on a batch of 4 crops of 128 px takes a few seconds and the translation of a whole 512 px
+    image about a second on one CPU core (``benchmarks/degraders_speed.py``); the network is fully convolutional (no attention, no fully connected layer on the image), so weights
+    trained on crops apply to whole images. ``MUNITConfig.paper()`` is the published size (dim 64, 4 residual
+    blocks, 5x5 upsampling convs, discriminator width 64, MLP 256) for GPU users.
 
     Args:
         in_channels: image channels (1 for radiographs).
         dim: channels after the first generator conv; doubled at each content downsampling.
         n_downsample: stride-2 convs in the content encoder (mirrored by the decoder's upsamplings).
         n_res: residual blocks in the content encoder and in the decoder.
+        up_kernel: kernel of the decoder's upsampling convs (MUNIT: 5).
         style_dim: length of the style code.
         style_n_downsample: stride-2 convs in the style encoder (channels double for the first two only).
         mlp_dim: hidden width of the MLP mapping a style code to AdaIN parameters.
@@ -48,13 +55,14 @@ class MUNITConfig:
     """
 
     in_channels: int = 1
-    dim: int = 64
+    dim: int = 12
     n_downsample: int = 2
-    n_res: int = 4
+    n_res: int = 3
+    up_kernel: int = 3
     style_dim: int = 8
     style_n_downsample: int = 4
-    mlp_dim: int = 256
-    dis_dim: int = 64
+    mlp_dim: int = 128
+    dis_dim: int = 16
     dis_n_layer: int = 4
     n_scales: int = 3
     gan_w: float = 1.0
@@ -64,7 +72,7 @@ class MUNITConfig:
     recon_x_cyc_w: float = 0.0
 
     def __post_init__(self) -> None:
-        positive = ("in_channels", "dim", "style_dim", "mlp_dim", "dis_dim", "dis_n_layer", "n_scales")
+        positive = ("in_channels", "dim", "style_dim", "mlp_dim", "dis_dim", "dis_n_layer", "n_scales", "up_kernel")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"MUNITConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -74,6 +82,14 @@ class MUNITConfig:
         for name in ("gan_w", "recon_x_w", "recon_s_w", "recon_c_w", "recon_x_cyc_w"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"MUNITConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+        if self.up_kernel % 2 == 0:
+            raise ValueError(f"MUNITConfig.up_kernel must be odd (same-size convs), got {self.up_kernel}")
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> MUNITConfig:
+        """The published MUNIT size (Huang et al. 2018): dim 64, 4 residual blocks, 5x5 upsampling, D width 64."""
+        return cls(**({"dim": 64, "n_res": 4, "up_kernel": 5, "mlp_dim": 256, "dis_dim": 64} | overrides))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields."""
@@ -224,7 +240,7 @@ class Decoder(nn.Module):
         up: list[nn.Module] = []
         for _ in range(cfg.n_downsample):
             # nearest upsampling + conv instead of transposed convs: no checkerboard artefacts.
-            up += [nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(ch, ch // 2, 5, norm="ln")]
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), ConvNormAct(ch, ch // 2, cfg.up_kernel, norm="ln")]
             ch //= 2
         up += [_conv(ch, cfg.in_channels, 7), nn.Tanh()]
         self.up = nn.Sequential(*up)

@@ -2,18 +2,24 @@
 
 Layout::
 
-    out_dir/hq/NAME.png   16-bit, size x size: the preprocessed (already windowed) HQ image
-    out_dir/lq/NAME.png   16-bit, size/2 x size/2: its degraded version, 2x area-downsampled
-    out_dir/pairs.json    provenance: method, model, seed, and per pair its name, hq_source (and patient)
+    out_dir/hq/NAME.png   16-bit, the windowed HQ image at twice the LQ scale (NIH: its native 1024 x 1024)
+    out_dir/lq/NAME.png   16-bit, half its size (512 x 512): the degrader's output on the 2x area-downsampled HQ
+    out_dir/pairs.json    provenance: method, model, seed, split, and per pair its name, hq_source and patient
 
 NAME is the HQ file's stem (its relative path joined with "__" when stems collide). Both images are already
 windowed, so readers map their pixel values linearly to [-1, 1] instead of windowing them again.
+
+:func:`write_pairs` is the one driver both degraders use: whole images, a per-image seed from (seed, NAME) so a
+pair does not depend on which other images are present, atomic PNG writes, and resuming (pairs already written
+are skipped; ``pairs.json`` is rewritten, complete, at the end).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +122,127 @@ def pair_records(folder: str | Path) -> dict[str, dict[str, Any]]:
         return {}
     info = json.loads((root / PAIRS_INFO_NAME).read_text(encoding="utf-8"))
     return {str(r["name"]): r for r in info.get("pairs", []) if "name" in r}
+
+
+# ----------------------------------------------------------------------------------------- pairs driver
+
+# (B, 1, h, w) HQ images at the LQ scale in [-1, 1] (padded to the model's multiple), one seed per image
+# -> their degraded (LQ) versions, same shape.
+Degrade = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+def name_seed(seed: int, name: str) -> int:
+    """Per-pair seed from the run seed and the pair's name (independent of the other images and their order)."""
+    return item_seed(seed, int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big"))
+
+
+def hq_pair_images(path: Path, cfg: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(HQ (1, 1, 2h, 2w), its 2x area-downsampled LQ-scale copy (1, 1, h, w)), windowed, in [-1, 1].
+
+    (h, w) has the longer side ``cfg.size`` (the LQ scale); the window is computed at the file's resolution.
+    """
+    from restoration.preprocess import load_grayscale, model_scale_size, normalize, resize_image
+
+    x = normalize(load_grayscale(path), cfg)
+    h, w = model_scale_size(x.shape[0], x.shape[1], cfg.size)
+    hq = torch.from_numpy(resize_image(x, (2 * h, 2 * w)))[None, None]
+    return hq, downsample2x(hq)
+
+
+def pairs_items(hq_dirs: str | Path | Sequence[str | Path], split: str) -> tuple[list[Path], list[str]]:
+    """(HQ files of ``split``, their pair names) from one or several real-CXR folders."""
+    from restoration.degrader_data import as_folders, real_images
+
+    dirs = as_folders(hq_dirs)
+    paths = real_images(dirs, split, "hq_dir")  # type: ignore[arg-type]
+    root = Path(os.path.commonpath([str(d.resolve()) for d in dirs])) if len(dirs) > 1 else dirs[0]
+    names = pair_names([p.resolve() for p in paths] if len(dirs) > 1 else paths, root)
+    return paths, names
+
+
+def write_pairs(
+    hq_dirs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    cfg: PreprocessConfig,
+    degrade: Degrade,
+    info: dict[str, Any],
+    seed: int,
+    split: str = "train",
+    multiple: int = 1,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    record_extra: Callable[[int], dict[str, Any]] | None = None,
+) -> Path:
+    """Degrade every real HQ image of ``split`` into a pairs folder, resuming one that was interrupted.
+
+    Args:
+        hq_dirs: real-CXR folder(s); only the ``split`` part of the patient split is used.
+        out_dir: the pairs folder (created).
+        cfg: window and LQ scale (``cfg.size`` is the LQ longer side; the HQ is twice that).
+        degrade: the degrader (see ``Degrade``).
+        info: the run's settings for ``pairs.json`` (method, model, ...); a folder begun with other settings
+            is refused instead of being mixed.
+        seed: per-pair seeds derive from (seed, NAME).
+        split: "train", "held_out" or "all".
+        multiple: the degrader needs sides that are multiples of this (reflect-padded, then cropped back).
+        batch_size: images per degrader call (consecutive images of the same size).
+        device: where the degrader runs.
+        progress: show a progress bar.
+        record_extra: more provenance per pair from its seed (e.g. which LQ image gave its style).
+
+    Returns:
+        ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    from data.atomic import atomic_write_json
+    from restoration.degrader_data import pad_to_multiple
+    from restoration.splits import patient_of
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = Path(out_dir)
+    paths, names = pairs_items(hq_dirs, split)
+    settings = dict(info) | {
+        "seed": seed, "split": split, "lq_size": cfg.size, "hq_size": 2 * cfg.size, "preprocess": cfg.to_dict(),
+    }  # fmt: skip
+    meta_path = out / PAIRS_INFO_NAME
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        old_settings = {k: v for k, v in old.items() if k not in ("pairs", "complete")}
+        now = json.loads(json.dumps(settings, default=str))
+        if old_settings != now:
+            changed = sorted(k for k in set(old_settings) | set(now) if old_settings.get(k) != now.get(k))
+            raise ValueError(f"{out}: holds pairs made with other settings ({', '.join(changed)}); use a new folder")
+    atomic_write_json(meta_path, settings | {"complete": False, "pairs": []})  # marks the run before any pair
+
+    todo = [i for i, n in enumerate(names) if not ((out / "hq" / n).is_file() and (out / "lq" / n).is_file())]
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=str(info.get("method", "pairs")), disable=not progress)
+    k = 0
+    while k < len(todo):
+        batch = [todo[k]]
+        first = hq_pair_images(paths[todo[k]], cfg)
+        items = [first]
+        while len(batch) < batch_size and k + len(batch) < len(todo):
+            nxt = hq_pair_images(paths[todo[k + len(batch)]], cfg)
+            if nxt[0].shape != first[0].shape:
+                break
+            batch.append(todo[k + len(batch)])
+            items.append(nxt)
+        x, (h, w) = pad_to_multiple(torch.cat([lq for _, lq in items]).to(device), multiple)
+        with torch.no_grad():
+            lq = degrade(x, [name_seed(seed, names[i]) for i in batch])[..., :h, :w]
+        for j, i in enumerate(batch):
+            write_png16(out / "hq" / names[i], to_uint16(items[j][0][0]))  # HQ first: "done" needs both files
+            write_png16(out / "lq" / names[i], to_uint16(lq[j]))
+        k += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    records = []
+    for p, n in zip(paths, names, strict=True):
+        rec = source_record(n, p)
+        rec.setdefault("patient", patient_of(p))
+        records.append(rec | (record_extra(name_seed(seed, n)) if record_extra else {}))
+    atomic_write_json(meta_path, settings | {"complete": True, "pairs": records})
+    return out

@@ -96,11 +96,31 @@ def _load_dicom(path: Path) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _check_opaque(path: Path) -> None:
+    """Refuse a raster image whose alpha channel hides part of it (an opaque alpha is ignored)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info
+        if not has_alpha:
+            return
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    if alpha.min() < 255:
+        share = float(np.mean(alpha < 255))
+        raise ValueError(
+            f"{path}: has transparent pixels ({100 * share:.1f}% of the image); a radiograph must be opaque: "
+            "flatten it onto black or save it without alpha"
+        )
+
+
 def load_grayscale(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG (8/16-bit, RGB -> gray) or DICOM as float32 HxW in [0, 1].
+    """Read a PNG/JPEG (8/16-bit, RGB -> gray, opaque alpha ignored) or DICOM as float32 HxW in [0, 1].
+
+    DICOM pixels go through the modality and VOI LUTs; MONOCHROME1 is inverted so bone is bright.
 
     Raises:
-        ValueError: one line, ``"PATH: problem"``, when the file is missing or cannot be decoded.
+        ValueError: one line, ``"PATH: problem"``, when the file is missing, cannot be decoded, or has
+            transparent pixels.
     """
     p = Path(path)
     if not p.is_file():
@@ -111,6 +131,7 @@ def load_grayscale(path: str | Path) -> np.ndarray:
         else:
             from data.images import read_image  # shared reader: 16-bit /65535, 8-bit /255, RGB -> luma
 
+            _check_opaque(p)
             img = read_image(p)
     except ValueError as exc:
         msg = " ".join(str(exc).split())

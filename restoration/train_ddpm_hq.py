@@ -3,7 +3,8 @@
 Accelerate handles devices/mixed precision/checkpoints; ``checkpoint-N`` folders hold model, optimizer, LR
 scheduler, EMA and RNG state so an interrupted run resumes exactly (``resume=true``, the default).
 Batches are drawn from a seeded, step-indexed permutation instead of a DataLoader so resuming reproduces the
-same data order without replaying the loader.
+same data order without replaying the loader. Which images train, which validate, and how pairs (whole images or
+random crops, one source or several mixed) are made: ``restoration/train_ddpm_hq_data.py``.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from restoration.ddpm_hq import (
     upsample_condition,
 )
 from restoration.ddpm_hq_sampling import restore
-from restoration.degrade import ClassicalDegradationConfig, bicubic_degrade, classical_degrade
-from restoration.pairs import pair_records
-from restoration.preprocess import (
-    ImageFolderDataset,
-    PreprocessConfig,
-    apply_jitter,
-    list_images,
-    mhh_patient_of,
-    random_jitter_params,
-    split_by_source,
+from restoration.preprocess import PreprocessConfig
+from restoration.train_ddpm_hq_data import (  # noqa: F401  (re-exported: the trainer's data side)
+    PairSource,
+    SplitGroups,
+    batch_indices,
+    group_function,
+    match_lq_paths,
+    mixed_batch,
+    mixed_indices,
+    training_data,
 )
 from restoration.training_setup import (
     GeneratorState,
@@ -58,17 +59,31 @@ class TrainConfig:
     """Everything a DDPM-HQ training run needs (saved as ``train_config.json`` in ``output_dir``).
 
     Args:
-        hq_dir: folder of real high-quality CXRs (png/jpg/dcm, recursive).
+        hq_dir: folder of real high-quality CXRs (png/jpg/dcm, recursive); with "pairs_dir" and ``lq_dir``, the
+            ``hq/`` of a pairs folder.
         output_dir: final model + ``checkpoint-N`` folders + ``logs`` (TensorBoard).
         pair_source: "bicubic" (paper baseline), "classical" (Real-ESRGAN chain) or "pairs_dir"
-            (precomputed LQ images in ``lq_dir`` with the same relative names/stems as the HQ files).
+            (precomputed LQ images in ``lq_dir`` with the same relative names/stems as the HQ files, or the
+            pairs folders ``pairs_dirs``).
+        pairs_dirs: pairs folders (``hq/``, ``lq/``, ``pairs.json`` from ``make-pairs``) mixed item by item, an
+            equal share of every batch from each (e.g. MUNIT-LQ and DDPM-LQ pairs, 50/50).
+        exclude_held_out: never train on the held-out patients of ``restoration.splits`` (validate on them).
+        crop_size: train on aligned random crops of this LQ side (HQ side ``crop_size * scale``) of whole images
+            at ``lq_size``; None, or a crop as large as the image, trains on whole images.
+        val_crop_size: LQ side of the fixed validation crops (default ``crop_size``).
         group_by: split groups of the source images (for pairs_dir: each pair's ``hq_source`` in pairs.json):
             "mhh" (patient from data.csv, required), "stem", "parent" folder, "auto" (the patient where a data.csv
             or pairs.json knows it, else the stem). The split is written to ``split.json`` beside the model.
-        lq_size, scale: training LQ side and SR factor (HQ side = lq_size * scale).
+        lq_size, scale: LQ side of the whole training images (the model's working scale) and SR factor
+            (HQ side = lq_size * scale).
+        space_to_depth, block_out_channels, layers_per_block, attention_levels, mid_attention, norm_num_groups:
+            the UNet (``DDPMHQConfig``; defaults: the compact CPU model).
         prediction_type, residual_scale: what the diffusion model learns (see ``DDPMHQConfig``); defaults are the
             data-efficient residual/x0 setting, ``residual_scale=0, prediction_type=epsilon`` is the paper's.
-        max_train_steps: optimizer steps; checkpointing_steps/validation_steps in the same unit.
+        max_train_steps: optimizer steps; checkpointing_steps/validation_steps in the same unit (the last step is
+            always checkpointed, so a rerun of a finished run only rewrites the model folder).
+        val_scheduler, val_inference_steps, val_strength: the sampler validated during training and saved as the
+            pipeline's default (8 steps at strength 0.5 = 4 UNet evaluations).
         resume: continue from the latest checkpoint in ``output_dir`` (true), start afresh (false) or continue from
             the ``checkpoint-N`` folder named.
         batch_size, lr, progress: images per device per step, peak learning rate, show the progress bar.
@@ -78,20 +93,26 @@ class TrainConfig:
     output_dir: str = "runs/ddpm_hq"
     pair_source: str = "bicubic"
     lq_dir: str | None = None
+    pairs_dirs: tuple[str, ...] = ()
+    exclude_held_out: bool = True
+    crop_size: Annotated[int, Field(ge=1)] | None = 64
+    val_crop_size: Annotated[int, Field(ge=1)] | None = None
     blur_sigma: float = 0.0
     val_fraction: float = 0.1
     split_seed: int = 0
     group_by: str = "auto"
     # preprocessing
-    lq_size: int = 64
+    lq_size: Annotated[int, Field(ge=1)] = 512
     scale: int = 2
     low_pct: float = 0.5
     high_pct: float = 99.5
     augment: bool = True
     # model
-    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    space_to_depth: Annotated[int, Field(ge=1)] = 4
+    block_out_channels: tuple[int, ...] = (64, 96, 128, 128)
     layers_per_block: int = 2
     attention_levels: tuple[bool, ...] | None = None
+    mid_attention: bool = False
     norm_num_groups: int = 32
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -126,18 +147,23 @@ class TrainConfig:
     checkpoints_total_limit: int | None = 3
     resume: bool | str = True
     validation_steps: int = 500
-    num_val_images: int = 8
-    val_inference_steps: int = 20
+    num_val_images: Annotated[int, Field(ge=0)] = 8
+    val_inference_steps: Annotated[int, Field(ge=1)] = 8
     val_scheduler: str = "ddim"
-    val_strength: float = 1.0
+    val_strength: Annotated[float, Field(gt=0, le=1)] = 0.5
     log_every: int = 10
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.pair_source not in PAIR_SOURCES:
             raise ValueError(f"unknown pair_source {self.pair_source!r}: expected one of {', '.join(PAIR_SOURCES)}")
-        if self.pair_source == "pairs_dir" and not self.lq_dir:
-            raise ValueError("pair_source 'pairs_dir' needs lq_dir (folder of LQ images named like the HQ files)")
+        self.pairs_dirs = tuple(str(d) for d in self.pairs_dirs)
+        if self.pair_source == "pairs_dir" and not (self.lq_dir or self.pairs_dirs):
+            raise ValueError(
+                "pair_source 'pairs_dir' needs pairs_dirs (pairs folders) or lq_dir (LQ images named like the HQ files)"
+            )
+        if self.pairs_dirs and self.pair_source != "pairs_dir":
+            raise ValueError(f"pairs_dirs is set but pair_source is {self.pair_source!r}: set pair_source=pairs_dir")
         if self.group_by not in GROUP_BY:
             raise ValueError(f"unknown group_by {self.group_by!r}: expected one of {', '.join(GROUP_BY)}")
         if self.optimizer not in ("adam", "adamw"):
@@ -153,9 +179,11 @@ class TrainConfig:
         return DDPMHQConfig(
             lq_size=self.lq_size,
             scale=self.scale,
+            space_to_depth=self.space_to_depth,
             block_out_channels=self.block_out_channels,
             layers_per_block=self.layers_per_block,
             attention_levels=self.attention_levels,
+            mid_attention=self.mid_attention,
             norm_num_groups=self.norm_num_groups,
             num_train_timesteps=self.num_train_timesteps,
             beta_schedule=self.beta_schedule,
@@ -164,6 +192,11 @@ class TrainConfig:
             residual_scale=self.residual_scale,
             preprocess=self.preprocess_config().to_dict(),
         )
+
+    def crop(self, val: bool = False) -> int | None:
+        """LQ side of the training (or validation) crops; None: whole images (no crop, or one as large as them)."""
+        crop = (self.val_crop_size or self.crop_size) if val else self.crop_size
+        return crop if crop is not None and crop < self.lq_size else None
 
     def preprocess_config(self, size: int | None = None) -> PreprocessConfig:
         """HQ preprocessing (or at ``size``)."""
@@ -181,141 +214,6 @@ class TrainConfig:
         from data.settings import load_settings
 
         return load_settings(cls, trainer_settings(d))
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def batch_indices(n: int, batch: int, position: int, seed: int) -> list[int]:
-    """Items ``position .. position+batch`` of an endless stream of per-epoch seeded permutations of range(n)."""
-    out: list[int] = []
-    perms: dict[int, list[int]] = {}
-    for k in range(position, position + batch):
-        epoch, j = divmod(k, n)
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(seed, "batch_order", epoch))).tolist()
-        out.append(perms[epoch][j])
-    return out
-
-
-@dataclass
-class SplitGroups:
-    """Which source image and which split group (patient, else source image) every training file comes from.
-
-    Callable as the ``group_of`` of ``split_by_source``.
-
-    Args:
-        mode: the grouping actually used ("mhh", "stem", "parent", or "auto" = patient where known, else stem).
-        source_of: file -> source image (the file itself, or a pair's ``hq_source`` from its pairs.json).
-        group_of: file -> group key.
-    """
-
-    mode: str
-    source_of: dict[Path, str]
-    group_of: dict[Path, str]
-
-    def __call__(self, path: str | Path) -> str:
-        return self.group_of[Path(path)]
-
-    def split_record(self, train: list[Path], val: list[Path]) -> dict[str, Any]:
-        """JSON-able train/val lists of sources and groups (written as ``split.json`` beside the model)."""
-
-        def side(paths: list[Path]) -> dict[str, list[str]]:
-            return {
-                "sources": sorted({self.source_of[p] for p in paths}),
-                "groups": sorted({self.group_of[p] for p in paths}),
-            }
-
-        return {"group_by": self.mode, "train": side(train), "val": side(val)}
-
-
-def _patient(source: str, record: dict[str, Any] | None) -> str | None:
-    """MHH patient id of a source image: recorded in pairs.json, or looked up in the nearest data.csv."""
-    if record is not None and record.get("patient"):
-        return str(record["patient"])
-    try:
-        return mhh_patient_of(source)
-    except ValueError:
-        return None
-
-
-def group_function(cfg: TrainConfig, paths: list[Path]) -> SplitGroups:
-    """Split grouping for ``cfg.group_by`` (see TrainConfig), applied to each file's *source* image.
-
-    For ``pair_source="pairs_dir"`` the source is the pair's ``hq_source`` in the folder's ``pairs.json``: pairs
-    made from one patient's images must not land on both sides of the split.
-    """
-    records: dict[str, dict[str, Any]] = {}
-    if cfg.pair_source == "pairs_dir":
-        records = pair_records(cfg.hq_dir) or pair_records(cfg.lq_dir or "")
-        if not records:
-            print(f"warning: {cfg.hq_dir}: no pairs.json beside it; the split groups pairs by their own file names")
-    source_of, group_of = {}, {}
-    for p in paths:
-        rec = records.get(p.name)
-        source = str(rec["hq_source"]) if rec and rec.get("hq_source") else str(p)
-        source_of[p] = source
-        if cfg.group_by in ("auto", "mhh"):
-            patient = _patient(source, rec)
-            if patient is None and cfg.group_by == "mhh":
-                raise ValueError(f"{p}: no MHH patient id for source {source} (group_by=mhh; try auto, stem or parent)")
-            group_of[p] = f"patient:{patient}" if patient is not None else f"image:{Path(source).stem}"
-        elif cfg.group_by == "parent":
-            group_of[p] = str(Path(source).parent)
-        else:
-            group_of[p] = Path(source).stem
-    return SplitGroups(cfg.group_by, source_of, group_of)
-
-
-def match_lq_paths(hq_paths: list[Path], hq_dir: Path, lq_dir: Path) -> list[Path]:
-    """LQ file for each HQ file: same relative folder and stem in ``lq_dir`` (any image suffix)."""
-    by_key = {(str(p.relative_to(lq_dir).parent), p.stem): p for p in list_images(lq_dir)}
-    out, missing = [], []
-    for p in hq_paths:
-        key = (str(p.relative_to(hq_dir).parent), p.stem)
-        if key in by_key:
-            out.append(by_key[key])
-        else:
-            missing.append(str(p.relative_to(hq_dir)))
-    if missing:
-        raise ValueError(f"{lq_dir}: no LQ image for {len(missing)} HQ files (e.g. {missing[0]}); names must match")
-    return out
-
-
-class PairSource:
-    """Makes (hq, lq) training/validation batches in [-1, 1] according to ``cfg.pair_source``."""
-
-    def __init__(self, cfg: TrainConfig, hq_paths: list[Path], lq_paths: list[Path] | None) -> None:
-        self.cfg = cfg
-        pre = cfg.pair_source == "pairs_dir"  # pairs folders are windowed already: linear mapping, no second window
-        self.hq = ImageFolderDataset(hq_paths, cfg.preprocess_config(), prewindowed=pre)
-        self.lq = None
-        if lq_paths:
-            self.lq = ImageFolderDataset(lq_paths, cfg.preprocess_config(cfg.lq_size), prewindowed=pre)
-        self.classical = ClassicalDegradationConfig(scale=cfg.scale)
-
-    def __len__(self) -> int:
-        return len(self.hq)
-
-    def batch(self, idx: list[int], gen: torch.Generator, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hq, lq) for items ``idx``; jitter and classical degradations are drawn from ``gen``."""
-        hq = torch.stack([torch.from_numpy(self.hq.array(i))[None] for i in idx])
-        lq = torch.stack([torch.from_numpy(self.lq.array(i))[None] for i in idx]) if self.lq is not None else None
-        if augment:
-            hqs, lqs = [], []
-            for k in range(len(idx)):
-                p = random_jitter_params(gen)
-                hqs.append(apply_jitter(hq[k], p))  # same normalised transform at both resolutions keeps pairs aligned
-                if lq is not None:
-                    lqs.append(apply_jitter(lq[k], p))
-            hq = torch.stack(hqs)
-            lq = torch.stack(lqs) if lq is not None else None
-        if lq is None:
-            if self.cfg.pair_source == "classical":
-                lq, _ = classical_degrade(hq, gen, self.classical)
-            else:
-                lq = bicubic_degrade(hq, self.cfg.scale, self.cfg.blur_sigma)
-        return hq, lq
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -347,8 +245,34 @@ def validate(
     }
 
 
+def check_crop(cfg: TrainConfig) -> None:
+    """One line when the HQ crop side does not fit the UNet's downsampling (it must be a multiple of it)."""
+    multiple = cfg.model_config().size_multiple
+    for name, crop in (("crop_size", cfg.crop()), ("val_crop_size", cfg.crop(val=True))):
+        if crop is not None and (crop * cfg.scale) % multiple:
+            raise ValueError(
+                f"{name} {crop}: the HQ crop side {crop * cfg.scale} must be a multiple of {multiple} for this UNet "
+                f"(space_to_depth x 2^(levels-1))"
+            )
+
+
+def save_final(out_dir: Path, unet: torch.nn.Module, cfg: TrainConfig, ema: Any | None) -> Path:
+    """The trained model (EMA weights) as a ``DDPMHQPipeline`` folder in ``out_dir`` (model_index.json, unet/,
+    scheduler/: what ``DDPMHQPipeline.from_pretrained`` and ``load_pipeline`` read), its default sampler the one
+    validated during training; plus the older single-folder files (``ddpm_hq_config.json``, weights) that
+    ``ddpm_hq.load_model`` reads."""
+    from restoration.pipeline_ddpm_hq import save_pipeline
+
+    mcfg = cfg.model_config()
+    save_model(out_dir, unet, mcfg, ema)  # first: its scheduler/ (the training DDPM) is replaced by the sampler's
+    return save_pipeline(
+        out_dir, unet, mcfg, ema, sampler=cfg.val_scheduler, num_inference_steps=cfg.val_inference_steps,
+        strength=cfg.val_strength,
+    )  # fmt: skip
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Train DDPM-HQ; returns ``cfg.output_dir`` holding the EMA weights (safetensors) + ddpm_hq_config.json."""
+    """Train DDPM-HQ; returns ``cfg.output_dir``, a ``DDPMHQPipeline`` folder of the EMA weights (``save_final``)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -369,25 +293,12 @@ def train(cfg: TrainConfig) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "train_config.json", cfg.to_dict())
 
-    # ---- data: leak-free split by patient/source, fixed validation pairs
-    hq_dir = Path(cfg.hq_dir)
-    paths = list_images(hq_dir)
-    if len(paths) < 2:
-        raise ValueError(f"{hq_dir}: need at least 2 images to train and validate, found {len(paths)}")
-    groups = group_function(cfg, paths)
-    train_paths, val_paths = split_by_source(paths, cfg.val_fraction, cfg.split_seed, groups)
+    # ---- data: held-out patients never train; fixed validation pairs (crops) from them
+    check_crop(cfg)
+    data = training_data(cfg)
     if accelerator.is_main_process:
-        atomic_write_json(out_dir / SPLIT_NAME, groups.split_record(train_paths, val_paths))
-    lq_of = None
-    if cfg.pair_source == "pairs_dir":
-        lq_of = dict(zip(paths, match_lq_paths(paths, hq_dir, Path(cfg.lq_dir or ""))))
-    train_src = PairSource(cfg, train_paths, [lq_of[p] for p in train_paths] if lq_of else None)
-    val_hq = val_lq = None
-    if val_paths and cfg.num_val_images > 0:
-        vp = val_paths[: cfg.num_val_images]
-        val_src = PairSource(cfg, vp, [lq_of[p] for p in vp] if lq_of else None)
-        val_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "held_out_pairs"))  # fixed held-out pairs across runs/resumes
-        val_hq, val_lq = val_src.batch(list(range(len(vp))), val_gen, augment=False)
+        atomic_write_json(out_dir / SPLIT_NAME, data.split)
+    val_hq, val_lq = data.val_hq, data.val_lq
 
     # ---- model / optimiser / EMA
     set_seed(cfg.seed)
@@ -457,8 +368,8 @@ def train(cfg: TrainConfig) -> Path:
     unet.train()
     while global_step < cfg.max_train_steps:
         position = micro * per_step + accelerator.process_index * cfg.batch_size
-        idx = batch_indices(len(train_src), cfg.batch_size, position, cfg.seed)
-        hq, lq = train_src.batch(idx, gen, augment=cfg.augment)
+        items = mixed_indices([len(src) for src in data.sources], cfg.batch_size, position, cfg.seed)
+        hq, lq = mixed_batch(data.sources, items, gen, cfg.augment, cfg.crop())
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
         with accelerator.accumulate(unet):
             loss = training_loss(
@@ -488,7 +399,9 @@ def train(cfg: TrainConfig) -> Path:
             if accelerator.is_main_process:
                 with open(metrics_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": global_step, "time_s": round(time.time() - t0, 2), **logs}) + "\n")
-        if cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
+        if cfg.checkpointing_steps > 0 and (
+            global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps
+        ):
             save_checkpoint(accelerator, out_dir, global_step, cfg.checkpoints_total_limit)  # every process
         if (
             accelerator.is_main_process
@@ -514,6 +427,6 @@ def train(cfg: TrainConfig) -> Path:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(out_dir, accelerator.unwrap_model(unet), mcfg, ema)
+        save_final(out_dir, accelerator.unwrap_model(unet), cfg, ema)
     accelerator.end_training()
     return out_dir

@@ -6,34 +6,40 @@ classifier-free dropout of the condition). See ``docs/DDPM_LQ.md`` for why. Trai
 (mixed precision, gradient accumulation, multi-GPU), keeps an EMA of the weights (diffusers ``EMAModel``), writes
 ``checkpoint-N`` folders (oldest pruned past the limit), resumes from the latest, and saves the EMA weights with
 ``save_pretrained`` into ``output_dir/model`` at the end.
+
+Every image is read at the LQ scale (``preprocess.size``, 512: the longer side, aspect kept; see
+``restoration.degrader_data``) and training samples random ``crop_size`` crops (the compact UNet is attention-free,
+so the crop-trained weights apply to whole images). Real images come from the ``train`` part of the patient split.
+``make_pairs`` runs SDEdit on whole images: HQ at twice the LQ scale (NIH: native 1024), LQ = SDEdit of the HQ
+downsampled to 512.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 import torch.nn.functional as F
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_json
 from restoration import ddpm_lq
-from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, model_input, sdedit
-from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images, load_grayscale, prewindowed_image
-from restoration.pairs import (
-    PAIRS_INFO_NAME,
-    PREPROCESS_NAME,
-    downsample2x,
-    item_seed,
-    pair_names,
-    read_preprocess,
-    source_record,
-    write_pair,
+from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, denoiser_output, sdedit
+from restoration.degrader_data import REAL_SPLITS, ScaledImages, images_in, index_loader, random_crop, real_images
+from restoration.pairs import PREPROCESS_NAME, read_preprocess, write_pairs
+from restoration.preprocess import (
+    PreprocessConfig,
+    apply_jitter,
+    load_grayscale,
+    model_scale_size,
+    random_jitter_params,
+    resize_image,
 )
 from restoration.training_setup import (
     GeneratorState,
@@ -59,14 +65,17 @@ class DDPMLQTrainConfig:
     """One DDPM-LQ training stage.
 
     Args:
-        lq_dir: DRRs (LQ domain, 16-bit PNGs), searched recursively; used by both stages.
+        lq_dir: DRR folder (or list of folders; LQ domain, 16-bit PNGs), searched recursively; used by both stages.
         output_dir: receives ``checkpoint-N/``, ``logs/`` and the final ``model/``.
-        hq_dir: real CXRs (HQ domain); required by stage 1, unused by stage 2.
+        hq_dir: real-CXR folder (or list; HQ domain); required by stage 1, unused by stage 2.
         pairs_dir: optional stage-2 pairs folder (``lq/``, ``hq/``): trains LQ conditioned on its HQ partner.
         cond_drop_prob: probability of zeroing the condition per sample when ``pairs_dir`` is used.
-        model: UNet and noise schedule (stage 2 takes the architecture of its stage-1 model).
-        preprocess: windowing and size (``preprocess.size`` must equal ``model.image_size``).
-        batch_size: images per device per micro-batch.
+        model: UNet and noise schedule (stage 2 takes the architecture of its stage-1 model); its ``image_size``
+            is set to ``crop_size``.
+        preprocess: windowing, and the LQ scale images are read at (``size``: longer side, aspect kept).
+        crop_size: side of the random training crops (a multiple of ``model.pad_multiple()``).
+        real_split: which part of the patient split of ``hq_dir`` to train on ("train"; "all" for your own data).
+        batch_size: crops per device per micro-batch.
         max_train_steps: optimiser steps of this stage.
         gradient_accumulation_steps: micro-batches per optimiser step.
         lr, adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings (train_unconditional's defaults).
@@ -74,9 +83,8 @@ class DDPMLQTrainConfig:
         max_grad_norm: gradient clipping norm.
         use_ema, ema_max_decay, ema_inv_gamma, ema_power: EMA of the weights (warm-up schedule); the EMA weights
             are what gets saved at the end.
-        augment: small random jitter of the training images.
-        num_workers: DataLoader workers.
-        seed: seeds initialisation, data order, noise and timesteps.
+        augment: small random jitter of the training crops.
+        seed: seeds initialisation, data order, crops, noise and timesteps.
         mixed_precision: one of "no", "fp16", "bf16".
         checkpointing_steps: save a checkpoint every this many steps (0: never).
         checkpoints_total_limit: keep at most this many checkpoints (None: all).
@@ -87,14 +95,16 @@ class DDPMLQTrainConfig:
         progress: show the progress bar.
     """
 
-    lq_dir: str
+    lq_dir: str | list[str]
     output_dir: str
-    hq_dir: str | None = None
+    hq_dir: str | list[str] | None = None
     pairs_dir: str | None = None
     cond_drop_prob: float = 0.1
     model: DDPMLQConfig = field(default_factory=DDPMLQConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    batch_size: Annotated[int, Field(ge=1)] = 16
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(size=512))
+    crop_size: Annotated[int, Field(ge=8)] = 128
+    real_split: Literal["train", "held_out", "all"] = "train"
+    batch_size: Annotated[int, Field(ge=1)] = 4
     max_train_steps: Annotated[int, Field(ge=0)] = 100_000
     gradient_accumulation_steps: int = 1
     lr: Annotated[float, Field(gt=0)] = 1e-4
@@ -103,17 +113,16 @@ class DDPMLQTrainConfig:
     adam_weight_decay: float = 1e-6
     adam_epsilon: float = 1e-8
     lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 500
+    lr_warmup_steps: int = 100
     max_grad_norm: float = 1.0
     use_ema: bool = True
     ema_max_decay: float = 0.9999
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
     augment: bool = False
-    num_workers: Annotated[int, Field(ge=0)] = 2
     seed: Annotated[int, Field(ge=0)] = 0
     mixed_precision: str = "no"
-    checkpointing_steps: int = 5_000
+    checkpointing_steps: int = 100
     checkpoints_total_limit: int | None = 3
     resume: bool | str = True
     log_every: int = 50
@@ -125,10 +134,15 @@ class DDPMLQTrainConfig:
             self.model = DDPMLQConfig.from_dict(self.model)
         if isinstance(self.preprocess, dict):
             self.preprocess = PreprocessConfig.from_dict(self.preprocess)
-        if self.preprocess.size != self.model.image_size:
+        if self.crop_size % self.model.pad_multiple():
             raise ValueError(
-                f"preprocess.size ({self.preprocess.size}) must equal model.image_size ({self.model.image_size})"
+                f"crop_size {self.crop_size} must be a multiple of space_to_depth * 2**(levels-1) = "
+                f"{self.model.pad_multiple()}"
             )
+        if self.model.image_size != self.crop_size:
+            self.model = dataclasses.replace(self.model, image_size=self.crop_size)
+        if self.real_split not in REAL_SPLITS:
+            raise ValueError(f"real_split must be one of {REAL_SPLITS}, got {self.real_split!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -153,31 +167,36 @@ class DDPMLQTrainConfig:
         """Inverse of ``to_dict``, strictly validated (data.settings); pre-unification keys still load."""
         from data.settings import load_settings
 
-        return load_settings(cls, trainer_settings(d))
+        d = trainer_settings(d)
+        d.pop("num_workers", None)  # crops are cut in the training loop now: no DataLoader workers
+        return load_settings(cls, d)
 
 
 # --------------------------------------------------------------------------------------------- datasets
 
 
-class UnconditionalDataset(torch.utils.data.Dataset):
-    """(image, zeros) items: the condition channel of an unconditional stage."""
+class UnconditionalCrops:
+    """Crops of whole images at the model scale, each with a zero condition (an unconditional stage)."""
 
-    def __init__(self, images: torch.utils.data.Dataset) -> None:
+    def __init__(self, images: ScaledImages) -> None:
         self.images = images
 
     def __len__(self) -> int:
-        return len(self.images)  # type: ignore[arg-type]
+        return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i]
+    def crops(
+        self, indices: list[int], size: int, generator: torch.Generator, augment: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, zeros), each (B, 1, size, size)."""
+        x = self.images.crops(indices, size, generator, augment)
         return x, torch.zeros_like(x)
 
 
-class PairsDataset(torch.utils.data.Dataset):
-    """(LQ, HQ) items from a pairs folder, both at ``size`` (LQ upsampled); pixel values mapped linearly to [-1, 1].
+class PairedCrops:
+    """Aligned (LQ, HQ) crops from a pairs folder, both at the LQ scale (the HQ area-downsampled to the LQ's size).
 
-    Pairs folders are already windowed when written, so no percentile window is applied again (it would
-    shift LQ and HQ differently).
+    Pixel values map linearly to [-1, 1]: pairs folders are windowed when written, and a second percentile
+    window would shift LQ and HQ differently.
     """
 
     def __init__(self, pairs_dir: str | Path, size: int) -> None:
@@ -188,29 +207,43 @@ class PairsDataset(torch.utils.data.Dataset):
         if not self.names:
             raise ValueError(f"{root}: no matching lq/NAME.png and hq/NAME.png")
         self.root, self.size = root, size
+        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _read(self, sub: str, name: str) -> torch.Tensor:
-        img = prewindowed_image(load_grayscale(self.root / sub / name), self.size)
-        return torch.from_numpy(np.ascontiguousarray(img))[None]
+    def pair(self, i: int) -> np.ndarray:
+        """(2, h, w) float32 [-1, 1]: the LQ and its HQ at the LQ scale (longer side ``size``)."""
+        if i not in self._cache:
+            lq = load_grayscale(self.root / "lq" / self.names[i]) * 2.0 - 1.0
+            hq = load_grayscale(self.root / "hq" / self.names[i]) * 2.0 - 1.0
+            hw = model_scale_size(lq.shape[0], lq.shape[1], self.size)
+            self._cache[i] = np.stack([resize_image(lq, hw), resize_image(hq, hw)])
+        return self._cache[i]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._read("lq", self.names[i]), self._read("hq", self.names[i])
+    def crops(
+        self, indices: list[int], size: int, generator: torch.Generator, augment: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(LQ crops, HQ crops at the same places), each (B, 1, size, size)."""
+        out = []
+        for i in indices:
+            c = random_crop(self.pair(int(i)), size, generator)  # both channels cut at one position
+            out.append(apply_jitter(c, random_jitter_params(generator)) if augment else c)
+        both = torch.stack(out)
+        return both[:, :1], both[:, 1:]
 
 
-def _training_data(cfg: DDPMLQTrainConfig, stage: int) -> tuple[torch.utils.data.Dataset, bool]:
-    """(dataset of (x, condition), whether the condition is real) for ``stage``."""
-    lq = ImageFolderDataset(list_images(cfg.lq_dir), cfg.preprocess, augment=cfg.augment)
+def _training_data(cfg: DDPMLQTrainConfig, stage: int) -> tuple[UnconditionalCrops | PairedCrops, bool]:
+    """(crop source of (x, condition), whether the condition is real) for ``stage``."""
+    lq_paths = images_in(cfg.lq_dir, "lq_dir")
     if stage == 1:
         if cfg.hq_dir is None:
             raise ValueError("stage 1 trains on HQ and LQ images: set hq_dir")
-        hq = ImageFolderDataset(list_images(cfg.hq_dir), cfg.preprocess, augment=cfg.augment)
-        return UnconditionalDataset(torch.utils.data.ConcatDataset([hq, lq])), False
+        hq_paths = real_images(cfg.hq_dir, cfg.real_split, "hq_dir")
+        return UnconditionalCrops(ScaledImages(hq_paths + lq_paths, cfg.preprocess)), False
     if cfg.pairs_dir is not None:
-        return PairsDataset(cfg.pairs_dir, cfg.model.image_size), True
-    return UnconditionalDataset(lq), False
+        return PairedCrops(cfg.pairs_dir, cfg.preprocess.size), True
+    return UnconditionalCrops(ScaledImages(lq_paths, cfg.preprocess)), False
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -219,11 +252,14 @@ def _training_data(cfg: DDPMLQTrainConfig, stage: int) -> tuple[torch.utils.data
 def _load_init(init_from: str | Path, cfg: DDPMLQTrainConfig, accelerator: Any) -> tuple[Any, Any, DDPMLQConfig]:
     """Stage-1 UNet/scheduler/config for stage 2; the stage-1 architecture wins over ``cfg.model``."""
     unet, scheduler, init_cfg = ddpm_lq.load(init_from, "cpu")
-    if init_cfg.architecture() != cfg.model.architecture() or init_cfg.image_size != cfg.model.image_size:
+    if init_cfg.architecture() != cfg.model.architecture():
         accelerator.print(f"stage 2 uses the architecture of its stage-1 model {init_from} (it differs from cfg.model)")
-    if init_cfg.image_size != cfg.preprocess.size:
-        raise ValueError(f"stage-1 model is {init_cfg.image_size} px but preprocess.size is {cfg.preprocess.size}")
-    return unet.train(), scheduler, init_cfg
+    scale = read_preprocess(init_from, None).size
+    if scale != cfg.preprocess.size:
+        raise ValueError(f"stage-1 model was trained at scale {scale} px but preprocess.size is {cfg.preprocess.size}")
+    if cfg.crop_size % init_cfg.pad_multiple():
+        raise ValueError(f"crop_size {cfg.crop_size} must be a multiple of {init_cfg.pad_multiple()} (stage-1 model)")
+    return unet.train(), scheduler, dataclasses.replace(init_cfg, image_size=cfg.crop_size)
 
 
 def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None = None) -> Path:
@@ -272,13 +308,8 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
             unet.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, inv_gamma=cfg.ema_inv_gamma,
             power=cfg.ema_power, model_cls=type(unet), model_config=unet.config,
         )  # fmt: skip
-    dataset, conditional = _training_data(cfg, stage)
-    if len(dataset) < cfg.batch_size:  # type: ignore[arg-type]
-        raise ValueError(f"stage {stage}: {len(dataset)} training images, fewer than batch_size={cfg.batch_size}")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-    )  # fmt: skip
+    source, conditional = _training_data(cfg, stage)
+    loader = index_loader(len(source), cfg.batch_size, f"stage {stage} training images")
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
         weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
@@ -295,7 +326,9 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
         accelerator.register_for_checkpointing(ema)
     # noise, timesteps and condition dropout: checkpointed RNG on the training device, for exact resumes
     rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index), accelerator.device)
-    global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0 if ema is None else 1)
+    crop_rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index, 1))  # crops: on the CPU
+    accelerator.register_for_checkpointing(crop_rng)
+    global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=1 if ema is None else 2)
     resumed_from = None if ckpt is None else ckpt.name
     if ckpt is not None:
         if ema is not None:
@@ -313,7 +346,8 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
     num_t = noise_scheduler.config.num_train_timesteps
     unet.train()
     while global_step < cfg.max_train_steps:
-        x, cond = next(batches)
+        x, cond = source.crops(next(batches).tolist(), cfg.crop_size, crop_rng.generator, cfg.augment)
+        x, cond = x.to(accelerator.device), cond.to(accelerator.device)
         with accelerator.accumulate(unet):
             gen = rng.generator
             if conditional and cfg.cond_drop_prob > 0:  # classifier-free dropout of the condition
@@ -322,7 +356,7 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
             noise = torch.randn(x.shape, generator=gen, device=gen.device, dtype=torch.float32).to(x.device, x.dtype)
             t = torch.randint(0, num_t, (x.shape[0],), generator=gen, device=gen.device).to(x.device)
             x_t = noise_scheduler.add_noise(x, noise, t)
-            pred = unet(model_input(x_t, cond), t).sample
+            pred = denoiser_output(unet, x_t, cond, t, model_cfg.space_to_depth)
             if model_cfg.prediction_type == "epsilon":
                 target = noise
             elif model_cfg.prediction_type == "sample":
@@ -366,6 +400,7 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
             "global_step": global_step,
             "resumed_from": resumed_from,
             "conditional": conditional,
+            "images": len(source),
             "train_config": cfg.to_dict(),
         }
         ddpm_lq.save(model_dir, final, noise_scheduler, model_cfg, extra)
@@ -377,34 +412,38 @@ def train(cfg: DDPMLQTrainConfig, stage: int = 1, init_from: str | Path | None =
 # ----------------------------------------------------------------------------------------------- pairs
 
 
-@torch.no_grad()
 def make_pairs(
     model_dir: str | Path,
-    hq_dir: str | Path,
+    hq_dir: str | Path | list[str | Path],
     out_dir: str | Path,
     strength: float = 0.3,
-    steps: int = 50,
+    steps: int = 10,
     seed: int = 0,
-    batch_size: Annotated[int, Field(ge=1)] = 8,
+    split: Literal["train", "held_out", "all"] = "train",
+    batch_size: Annotated[int, Field(ge=1)] = 1,
+    size: int | None = None,
     device: str | torch.device | None = None,
-    disable_tqdm: bool = False,
+    progress: bool = True,
 ) -> Path:
-    """Degrade every HQ image by SDEdit with a stage-2 DDPM-LQ into a pairs folder (``restoration.pairs`` layout).
+    """Degrade whole real HQ images by SDEdit with a stage-2 DDPM-LQ into a pairs folder (``restoration.pairs``).
 
-    A model trained conditionally (stage 2 on a pairs folder; its saved config records ``conditional: true``)
-    gets each HQ image as its condition channel, as in training; an unconditional model gets zeros.
+    HQ is each image at twice the LQ scale (NIH: its native 1024), LQ is SDEdit of the HQ downsampled 2x (512).
+    A model trained conditionally (stage 2 on a pairs folder; its saved config records ``conditional: true``) gets
+    that downsampled HQ as its condition channel, as in training; an unconditional model gets zeros. Resumable:
+    pairs already in ``out_dir`` are kept.
 
     Args:
         model_dir: stage-2 model folder (``output_dir/model``).
-        hq_dir: HQ images to degrade (recursive).
-        out_dir: pairs folder: ``hq/NAME.png`` (size) and ``lq/NAME.png`` (size/2), 16-bit, plus ``pairs.json``.
+        hq_dir: real HQ folder(s) (recursive); only their ``split`` part is degraded.
+        out_dir: pairs folder: ``hq/NAME.png``, ``lq/NAME.png`` (half size), 16-bit, plus ``pairs.json``.
         strength: SDEdit strength in [0, 1] (noise level t = strength * T).
         steps: denoising steps.
-        seed: per-image noise derives from (seed, image index), so the batch size
-            changes pixels by float rounding only.
+        seed: each pair's noise derives from (seed, pair name).
+        split: "train" (pairs for training), "held_out" (pairs for measurements) or "all".
         batch_size: images per UNet call.
+        size: LQ scale (longer side; default: the training preprocess size).
         device: default CUDA when available.
-        disable_tqdm: hide the progress bar.
+        progress: show a progress bar.
 
     Returns:
         ``out_dir``.
@@ -412,35 +451,15 @@ def make_pairs(
     dev = default_device(device)
     unet, scheduler, model_cfg = ddpm_lq.load(model_dir, dev)
     conditional = bool(ddpm_lq.read_extra(model_dir).get("conditional", False))
-    pcfg = read_preprocess(model_dir, model_cfg.image_size)
-    if pcfg.size % 2:
-        raise ValueError(f"image size {pcfg.size} must be even for half-resolution LQ")
-    hq_paths = list_images(hq_dir)
-    if not hq_paths:
-        raise ValueError(f"{hq_dir}: no images")
-    names = pair_names(hq_paths, hq_dir)
-    ds = ImageFolderDataset(hq_paths, pcfg)
-    records: list[dict[str, Any]] = []
-    for start in tqdm(range(0, len(ds), batch_size), desc="DDPM-LQ pairs", disable=disable_tqdm):
-        idx = list(range(start, min(start + batch_size, len(ds))))
-        x = torch.stack([ds[i] for i in idx]).to(dev)
-        gens = [torch.Generator().manual_seed(item_seed(seed, i)) for i in idx]
-        cond = x if conditional else None  # the clean HQ, windowed and sized as the training pairs' HQ
-        lq = downsample2x(sdedit(unet, scheduler, x, strength, steps, generator=gens, condition=cond))
-        for k, i in enumerate(idx):
-            write_pair(out_dir, names[i], lq[k], x[k])
-            records.append(source_record(names[i], hq_paths[i]))
+    pcfg = read_preprocess(model_dir, size)
+
+    def degrade(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        return sdedit(unet, scheduler, x, strength, steps, generator=gens, condition=x if conditional else None)
+
     info = {
-        "method": "ddpm-lq-sdedit",
-        "model_dir": str(model_dir),
-        "conditional": conditional,
-        "strength": strength,
-        "steps": steps,
-        "seed": seed,
-        "hq_size": pcfg.size,
-        "lq_size": pcfg.size // 2,
-        "preprocess": pcfg.to_dict(),
-        "pairs": records,
-    }
-    atomic_write_json(Path(out_dir) / PAIRS_INFO_NAME, info)
-    return Path(out_dir)
+        "method": "ddpm-lq-sdedit", "model_dir": str(model_dir), "conditional": conditional,
+        "strength": strength, "steps": steps,
+    }  # fmt: skip
+    return write_pairs(hq_dir, out_dir, pcfg, degrade, info, seed, split, model_cfg.pad_multiple(), batch_size,
+                       dev, progress)  # fmt: skip

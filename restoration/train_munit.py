@@ -6,7 +6,12 @@ generator update per iteration, learning rate halved every ``lr_step_size`` iter
 ``checkpoint-N`` folders with ``accelerator.save_state`` (oldest pruned past ``checkpoints_total_limit``) and
 resumes from the latest one.
 
-``make_pairs`` writes a pairs folder (layout in ``restoration.pairs``) that DDPM-HQ's trainer reads.
+Both domains are read at the LQ scale (``preprocess.size``, 512: the longer side, aspect kept; see
+``restoration.degrader_data``) and training samples random ``crop_size`` crops, so a step costs the same whatever
+the image size. Real images come from the ``train`` part of the patient split only (``real_split``).
+
+``make_pairs`` degrades whole images: HQ at twice the LQ scale (NIH: native 1024), LQ = MUNIT(HQ downsampled to
+512), into a pairs folder (layout in ``restoration.pairs``) that DDPM-HQ's trainer reads.
 """
 
 from __future__ import annotations
@@ -22,18 +27,10 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_json
+from restoration.degrader_data import REAL_SPLITS, ScaledImages, images_in, index_loader, real_images
 from restoration.munit import MUNIT, MUNITConfig
-from restoration.pairs import (
-    PAIRS_INFO_NAME,
-    PREPROCESS_NAME,
-    downsample2x,
-    item_seed,
-    pair_names,
-    read_preprocess,
-    source_record,
-    write_pair,
-)
-from restoration.preprocess import ImageFolderDataset, PreprocessConfig, list_images
+from restoration.pairs import PREPROCESS_NAME, read_preprocess, write_pairs
+from restoration.preprocess import PreprocessConfig
 from restoration.training_setup import (
     GeneratorState,
     MIXED_PRECISION,
@@ -60,19 +57,20 @@ class MUNITTrainConfig:
     """MUNIT-LQ training run.
 
     Args:
-        hq_dir: folder of real high-quality CXRs (domain a), searched recursively.
-        lq_dir: folder of DRRs (domain b; 16-bit PNGs), searched recursively.
+        hq_dir: folder (or list of folders) of real high-quality CXRs (domain a), searched recursively.
+        lq_dir: folder (or list of folders) of DRRs (domain b; 16-bit PNGs), searched recursively.
         output_dir: receives ``checkpoint-N/``, ``logs/`` and the final ``model/``.
         model: MUNIT architecture and loss weights.
-        preprocess: windowing and image size for both domains.
-        batch_size: images per domain per device per step (MUNIT uses 1).
+        preprocess: windowing, and the LQ scale both domains are read at (``size``: longer side, aspect kept).
+        crop_size: side of the random training crops (a multiple of 2**n_downsample).
+        real_split: which part of the patient split of ``hq_dir`` to train on ("train"; "all" for your own data).
+        batch_size: crops per domain per device per step (MUNIT uses 1 whole image).
         max_train_steps: total iterations (one D and one G update each).
         lr, adam_beta1, adam_beta2, adam_weight_decay: Adam settings for both optimisers (MUNIT: 1e-4, 0.5, 0.999,
             1e-4).
         lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step_size`` steps (0: constant).
-        augment: small random jitter of the training images.
-        num_workers: DataLoader workers.
-        seed: seeds initialisation, data order and style sampling.
+        augment: small random jitter of the training crops.
+        seed: seeds initialisation, data order, crops and style sampling.
         mixed_precision: one of "no", "fp16", "bf16".
         checkpointing_steps: save a checkpoint every this many steps (0: never).
         checkpoints_total_limit: keep at most this many checkpoints (None: all).
@@ -84,12 +82,14 @@ class MUNITTrainConfig:
         progress: show the progress bar.
     """
 
-    hq_dir: str
-    lq_dir: str
+    hq_dir: str | list[str]
+    lq_dir: str | list[str]
     output_dir: str
     model: MUNITConfig = field(default_factory=MUNITConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    batch_size: Annotated[int, Field(ge=1)] = 1
+    preprocess: PreprocessConfig = field(default_factory=lambda: PreprocessConfig(size=512))
+    crop_size: Annotated[int, Field(ge=8)] = 128
+    real_split: Literal["train", "held_out", "all"] = "train"
+    batch_size: Annotated[int, Field(ge=1)] = 4
     max_train_steps: Annotated[int, Field(ge=0)] = 1_000_000
     lr: Annotated[float, Field(gt=0)] = 1e-4
     adam_beta1: float = 0.5
@@ -98,10 +98,9 @@ class MUNITTrainConfig:
     lr_step_size: int = 100_000
     lr_gamma: float = 0.5
     augment: bool = False
-    num_workers: Annotated[int, Field(ge=0)] = 2
     seed: Annotated[int, Field(ge=0)] = 0
     mixed_precision: str = "no"
-    checkpointing_steps: int = 10_000
+    checkpointing_steps: int = 100
     checkpoints_total_limit: int | None = 3
     resume: bool | str = True
     log_every: int = 100
@@ -123,8 +122,10 @@ class MUNITTrainConfig:
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(f"checkpoints_total_limit must be >= 1 or None, got {self.checkpoints_total_limit}")
         m = 2**self.model.n_downsample
-        if self.preprocess.size % m:
-            raise ValueError(f"preprocess.size {self.preprocess.size} must be a multiple of 2**n_downsample = {m}")
+        if self.crop_size % m:
+            raise ValueError(f"crop_size {self.crop_size} must be a multiple of 2**n_downsample = {m}")
+        if self.real_split not in REAL_SPLITS:
+            raise ValueError(f"real_split must be one of {REAL_SPLITS}, got {self.real_split!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (nested model/preprocess dicts)."""
@@ -137,17 +138,9 @@ class MUNITTrainConfig:
         """Inverse of ``to_dict``, strictly validated (data.settings); pre-unification keys still load."""
         from data.settings import load_settings
 
-        return load_settings(cls, trainer_settings(d))
-
-
-def _make_loader(paths: list[Path], cfg: MUNITTrainConfig, what: str) -> torch.utils.data.DataLoader:
-    if len(paths) < cfg.batch_size:
-        raise ValueError(f"{what}: {len(paths)} images, fewer than batch_size={cfg.batch_size}")
-    ds = ImageFolderDataset(paths, cfg.preprocess, augment=cfg.augment)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-    )  # fmt: skip
+        d = trainer_settings(d)
+        d.pop("num_workers", None)  # crops are cut in the training loop now: no DataLoader workers
+        return load_settings(cls, d)
 
 
 def _sample_grid(model: MUNIT, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
@@ -186,16 +179,18 @@ def train(cfg: MUNITTrainConfig) -> Path:
     set_seed(cfg.seed)  # same initial weights on every process
     model = MUNIT(cfg.model)
     set_seed(cfg.seed, device_specific=True)  # different style samples per process
-    hq_paths, lq_paths = list_images(cfg.hq_dir), list_images(cfg.lq_dir)
-    loader_a = _make_loader(hq_paths, cfg, f"hq_dir {cfg.hq_dir}")
-    loader_b = _make_loader(lq_paths, cfg, f"lq_dir {cfg.lq_dir}")
+    images_a = ScaledImages(real_images(cfg.hq_dir, cfg.real_split, "hq_dir"), cfg.preprocess)
+    images_b = ScaledImages(images_in(cfg.lq_dir, "lq_dir"), cfg.preprocess)
+    loader_a = index_loader(len(images_a), cfg.batch_size, f"hq_dir ({cfg.real_split} part)")
+    loader_b = index_loader(len(images_b), cfg.batch_size, "lq_dir")
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.adam_weight_decay)
     opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.adam_weight_decay)
     model, opt_g, opt_d, loader_a, loader_b = accelerator.prepare(model, opt_g, opt_d, loader_a, loader_b)
 
     ckpt = resume_checkpoint(cfg.resume, out)
-    rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index))  # style codes; checkpointed for exact resume
+    # style codes and crop positions; checkpointed for exact resume
+    rng = GeneratorState(stream_seed(cfg.seed, "train", accelerator.process_index))
     global_step = load_checkpoint(accelerator, ckpt, rng, rng_index=0)
     resumed_from = None if ckpt is None else ckpt.name
     if ckpt is not None:
@@ -211,7 +206,9 @@ def train(cfg: MUNITTrainConfig) -> Path:
     )  # fmt: skip
     model.train()
     while global_step < cfg.max_train_steps:
-        x_a, x_b = next(it_a), next(it_b)
+        idx_a, idx_b = next(it_a), next(it_b)
+        x_a = images_a.crops(idx_a.tolist(), cfg.crop_size, rng.generator, cfg.augment).to(accelerator.device)
+        x_b = images_b.crops(idx_b.tolist(), cfg.crop_size, rng.generator, cfg.augment).to(accelerator.device)
         lr = cfg.lr * (cfg.lr_gamma ** (global_step // cfg.lr_step_size) if cfg.lr_step_size > 0 else 1.0)
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
@@ -254,7 +251,8 @@ def train(cfg: MUNITTrainConfig) -> Path:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save(model_dir)
         atomic_write_json(model_dir / PREPROCESS_NAME, cfg.preprocess.to_dict())
-        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from}
+        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from,
+                                "images": {"hq": len(images_a), "lq": len(images_b)}}  # fmt: skip
         atomic_write_json(model_dir / TRAIN_CONFIG_NAME, info)
     accelerator.end_training()
     return model_dir
@@ -263,34 +261,37 @@ def train(cfg: MUNITTrainConfig) -> Path:
 # ----------------------------------------------------------------------------------------------- pairs
 
 
-@torch.no_grad()
 def make_pairs(
     model_dir: str | Path,
-    hq_dir: str | Path,
+    hq_dir: str | Path | list[str | Path],
     out_dir: str | Path,
     style: Literal["random", "lq-extracted"] = "random",
     seed: int = 0,
-    lq_dir: str | Path | None = None,
-    batch_size: Annotated[int, Field(ge=1)] = 8,
+    lq_dir: str | Path | list[str | Path] | None = None,
+    split: Literal["train", "held_out", "all"] = "train",
+    batch_size: Annotated[int, Field(ge=1)] = 1,
     size: int | None = None,
     device: str | torch.device | None = None,
-    disable_tqdm: bool = False,
+    progress: bool = True,
 ) -> Path:
-    """Degrade every HQ image with a trained MUNIT into a pairs folder (layout in the module docstring).
+    """Degrade whole real HQ images with a trained MUNIT into a pairs folder (``restoration.pairs`` layout).
+
+    HQ is each image at twice the LQ scale (NIH: its native 1024), LQ is MUNIT's HQ -> LQ translation of the HQ
+    downsampled 2x (512). Resumable: pairs already in ``out_dir`` are kept.
 
     Args:
         model_dir: folder written by :func:`train` (``output_dir/model``).
-        hq_dir: HQ images to degrade (recursive).
+        hq_dir: real HQ folder(s) (recursive); only their ``split`` part is degraded.
         out_dir: pairs folder to write.
-        style: "random" samples an N(0, I) LQ style per image; "lq-extracted" uses the style of a randomly
-            chosen image from ``lq_dir``.
-        seed: per-image styles (and LQ choices) derive from (seed, image index), so the batch size
-            changes pixels by float rounding only.
-        lq_dir: LQ images for ``style="lq-extracted"``.
+        style: "random" samples an N(0, I) LQ style per image; "lq-extracted" uses the style of an image of
+            ``lq_dir`` chosen at random.
+        seed: each pair's style (and LQ choice) derives from (seed, pair name).
+        lq_dir: LQ folder(s) for ``style="lq-extracted"``.
+        split: "train" (pairs for training), "held_out" (pairs for measurements) or "all".
         batch_size: images per forward pass.
-        size: HQ side in pixels (default: the training size); must be even.
+        size: LQ scale (longer side; default: the training preprocess size).
         device: default CUDA when available.
-        disable_tqdm: hide the progress bar.
+        progress: show a progress bar.
 
     Returns:
         ``out_dir``.
@@ -302,42 +303,31 @@ def make_pairs(
     dev = default_device(device)
     model = MUNIT.load(model_dir, dev)
     pcfg = read_preprocess(model_dir, size)
-    if pcfg.size % 2 or pcfg.size % 2**model.cfg.n_downsample:
-        raise ValueError(f"size {pcfg.size} must be even and a multiple of 2**n_downsample")
-    hq_paths = list_images(hq_dir)
-    if not hq_paths:
-        raise ValueError(f"{hq_dir}: no images")
-    names = pair_names(hq_paths, hq_dir)
-    hq_ds = ImageFolderDataset(hq_paths, pcfg)
-    lq_ds = ImageFolderDataset(list_images(lq_dir), pcfg) if style == "lq-extracted" else None
+    lq_images = ScaledImages(images_in(lq_dir, "lq_dir"), pcfg) if style == "lq-extracted" else None
 
-    records: list[dict[str, Any]] = []
-    for start in tqdm(range(0, len(hq_ds), batch_size), desc="MUNIT pairs", disable=disable_tqdm):
-        idx = list(range(start, min(start + batch_size, len(hq_ds))))
-        x = torch.stack([hq_ds[i] for i in idx]).to(dev)
-        sources: list[str | None] = []
-        if lq_ds is None:
-            styles = torch.cat(
-                [model.sample_style(1, dev, torch.Generator().manual_seed(item_seed(seed, i))) for i in idx]
-            )
-            sources = [None] * len(idx)
+    def degrade(x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        if lq_images is None:
+            styles = torch.cat([model.sample_style(1, dev, torch.Generator().manual_seed(s)) for s in seeds])
         else:
-            picks = [int(np.random.default_rng(item_seed(seed, i)).integers(len(lq_ds))) for i in idx]
-            styles = model.encode_style(torch.stack([lq_ds[j] for j in picks]).to(dev))
-            sources = [str(lq_ds.paths[j]) for j in picks]
-        lq = downsample2x(model.translate_hq_to_lq(x, style=styles))
-        for k, i in enumerate(idx):
-            write_pair(out_dir, names[i], lq[k], x[k])
-            records.append(source_record(names[i], hq_paths[i]) | {"style_source": sources[k]})
-    info = {
-        "method": "munit-lq",
-        "model_dir": str(model_dir),
-        "style": style,
-        "seed": seed,
-        "hq_size": pcfg.size,
-        "lq_size": pcfg.size // 2,
-        "preprocess": pcfg.to_dict(),
-        "pairs": records,
-    }
-    atomic_write_json(Path(out_dir) / PAIRS_INFO_NAME, info)
-    return Path(out_dir)
+            picks = [int(np.random.default_rng(s).integers(len(lq_images))) for s in seeds]
+            styles = torch.cat([_style_of(model, lq_images.array(j), dev) for j in picks])
+        return model.translate_hq_to_lq(x, style=styles)
+
+    def style_source(s: int) -> dict[str, Any]:
+        if lq_images is None:
+            return {"style_source": None}
+        return {"style_source": str(lq_images.paths[int(np.random.default_rng(s).integers(len(lq_images)))])}
+
+    info = {"method": "munit-lq", "model_dir": str(model_dir), "style": style}
+    m = 2**model.cfg.n_downsample
+    return write_pairs(
+        hq_dir, out_dir, pcfg, degrade, info, seed, split, m, batch_size, dev, progress, record_extra=style_source
+    )
+
+
+def _style_of(model: MUNIT, img: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """LQ style code (1, style_dim) of one whole image at the model scale."""
+    from restoration.degrader_data import pad_to_multiple
+
+    x, _ = pad_to_multiple(torch.from_numpy(img)[None, None].to(dev), 2**model.cfg.n_downsample)
+    return model.encode_style(x)

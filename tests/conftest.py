@@ -40,3 +40,15 @@ def write_chest_phantom(path: Path, seed: int = 0) -> Path:
 def chest_nifti(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a synthetic chest CT NIfTI shared by the pipeline tests."""
     return write_chest_phantom(tmp_path_factory.mktemp("ct") / "chest.nii.gz")
+
+
+@pytest.fixture(autouse=True)
+def no_packaged_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees an install without the packaged restorer unless it asks for one (``tests/restorer.py``).
+
+    ``generate`` and ``convert`` enhance by default with the model shipped in the package; the suite's tiny renders
+    test the raw DRRs unless they say otherwise. Tests running the CLI in a subprocess pass ``--no-enhance``.
+    """
+    import pipeline.enhancer
+
+    monkeypatch.setattr(pipeline.enhancer, "packaged_model", lambda: None)

@@ -21,7 +21,7 @@ from data.manifest import Manifest
 from data.ownership import LOCK, LOCK_PID, MARKER
 from pipeline.cli import app
 
-ARGS = ["--size", "64", "-n", "3", "--seed", "3", "--no-progress", "--device", "cpu"]
+ARGS = ["--size", "64", "-n", "3", "--seed", "3", "--no-progress", "--device", "cpu", "--no-enhance"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -123,3 +123,24 @@ def test_nanodrr_on_ray_with_dicom_equals_serial_and_resumes(local_ray: None, tm
     resumed = generate(cts, tmp_path / "serial", config, device="cpu", progress=False)
     assert resumed.skipped_done == 3
     assert digest(tmp_path / "serial") == before
+
+
+def test_enhanced_run_on_ray_equals_serial(local_ray: None, tmp_path: Path) -> None:
+    """generate with the restorer: each actor loads the model the driver resolved once; same bytes as serial."""
+    from pipeline.enhancer import PACKAGED_MODEL, EnhanceConfig, Enhancer
+    from pipeline.ray_backend import generate_ray
+    from restorer import save_tiny_restorer
+
+    model = save_tiny_restorer(tmp_path / "model", lq_size=32)
+    cts = [str(write_chest_phantom(tmp_path / f"ct{i}.nii.gz", seed=i)) for i in range(2)]
+    enhancer = Enhancer(EnhanceConfig(PACKAGED_MODEL, steps=2), model_path=model)  # as the CLI resolves it
+    config = GenerateConfig(images_per_ct=2, seed=2, geometry=ProjectionGeometry(size_px=32), enhance=enhancer.config)
+    serial = generate(cts, tmp_path / "serial", config, device="cpu", progress=False, enhancer=enhancer)
+    distributed = generate_ray(
+        cts, tmp_path / "ray", config, device="cpu", progress=False, num_workers=2, enhance_dir=model
+    )
+    assert len(serial.records) == len(distributed.records) == 4
+    assert all((r.width, r.height) == (64, 64) for r in distributed.records)
+    before = digest(tmp_path / "serial")
+    assert sum(name.startswith("images_drr/") for name in before) == 4
+    assert digest(tmp_path / "ray") == before

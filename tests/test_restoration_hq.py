@@ -216,11 +216,13 @@ def test_classical_degrade_deterministic_and_params_recorded():
 # ---------------------------------------------------------------------------------------------- model/sampling
 
 
-def test_shapes_lq16_to_hq32():
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("s", [1, 4])
+def test_shapes_lq16_to_hq32(s):
+    cfg = tiny_cfg(space_to_depth=s)
     torch.manual_seed(0)
     unet = build_unet(cfg)
-    assert unet.config.in_channels == 2 and unet.config.out_channels == 1
+    assert unet.config.in_channels == 2 * s * s and unet.config.out_channels == s * s
+    assert unet.config.sample_size == 32 // s and cfg.size_multiple == 2 * s
     lq = torch.rand(2, 1, 16, 16) * 2 - 1
     assert upsample_condition(lq, 2).shape == (2, 1, 32, 32)
     out = restore(unet, make_scheduler("ddim", cfg), lq, 2, torch.Generator().manual_seed(0))

@@ -13,19 +13,24 @@ from safetensors.torch import load_file
 
 from data.images import read_png16, write_png8, write_png16
 from restoration import ddpm_lq
-from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, sdedit, sdedit_timesteps
+from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, denoiser_output, sdedit, sdedit_timesteps
+from restoration.degrader_data import ScaledImages, pad_to_multiple, random_crop, real_images
 from restoration.munit import MUNIT, MUNITConfig
+from restoration.pairs import name_seed, pair_names
 from restoration.preprocess import PreprocessConfig
-from restoration.train_ddpm_lq import DDPMLQTrainConfig, PairsDataset
+from restoration.splits import is_held_out
+from restoration.train_ddpm_lq import DDPMLQTrainConfig, PairedCrops
 from restoration.train_ddpm_lq import make_pairs as ddpm_make_pairs
 from restoration.train_ddpm_lq import train as train_ddpm
-from restoration.pairs import item_seed, pair_names
 from restoration.train_munit import MUNITTrainConfig
 from restoration.train_munit import make_pairs as munit_make_pairs
 from restoration.train_munit import train as train_munit
 from restoration.training_setup import prune_checkpoints
 
-SIZE = 16
+SIZE = 16  # side of the tiny nets' test tensors
+SCALE = 32  # the "LQ scale" of the tiny training runs (512 at the paper's scale): longer side of every image
+CROP = 16  # training crops (not equal to the whole images that inference sees)
+HQ_SHAPE = (40, 48)  # real images: not square, not at the scale -> (27, 32) at the LQ scale, (54, 64) as HQ
 
 
 def tiny_munit_cfg(**kw: object) -> MUNITConfig:
@@ -33,16 +38,12 @@ def tiny_munit_cfg(**kw: object) -> MUNITConfig:
     return MUNITConfig(**(base | kw))  # type: ignore[arg-type]
 
 
-def tiny_ddpm_cfg() -> DDPMLQConfig:
-    return DDPMLQConfig(
-        image_size=SIZE,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        num_train_timesteps=100,
-    )
+def tiny_ddpm_cfg(**kw: object) -> DDPMLQConfig:
+    base = dict(
+        image_size=SIZE, space_to_depth=2, block_out_channels=(16, 32), down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2, layers_per_block=1, norm_num_groups=8, num_train_timesteps=100,
+    )  # fmt: skip
+    return DDPMLQConfig(**(base | kw))  # type: ignore[arg-type]
 
 
 def blobs(n: int, gen: torch.Generator, size: int = SIZE) -> torch.Tensor:
@@ -53,11 +54,6 @@ def blobs(n: int, gen: torch.Generator, size: int = SIZE) -> torch.Tensor:
     r = torch.rand(n, generator=gen) * 0.3 + 0.25
     d = ((xx - c[:, 0, None, None]) ** 2 + (yy - c[:, 1, None, None]) ** 2) / r[:, None, None] ** 2
     return (torch.exp(-d) * 2 - 1)[:, None]
-
-
-def read_pm1(folder: Path, names: list[str]) -> torch.Tensor:
-    """(N, 1, H, W) tensor in [-1, 1] from the 16-bit PNGs ``folder/name``."""
-    return torch.stack([torch.from_numpy(read_png16(folder / n).astype(np.float32) / 32767.5 - 1)[None] for n in names])
 
 
 def box_blur(x: torch.Tensor) -> torch.Tensor:
@@ -73,31 +69,78 @@ def _one_thread() -> object:
     torch.set_num_threads(old)
 
 
+def _patients(n_train: int, n_held: int) -> tuple[list[str], list[str]]:
+    """Patient ids on each side of the project's held-out split."""
+    ids = [f"p{i:03d}" for i in range(200)]
+    return [p for p in ids if not is_held_out(p)][:n_train], [p for p in ids if is_held_out(p)][:n_held]
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """HQ: 8-bit PNGs (one name repeated in a subfolder); LQ: 16-bit blurred PNGs of another size."""
+    """HQ: 8-bit non-square PNGs of train and held-out patients (images.csv), one stem repeated in a subfolder;
+    LQ: 16-bit blurred square PNGs of another size, in two folders."""
     root = tmp_path_factory.mktemp("lq_data")
     g = torch.Generator().manual_seed(0)
-    hq = ((blobs(5, g, 20) + 1) / 2).numpy()
+    train_ids, held_ids = _patients(4, 2)
+    rows = ["image,patient_id"]
+    hq = ((blobs(7, g, 48)[..., 4:44, :] + 1) / 2).numpy()  # 40 x 48
+    for i, pid in enumerate(train_ids + held_ids):
+        write_png8(root / "hq" / f"cxr{i}.png", hq[i, 0])
+        rows.append(f"cxr{i}.png,{pid}")
+    write_png8(root / "hq" / "more" / "cxr0.png", hq[6, 0])  # same stem in a subfolder (images.csv above it: cxr0's patient)
+    (root / "hq" / "images.csv").write_text("\n".join(rows) + "\n")
     lq = ((box_blur(blobs(4, g, 24)) + 1) / 2).numpy()
     for i in range(4):
-        write_png8(root / "hq" / f"cxr{i}.png", hq[i, 0])
-        write_png16(root / "lq" / f"drr{i}.png", np.rint(lq[i, 0] * 65535).astype(np.uint16))
-    write_png8(root / "hq" / "more" / "cxr0.png", hq[4, 0])  # same stem in a subfolder
-    return {"root": root, "hq": root / "hq", "lq": root / "lq"}
+        write_png16(root / f"lq{i % 2}" / f"drr{i}.png", np.rint(lq[i, 0] * 65535).astype(np.uint16))
+    held = {f"cxr{i}.png" for i in range(4, 6)}
+    return {"root": root, "hq": root / "hq", "lq": [root / "lq0", root / "lq1"], "held": held}  # type: ignore[dict-item]
 
 
 # ------------------------------------------------------------------------------------------------ MUNIT
 
 
-def test_munit_defaults_are_the_papers() -> None:
-    """MUNIT (Huang et al. 2018): lambda_x = 10, lambda_c = lambda_s = 1, GAN 1; Adam 1e-4, (0.5, 0.999), wd 1e-4."""
+def test_munit_losses_and_paper_preset() -> None:
+    """MUNIT (Huang et al. 2018): lambda_x = 10, lambda_c = lambda_s = 1, GAN 1; Adam 1e-4, (0.5, 0.999), wd 1e-4.
+
+    The default is compact (CPU) and attention-free; ``paper()`` is the published width.
+    """
     m = MUNITConfig()
     assert (m.gan_w, m.recon_x_w, m.recon_c_w, m.recon_s_w) == (1.0, 10.0, 1.0, 1.0)
-    assert m.recon_x_cyc_w == 0.0 and m.style_dim == 8 and m.n_downsample == 2 and m.n_res == 4
+    assert m.recon_x_cyc_w == 0.0 and m.style_dim == 8 and m.n_downsample == 2
+    p = MUNITConfig.paper()
+    assert (p.dim, p.n_res, p.up_kernel, p.mlp_dim, p.dis_dim) == (64, 4, 5, 256, 64)
+    assert sum(x.numel() for x in MUNIT(m).gen_a.parameters()) < sum(x.numel() for x in MUNIT(p).gen_a.parameters()) / 8
     t = MUNITTrainConfig(hq_dir="h", lq_dir="l", output_dir="o")
-    assert (t.lr, t.adam_beta1, t.adam_beta2, t.adam_weight_decay, t.batch_size) == (1e-4, 0.5, 0.999, 1e-4, 1)
+    assert (t.lr, t.adam_beta1, t.adam_beta2, t.adam_weight_decay) == (1e-4, 0.5, 0.999, 1e-4)
     assert (t.lr_step_size, t.lr_gamma) == (100_000, 0.5)
+    assert (t.preprocess.size, t.crop_size, t.real_split) == (512, 128, "train")
+    with pytest.raises(ValueError, match="crop_size 30 must be a multiple of 2\\*\\*n_downsample = 4"):
+        MUNITTrainConfig(hq_dir="h", lq_dir="l", output_dir="o", crop_size=30)
+
+
+def test_crops_scale_and_patient_split(folders: dict[str, Path]) -> None:
+    """Real images: only the requested side of the patient split; every image at the LQ scale, aspect kept."""
+    train = real_images(folders["hq"], "train")
+    held = real_images([folders["hq"]], "held_out")
+    assert {p.name for p in held} == folders["held"] and not set(train) & set(held)
+    assert len(train) + len(held) == len(real_images(folders["hq"], "all")) == 7
+    with pytest.raises(ValueError, match="split must be one of train, held_out, all"):
+        real_images(folders["hq"], "test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a folder of images"):
+        real_images(folders["root"] / "nope", "train")
+    imgs = ScaledImages(train, PreprocessConfig(size=SCALE))
+    assert imgs.array(0).shape == (27, 32) and imgs.array(0).min() == -1.0 and imgs.array(0).max() == 1.0
+    crops = imgs.crops([0, 1, 0], CROP, torch.Generator().manual_seed(0))
+    again = imgs.crops([0, 1, 0], CROP, torch.Generator().manual_seed(0))
+    assert crops.shape == (3, 1, CROP, CROP) and torch.equal(crops, again)
+    assert not torch.equal(crops[0], crops[2])  # same image, other position
+    whole = torch.from_numpy(imgs.array(0))
+    c = random_crop(imgs.array(0), CROP, torch.Generator().manual_seed(3))[0]
+    hits = [(i, j) for i in range(27 - CROP + 1) for j in range(32 - CROP + 1) if torch.equal(whole[i : i + CROP, j : j + CROP], c)]
+    assert hits  # a crop is a window of the whole image, not a resample
+    assert random_crop(imgs.array(0), 40, torch.Generator()).shape == (1, 40, 40)  # larger than the image: padded
+    x, hw = pad_to_multiple(torch.zeros(1, 1, 27, 32), 8)
+    assert x.shape == (1, 1, 32, 32) and hw == (27, 32)
 
 
 def test_munit_shapes_and_input_checks() -> None:
@@ -178,21 +221,51 @@ def test_munit_save_load_round_trip(tmp_path: Path) -> None:
         MUNIT.load(tmp_path)
 
 
-def _pairs_ok(out: Path, names: list[str], half: int) -> None:
-    assert sorted(p.name for p in (out / "lq").iterdir()) == sorted(names)
-    assert sorted(p.name for p in (out / "hq").iterdir()) == sorted(names)
+def _pairs_ok(out: Path, names: set[str], lq_shape: tuple[int, int]) -> dict:
+    """The folder holds exactly ``names``: 16-bit LQ of ``lq_shape`` and HQ of twice that; returns pairs.json."""
+    assert {p.name for p in (out / "lq").iterdir()} == names == {p.name for p in (out / "hq").iterdir()}
     for n in names:
         lq, hq = read_png16(out / "lq" / n), read_png16(out / "hq" / n)
-        assert lq.dtype == np.uint16 and lq.shape == (half, half) and hq.shape == (2 * half, 2 * half)
+        assert lq.dtype == np.uint16 and lq.shape == lq_shape and hq.shape == (2 * lq_shape[0], 2 * lq_shape[1])
+    meta = json.loads((out / "pairs.json").read_text())
+    assert meta["complete"] is True and {r["name"] for r in meta["pairs"]} == names
+    assert all(r["patient"] for r in meta["pairs"])
+    return meta
+
+
+def _check_pairs_split_and_resume(make: object, folders: dict[str, Path], tmp_path: Path) -> None:
+    """train/held_out pairs hold disjoint patients; same seed -> same bytes; a broken run resumes to the same bytes."""
+    train_names = {"cxr0.png", "cxr1.png", "cxr2.png", "cxr3.png", "more__cxr0.png"}
+    p_train = make(tmp_path / "p_train", "train")  # type: ignore[operator]
+    meta = _pairs_ok(p_train, train_names, (27, 32))
+    p_held = make(tmp_path / "p_held", "held_out")  # type: ignore[operator]
+    meta_held = _pairs_ok(p_held, folders["held"], (27, 32))
+    assert meta["split"] == "train" and meta_held["split"] == "held_out"
+    assert not {r["patient"] for r in meta["pairs"]} & {r["patient"] for r in meta_held["pairs"]}
+    again = make(tmp_path / "p_again", "train")  # type: ignore[operator]
+    for n in train_names:
+        assert (p_train / "lq" / n).read_bytes() == (again / "lq" / n).read_bytes()
+    # interrupted: one pair lost its LQ, another is missing, pairs.json says incomplete -> rerun completes it
+    (again / "lq" / "cxr1.png").unlink()
+    (again / "hq" / "cxr2.png").unlink()
+    (again / "lq" / "cxr2.png").unlink()
+    kept = (again / "lq" / "cxr3.png").stat().st_mtime_ns
+    make(again, "train")  # type: ignore[operator]
+    assert (again / "lq" / "cxr3.png").stat().st_mtime_ns == kept  # not redone
+    for n in train_names:
+        assert (p_train / "lq" / n).read_bytes() == (again / "lq" / n).read_bytes()
+    with pytest.raises(ValueError, match="holds pairs made with other settings \\(seed\\)"):
+        make(again, "train", seed=99)  # type: ignore[operator]
 
 
 @pytest.mark.slow
-def test_munit_train_checkpoints_resume_and_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
+def test_munit_crop_training_resume_and_whole_image_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "munit_run"
     cfg = MUNITTrainConfig(
-        hq_dir=str(folders["hq"]), lq_dir=str(folders["lq"]), output_dir=str(out), model=tiny_munit_cfg(),
-        preprocess=PreprocessConfig(size=SIZE), batch_size=2, max_train_steps=3, num_workers=0,
-        checkpointing_steps=1, checkpoints_total_limit=2, log_every=1, sample_every=2, progress=False,
+        hq_dir=str(folders["hq"]), lq_dir=[str(d) for d in folders["lq"]], output_dir=str(out),
+        model=tiny_munit_cfg(), preprocess=PreprocessConfig(size=SCALE), crop_size=CROP, batch_size=2,
+        max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=2, log_every=1, sample_every=2,
+        progress=False,
     )  # fmt: skip
     model_dir = train_munit(cfg)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -201,36 +274,40 @@ def test_munit_train_checkpoints_resume_and_pairs(folders: dict[str, Path], tmp_
     model_dir = train_munit(cfg)  # resumes from checkpoint-3, one more step
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     info = json.loads((model_dir / "train_config.json").read_text())
-    assert info["resumed_from"] == "checkpoint-3" and info["global_step"] == 4
-    # the interrupted run ends where an uninterrupted one does: weights, optimiser, RNG and data order restored
+    assert info["resumed_from"] == "checkpoint-3" and info["global_step"] == 4 and info["crop_size"] == CROP
+    assert info["images"] == {"hq": 5, "lq": 4}  # real images: the train part of the patient split only
+    # the interrupted run ends where an uninterrupted one does: weights, optimiser, RNG (crops), data order restored
     whole = MUNITTrainConfig.from_dict(cfg.to_dict() | {"output_dir": str(tmp_path / "whole"), "checkpointing_steps": 0})
     w_whole = load_file(train_munit(whole) / "munit.safetensors")
     w_resumed = load_file(model_dir / "munit.safetensors")
     assert w_whole.keys() == w_resumed.keys()
     assert all(torch.allclose(w_whole[k], w_resumed[k], atol=1e-6) for k in w_whole)
 
-    p1 = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p1", style="random", seed=7, batch_size=2)
-    p2 = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p2", style="random", seed=7, batch_size=5)
-    expected = pair_names(sorted(folders["hq"].rglob("*.png")), folders["hq"])
-    # the colliding stem "cxr0" keeps its folder in the name; the others are the HQ file names
-    assert sorted(expected) == ["cxr0.png", "cxr1.png", "cxr2.png", "cxr3.png", "more__cxr0.png"]
-    _pairs_ok(p1, expected, SIZE // 2)
-    p1b = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p1b", style="random", seed=7, batch_size=2)
-    for n in expected:  # same seed -> same bytes; another batch size -> same styles (pixels up to float rounding)
-        assert (p1 / "lq" / n).read_bytes() == (p1b / "lq" / n).read_bytes()
-        diff = read_png16(p1 / "lq" / n).astype(int) - read_png16(p2 / "lq" / n).astype(int)
-        assert np.abs(diff).max() <= 8
-    p3 = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p3", style="lq-extracted", lq_dir=folders["lq"])
-    _pairs_ok(p3, expected, SIZE // 2)
+    def make(dest: Path, split: str, seed: int = 7) -> Path:
+        return munit_make_pairs(model_dir, folders["hq"], dest, style="random", seed=seed, split=split, progress=False)
+
+    _check_pairs_split_and_resume(make, folders, tmp_path)
+    # the LQ is MUNIT's translation of the whole HQ downsampled 2x, with the style of (seed, name)
+    model = MUNIT.load(model_dir)
+    hq = torch.from_numpy(read_png16(tmp_path / "p_train" / "hq" / "cxr1.png").astype(np.float32) / 32767.5 - 1)
+    x, _ = pad_to_multiple(F.avg_pool2d(hq[None, None], 2), 2)
+    style = model.sample_style(1, "cpu", torch.Generator().manual_seed(name_seed(7, "cxr1.png")))
+    with torch.no_grad():
+        expect = model.translate_hq_to_lq(x, style=style)[0, 0, :27, :32]
+    got = torch.from_numpy(read_png16(tmp_path / "p_train" / "lq" / "cxr1.png").astype(np.float32) / 32767.5 - 1)
+    assert (got - expect).abs().max() < 2e-3
+    p3 = munit_make_pairs(model_dir, folders["hq"], tmp_path / "p3", style="lq-extracted", lq_dir=folders["lq"],
+                          progress=False)  # fmt: skip
     meta = json.loads((p3 / "pairs.json").read_text())
     assert meta["style"] == "lq-extracted" and all(r["style_source"] for r in meta["pairs"])
     with pytest.raises(ValueError, match="needs lq_dir"):
         munit_make_pairs(model_dir, folders["hq"], tmp_path / "p4", style="lq-extracted")
     with pytest.raises(ValueError, match="style must be one of"):
         munit_make_pairs(model_dir, folders["hq"], tmp_path / "p4", style="nope")  # type: ignore[arg-type]
-    pairs = PairsDataset(p3, SIZE)  # DDPM-LQ's optional conditional stage 2 reads the same layout
-    lq, hq = pairs[0]
-    assert lq.shape == hq.shape == (1, SIZE, SIZE)
+    pairs = PairedCrops(p3, SCALE)  # DDPM-LQ's optional conditional stage 2 reads the same layout, aligned
+    lq, hq_c = pairs.crops([0, 1], CROP, torch.Generator().manual_seed(0), augment=False)
+    assert lq.shape == hq_c.shape == (2, 1, CROP, CROP)
+    assert pairs.pair(0).shape == (2, 27, 32)
 
 
 def test_pair_names_and_checkpoint_pruning(tmp_path: Path) -> None:
@@ -265,19 +342,53 @@ def test_sdedit_strength_zero_identity_and_determinism() -> None:
         sdedit(unet, sched, x, 1.5, 3)
 
 
-def test_ddpm_lq_config_errors() -> None:
+def test_ddpm_lq_config_errors_and_compact_default() -> None:
     with pytest.raises(ValueError, match="allowed"):
         DDPMLQConfig(image_size=16, block_out_channels=(16,), down_block_types=("Nope",), up_block_types=("UpBlock2D",))
     with pytest.raises(ValueError, match="beta_schedule must be one of"):
         DDPMLQConfig(beta_schedule="cubic")
+    with pytest.raises(ValueError, match="multiple of space_to_depth \\* 2\\*\\*\\(levels-1\\) = 16"):
+        DDPMLQConfig(image_size=120)
     assert DDPMLQConfig.from_dict(tiny_ddpm_cfg().to_dict()) == tiny_ddpm_cfg()
+    unet = build_unet(DDPMLQConfig())
+    attn = [n for n, m in unet.named_modules() if type(m).__name__ == "Attention"]
+    assert not attn and unet.config.in_channels == 32 and unet.config.out_channels == 16  # 4x unshuffle
+    assert [type(m).__name__ for m in build_unet(DDPMLQConfig.paper()).modules()].count("Attention") > 0
+    t = DDPMLQTrainConfig(lq_dir="l", output_dir="o", crop_size=64)
+    assert t.model.image_size == 64 and t.preprocess.size == 512 and t.real_split == "train"
+    with pytest.raises(ValueError, match="crop_size 72 must be a multiple of"):
+        DDPMLQTrainConfig(lq_dir="l", output_dir="o", crop_size=72)
+
+
+def test_ddpm_lq_loss_decreases_on_fixed_crops_and_runs_on_whole_images() -> None:
+    """A few Adam steps on one fixed batch of crops lower the loss; the crop-trained UNet denoises a larger image."""
+    torch.manual_seed(0)
+    cfg = tiny_ddpm_cfg()
+    unet, sched = build_unet(cfg), build_scheduler(cfg)
+    g = torch.Generator().manual_seed(0)
+    x = box_blur(blobs(4, g))
+    noise, t = torch.randn(x.shape, generator=g), torch.randint(0, 100, (4,), generator=g)
+    x_t = sched.add_noise(x, noise, t)
+    opt = torch.optim.Adam(unet.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = F.mse_loss(denoiser_output(unet, x_t, None, t, cfg.space_to_depth), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    unet.eval()
+    big = blobs(1, g, 40)[..., :28, :]  # 28 x 40: not the crop size, not square (multiples of pad_multiple 4)
+    y = sdedit(unet, sched, big, 0.3, 3, generator=torch.Generator().manual_seed(0))
+    assert y.shape == big.shape and torch.isfinite(y).all() and not torch.allclose(y, big)
 
 
 @pytest.mark.slow
-def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
+def test_ddpm_lq_two_stages_crops_resume_and_pairs(folders: dict[str, Path], tmp_path: Path) -> None:
     base = dict(
-        lq_dir=str(folders["lq"]), model=tiny_ddpm_cfg(), preprocess=PreprocessConfig(size=SIZE), batch_size=2,
-        num_workers=0, lr_warmup_steps=0, log_every=1, progress=False, checkpointing_steps=1,
+        lq_dir=[str(d) for d in folders["lq"]], model=tiny_ddpm_cfg(), preprocess=PreprocessConfig(size=SCALE),
+        crop_size=CROP, batch_size=2, lr_warmup_steps=0, log_every=1, progress=False, checkpointing_steps=1,
         checkpoints_total_limit=2,
     )  # fmt: skip
     s1 = DDPMLQTrainConfig(  # constant lr: a cosine schedule would depend on max_train_steps, changed below
@@ -292,12 +403,13 @@ def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path:
     m1 = train_ddpm(s1, stage=1)  # resume
     assert sorted(p.name for p in (tmp_path / "s1").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     assert ddpm_lq.read_extra(m1)["resumed_from"] == "checkpoint-3"
+    assert ddpm_lq.read_extra(m1)["images"] == 5 + 4  # stage 1: train-part real images + DRRs
     unet_file = "unet/diffusion_pytorch_model.safetensors"
     w_resumed = load_file(m1 / unet_file)
     # the saved model is the EMA, not the raw weights of the last step (checkpoint-4 holds those)
     raw = load_file(tmp_path / "s1" / "checkpoint-4" / "model.safetensors")
     assert raw.keys() == w_resumed.keys() and any(not torch.equal(raw[k], w_resumed[k]) for k in raw)
-    # the interrupted run ends where an uninterrupted one does (weights, optimiser, EMA, RNG, data order)
+    # the interrupted run ends where an uninterrupted one does (weights, optimiser, EMA, RNGs incl. crops, data order)
     whole = DDPMLQTrainConfig.from_dict(s1.to_dict() | {"output_dir": str(tmp_path / "s1_whole"), "checkpointing_steps": 0})
     w_whole = load_file(train_ddpm(whole, stage=1) / unet_file)
     assert all(torch.allclose(w_whole[k], w_resumed[k], atol=1e-6) for k in w_whole)
@@ -320,32 +432,28 @@ def test_ddpm_lq_two_stages_resume_and_pairs(folders: dict[str, Path], tmp_path:
     extra = ddpm_lq.read_extra(m2)
     assert extra["stage"] == 2 and extra["init_from"] == str(m1)
 
-    x = blobs(1, torch.Generator().manual_seed(0))
-    assert torch.equal(sdedit(u2, sched2, x, 0.0, 2), x)
-    p1 = ddpm_make_pairs(m2, folders["hq"], tmp_path / "p1", strength=0.4, steps=2, seed=3, batch_size=2)
-    p2 = ddpm_make_pairs(m2, folders["hq"], tmp_path / "p2", strength=0.4, steps=2, seed=3, batch_size=5)
-    names = pair_names(sorted(folders["hq"].rglob("*.png")), folders["hq"])
-    _pairs_ok(p1, names, SIZE // 2)
-    for n in names:  # per-image noise: another batch size gives the same pixels up to float rounding
-        diff = read_png16(p1 / "lq" / n).astype(int) - read_png16(p2 / "lq" / n).astype(int)
-        assert np.abs(diff).max() <= 8
-        assert np.array_equal(read_png16(p1 / "hq" / n), read_png16(p2 / "hq" / n))
-    meta = json.loads((p1 / "pairs.json").read_text())
-    assert meta["strength"] == 0.4 and meta["conditional"] is False
+    def make(dest: Path, split: str, seed: int = 3) -> Path:
+        return ddpm_make_pairs(m2, folders["hq"], dest, strength=0.4, steps=2, seed=seed, split=split, progress=False)
+
+    _check_pairs_split_and_resume(make, folders, tmp_path)
+    meta = json.loads((tmp_path / "p_train" / "pairs.json").read_text())
+    assert meta["strength"] == 0.4 and meta["conditional"] is False and meta["hq_size"] == 2 * SCALE
 
     # reading A: stage 2 conditioned on the HQ of a pairs folder; its make_pairs must feed the HQ as condition
     s3 = DDPMLQTrainConfig(
-        output_dir=str(tmp_path / "s3"), pairs_dir=str(p1), lr=1e-2, max_train_steps=1, seed=2, **base
-    )
+        output_dir=str(tmp_path / "s3"), pairs_dir=str(tmp_path / "p_train"), lr=1e-2, max_train_steps=1, seed=2,
+        **base,
+    )  # fmt: skip
     m3 = train_ddpm(s3, stage=2, init_from=m1)
     assert ddpm_lq.read_extra(m3)["conditional"] is True
-    p3 = ddpm_make_pairs(m3, folders["hq"], tmp_path / "p3", strength=0.6, steps=2, seed=3, batch_size=8)
+    p3 = ddpm_make_pairs(m3, folders["hq"], tmp_path / "p3", strength=0.6, steps=2, seed=3, progress=False)
     assert json.loads((p3 / "pairs.json").read_text())["conditional"] is True
     u3, sched3, _ = ddpm_lq.load(m3)
-    hq = read_pm1(p3 / "hq", names)
-    gens = lambda: [torch.Generator().manual_seed(item_seed(3, i)) for i in range(len(names))]  # noqa: E731
-    with_cond = F.avg_pool2d(sdedit(u3, sched3, hq, 0.6, 2, generator=gens(), condition=hq), 2)
-    without = F.avg_pool2d(sdedit(u3, sched3, hq, 0.6, 2, generator=gens()), 2)
-    written = read_pm1(p3 / "lq", names)
-    assert (written - with_cond).abs().max() < 1e-3  # the pairs are the HQ-conditioned SDEdit...
+    hq = torch.from_numpy(read_png16(p3 / "hq" / "cxr1.png").astype(np.float32) / 32767.5 - 1)
+    x, _ = pad_to_multiple(F.avg_pool2d(hq[None, None], 2), 4)
+    gen = lambda: [torch.Generator().manual_seed(name_seed(3, "cxr1.png"))]  # noqa: E731
+    with_cond = sdedit(u3, sched3, x, 0.6, 2, generator=gen(), condition=x)[0, 0, :27, :32]
+    without = sdedit(u3, sched3, x, 0.6, 2, generator=gen())[0, 0, :27, :32]
+    written = torch.from_numpy(read_png16(p3 / "lq" / "cxr1.png").astype(np.float32) / 32767.5 - 1)
+    assert (written - with_cond).abs().max() < 2e-3  # the pairs are the HQ-conditioned SDEdit...
     assert (written - without).abs().max() > 1e-2  # ...not the zero-condition one

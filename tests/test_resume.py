@@ -18,7 +18,7 @@ from pipeline.cli import app
 
 pytestmark = pytest.mark.slow  # SIGKILL/resume runs in subprocesses (12 images each)
 
-ARGS = ["--size", "96", "-n", "12", "--seed", "5", "--no-progress", "--device", "cpu"]
+ARGS = ["--size", "96", "-n", "12", "--seed", "5", "--no-progress", "--device", "cpu", "--no-enhance"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

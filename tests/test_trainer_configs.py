@@ -84,6 +84,7 @@ BAD_RESTORATION_OPTIONS = {
     "pairs-strength": (["make-pairs", "ddpm-lq", "--strength", "1.5"], "--strength = 1.5: must be <= 1"),
     "pairs-style": (["make-pairs", "munit", "--style", "fancy"], "--style = \"fancy\": must be 'random' or 'lq-extracted'"),
     "pairs-seed": (["make-pairs", "munit", "--seed", "-2"], "--seed = -2: must be >= 0"),
+    "pairs-split": (["make-pairs", "munit", "--split", "test"], "--split = \"test\": must be 'train', 'held_out' or 'all'"),
     "enhance-steps": (["enhance", "IMAGES", "--steps", "0"], "--steps = 0: must be >= 1"),
     "enhance-scheduler": (["enhance", "IMAGES", "--scheduler", "euler"], "--scheduler = \"euler\": must be 'ddpm', 'ddim'"),
     "evaluate-strength": (["evaluate", "--strength", "0"], "--strength = 0.0: must be > 0"),

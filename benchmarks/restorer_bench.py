@@ -1,0 +1,351 @@
+"""Shared harness of the restorer benchmarks (benchmarks/restorer_*.py): run record, report files, model loading.
+
+Every restorer benchmark writes ``<out>/<name>.json`` (numbers + the run record: date, machine, threads, device,
+commit) and ``<out>/<name>.md`` (the Markdown table for BENCHMARKS.md), and prints the table. Models are loaded
+through ``load_restorer`` so each script restores in the model's own intensity space ([-1, 1] tensors), without
+the percentile window a second time (pairs folders are already windowed) and without resizing (crops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+NIH_DIR = SHARED / "cxr" / "nih-chestxray14" / "images"
+
+
+# ------------------------------------------------------------------------------------------ run record
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """Short commit of the checkout being measured (+ "-dirty" with uncommitted changes), or "unknown"."""
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_record(device: str, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Who/where/when of a measurement: date (UTC), machine, CPU threads, device, versions, commit, load."""
+    import diffusers
+
+    rec: dict[str, Any] = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(command if command is not None else ["python", *sys.argv]),
+        "commit": git_commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()})",
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+    }
+    if device.startswith("cuda"):
+        rec["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return rec
+
+
+def record_line(rec: dict[str, Any]) -> str:
+    """One Markdown line naming machine, threads, device, date and commit."""
+    gpu = f", GPU {rec['gpu']}" if "gpu" in rec else ""
+    load = rec["load_average_1min_at_start"]
+    shared = " (above the thread count: other work shared the machine)" if load > rec["torch_threads"] + 0.5 else ""
+    return (
+        f"*{rec['date_utc']} UTC, commit {rec['commit']}, {rec['machine']}, {rec['memory_gib']} GiB RAM{gpu}; "
+        f"device {rec['device']}, {rec['torch_threads']} torch threads; torch {rec['torch']}, diffusers "
+        f"{rec['diffusers']}; 1-min load average at start {load}{shared}.*"
+    )
+
+
+# ------------------------------------------------------------------------------------------ arguments / output
+
+
+def add_common_args(ap: argparse.ArgumentParser, out_default: str) -> None:
+    """--out, --device, --threads, --seed, --no-progress (every restorer benchmark)."""
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / out_default, help="output folder")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--seed", type=int, default=0, help="sampler noise seed")
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def setup(args: argparse.Namespace) -> str:
+    """Apply --threads and resolve --device ("auto" -> cuda when available); returns the device string."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = str(args.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: no CUDA device here (use --device cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SystemExit(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    return device
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A Markdown table; ``align`` is one char per column (l or r; default: first left, others right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``out/name.json`` and ``out/name.md`` atomically, print the Markdown; returns both paths."""
+    from data.atomic import atomic_write_json, atomic_write_text
+
+    js = atomic_write_json(Path(out) / f"{name}.json", payload)
+    md = atomic_write_text(Path(out) / f"{name}.md", markdown.rstrip() + "\n")
+    print(markdown)
+    print(f"wrote {js} and {md}", file=sys.stderr)
+    return js, md
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB; Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def held_out_real(folder: Path) -> list[Path]:
+    """The held-out patients' real CXRs of a folder (``restoration.splits.split_real``), sorted."""
+    from restoration.preprocess import list_images
+    from restoration.splits import split_real
+
+    if not Path(folder).is_dir():
+        raise SystemExit(f"{folder}: no such folder of real CXRs")
+    held = split_real(list_images(folder))[1]
+    if not held:
+        raise SystemExit(f"{folder}: no held-out images (the split holds out about a third of the patients)")
+    return held
+
+
+# ------------------------------------------------------------------------------------------ held-out pairs
+
+
+def packaged_model() -> Path | None:
+    """The packaged DDPM-HQ folder (``restoration.pretrained.packaged_model_dir``), or None when absent."""
+    try:
+        from restoration.pretrained import packaged_model_dir
+    except ImportError:
+        return None
+    return packaged_model_dir()
+
+
+def check_held_out(pairs_dir: Path, names: list[str]) -> None:
+    """Stop when any pair's HQ source belongs to a training patient (per ``pairs.json``)."""
+    from restoration.pairs import pair_records
+    from restoration.splits import is_held_out, patient_of
+
+    records = pair_records(pairs_dir)
+    if not records:
+        raise SystemExit(f"{pairs_dir}: no pairs.json (not a pairs folder made by make-pairs)")
+    for name in names:
+        rec = records.get(name)
+        if rec is None:
+            raise SystemExit(f"{pairs_dir}: {name} is not listed in pairs.json")
+        patient = str(rec.get("patient") or patient_of(rec["hq_source"]))
+        if not is_held_out(patient):
+            raise SystemExit(f"{pairs_dir}: {name} comes from a training patient; make pairs from the held-out split")
+
+
+def load_pairs(pairs_dir: Path, max_images: int, scale: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, lq, hq) of a pairs folder, first ``max_images`` by name, mapped linearly to [-1, 1] (already windowed)."""
+    from restoration.preprocess import list_images, load_grayscale
+
+    hq_paths = {p.name: p for p in list_images(pairs_dir / "hq")}
+    lq_paths = {p.name: p for p in list_images(pairs_dir / "lq")}
+    names = sorted(set(hq_paths) & set(lq_paths))[:max_images]
+    if not names:
+        raise SystemExit(f"{pairs_dir}: no hq/NAME.png with a matching lq/NAME.png")
+    check_held_out(pairs_dir, names)
+    out = []
+    for n in names:
+        hq = torch.from_numpy(load_grayscale(hq_paths[n]) * 2.0 - 1.0)[None, None]
+        lq = torch.from_numpy(load_grayscale(lq_paths[n]) * 2.0 - 1.0)[None, None]
+        if tuple(hq.shape[-2:]) != (lq.shape[-2] * scale, lq.shape[-1] * scale):
+            raise SystemExit(f"{pairs_dir}: {n} is HQ {tuple(hq.shape[-2:])} for LQ {tuple(lq.shape[-2:])}, not {scale}x")
+        out.append((n, lq, hq))
+    return out
+
+
+def bicubic_pairs(nih: Path, max_images: int, hq_size: int, scale: int, preprocess: Any) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Held-out real CXRs windowed at ``hq_size`` (as DDPM-HQ trains) and their antialiased bicubic 2x-down LQ."""
+    from restoration.degrade import bicubic_degrade
+    from restoration.preprocess import PreprocessConfig, load_grayscale, preprocess_image
+
+    pcfg = PreprocessConfig(size=hq_size, low_pct=preprocess.low_pct, high_pct=preprocess.high_pct)
+    out = []
+    for p in held_out_real(nih)[:max_images]:
+        hq = torch.from_numpy(preprocess_image(load_grayscale(p), pcfg))[None, None]
+        out.append((p.stem, bicubic_degrade(hq, scale), hq))
+    return out
+
+
+def to01(x: torch.Tensor) -> np.ndarray:
+    """(1, 1, H, W) in [-1, 1] -> HxW float64 in [0, 1]."""
+    return ((x[0, 0].double().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+
+
+def progress_bar(items: Sequence[Any], desc: str, enabled: bool) -> Any:
+    """tqdm over ``items`` on stderr, or the items themselves when progress is off."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ restorers
+
+
+@dataclass
+class UNetClock:
+    """Counts and times the UNet forward passes of a restorer (forward hooks; GPU work synchronised)."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    per_call: list[float] = field(default_factory=list)
+    _t0: float = 0.0
+
+    def attach(self, unet: torch.nn.Module, device: str) -> None:
+        """Hook ``unet`` so every forward pass is counted and timed."""
+
+        def sync() -> None:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(torch.device(device))
+
+        def pre(*_: Any) -> None:
+            sync()
+            self._t0 = time.perf_counter()
+
+        def post(*_: Any) -> None:
+            sync()
+            dt_ = time.perf_counter() - self._t0
+            self.calls += 1
+            self.seconds += dt_
+            self.per_call.append(dt_)
+
+        unet.register_forward_pre_hook(pre)
+        unet.register_forward_hook(post)
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        self.calls, self.seconds, self.per_call = 0, 0.0, []
+
+
+@dataclass
+class Restorer:
+    """A loaded DDPM-HQ restorer behind one call: LQ (B, 1, h, w) in [-1, 1] -> HQ (B, 1, h*s, w*s) in [-1, 1].
+
+    Args:
+        path: the model folder.
+        lq_size: the model's LQ side (inputs of whole images are resized to it by ``generate``/``enhance``).
+        scale: super-resolution factor.
+        default_steps, default_strength: the model's default sampler.
+        scheduler_name: name of the default scheduler class.
+        unet: the network (hooked by ``clock``).
+        run: (lq, steps, strength, generator, scheduler or None) -> HQ; scheduler None = the model's own.
+        condition: [0, 1] whole image -> the image as the model sees it, upsampled to the output size, [0, 1].
+        preprocess: the model's ``PreprocessConfig`` (its percentile window).
+    """
+
+    path: Path
+    lq_size: int
+    scale: int
+    default_steps: int
+    default_strength: float
+    scheduler_name: str
+    unet: torch.nn.Module
+    run: Callable[..., torch.Tensor]
+    condition: Callable[[np.ndarray], np.ndarray]
+    preprocess: Any
+    clock: UNetClock = field(default_factory=UNetClock)
+    pipeline: Any = None  # the DDPMHQPipeline itself (whole-image calls as users make them)
+
+    def restore(
+        self,
+        lq: torch.Tensor,
+        steps: int | None = None,
+        strength: float | None = None,
+        seed: int = 0,
+        scheduler: str | None = None,
+    ) -> torch.Tensor:
+        """Restore a batch in model space with the given sampler (None = the model's default)."""
+        gen = torch.Generator().manual_seed(seed)
+        steps = self.default_steps if steps is None else steps
+        strength = self.default_strength if strength is None else strength
+        with torch.no_grad():
+            return self.run(lq, steps, strength, gen, scheduler).float().cpu()
+
+
+SCHEDULER_NAMES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
+
+
+def load_restorer(path: Path, device: str) -> Restorer:
+    """Load a DDPM-HQ folder (``load_pipeline``: pipeline or older format) as a ``Restorer``.
+
+    ``Restorer.run`` is ``DDPMHQPipeline.__call__`` without its window and resize: the same ``restore`` call on the
+    model-space tensor, with the pipeline's own scheduler unless another is named.
+    """
+    from restoration.ddpm_hq import ModelFolderError, ModelNotFoundError, make_scheduler
+    from restoration.ddpm_hq_sampling import restore
+    from restoration.pipeline_ddpm_hq import conditioning_image, load_pipeline
+
+    try:
+        pipe = load_pipeline(path, device=device)
+    except (ModelNotFoundError, ModelFolderError) as err:
+        raise SystemExit(str(err)) from None
+    cfg = pipe.config
+    default = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+
+    def run(lq: torch.Tensor, steps: int, strength: float, gen: torch.Generator, scheduler: str | None) -> torch.Tensor:
+        sched = pipe.scheduler if scheduler in (None, default) else make_scheduler(scheduler, pipe.model_config())
+        return restore(pipe.unet, sched, lq.to(device), steps, gen, scale=int(cfg.scale), strength=strength,
+                       residual_scale=float(cfg.residual_scale))  # fmt: skip
+
+    pcfg = pipe.preprocess_config
+    r = Restorer(
+        Path(path), int(cfg.lq_size), int(cfg.scale), int(cfg.num_inference_steps), float(cfg.strength), default,
+        pipe.unet, run, lambda img01: conditioning_image(img01, pcfg, int(cfg.lq_size), int(cfg.scale)), pcfg,
+    )  # fmt: skip
+    r.pipeline = pipe
+    r.clock.attach(pipe.unet, device)
+    return r

@@ -1,0 +1,194 @@
+"""Held-out PSNR/SSIM at 512 -> 1024: bicubic input, DDPM-HQ <- bicubic pairs, shipped model, on three pair kinds.
+
+Usage (the coordinator's command; pairs folders made by ``diffusionxray make-pairs`` from the held-out split):
+    python benchmarks/restorer_metrics.py --baseline runs/restorer/hq_bicubic \
+        --munit-pairs runs/restorer/pairs_munit_heldout --ddpm-lq-pairs runs/restorer/pairs_ddpm_lq_heldout \
+        --max-images 6 --out runs/bench/restorer_metrics
+
+Rows: the bicubic-upsampled input (the non-learned reference), DDPM-HQ trained on bicubic pairs (``--baseline``,
+the paper's baseline) and the shipped model (``--shipped``, default the packaged one). Columns: held-out bicubic
+pairs (made here from the held-out NIH CXRs: window, then antialiased bicubic 2x down, as in training), MUNIT-LQ
+pairs and DDPM-LQ pairs. Every pair's HQ source must belong to a held-out patient (``restoration.splits``); a
+training patient stops the run. PSNR/SSIM: scikit-image on [0, 1] images at 1024 px (restoration.evaluate.psnr_ssim).
+Target (issue 9): shipped >= +1.0 dB over its input on MUNIT-LQ and DDPM-LQ pairs, and above the baseline there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from restorer_bench import (
+    NIH_DIR,
+    Restorer,
+    add_common_args,
+    bicubic_pairs,
+    load_pairs,
+    load_restorer,
+    md_table,
+    packaged_model,
+    progress_bar,
+    record_line,
+    run_record,
+    setup,
+    to01,
+    write_report,
+)
+
+KIND_LABELS = {"bicubic": "bicubic pairs", "munit-lq": "MUNIT-LQ pairs", "ddpm-lq": "DDPM-LQ pairs"}
+TARGET_KINDS = ("munit-lq", "ddpm-lq")
+
+
+def evaluate_kind(
+    pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
+    models: dict[str, Restorer],
+    args: argparse.Namespace,
+    kind: str,
+) -> dict[str, Any]:
+    """Per image: PSNR/SSIM of the bicubic-upsampled input and of each model's restoration."""
+    from restoration.ddpm_hq import upsample_condition
+    from restoration.evaluate import psnr_ssim
+    from restoration.pairs import item_seed
+
+    rows: list[dict[str, Any]] = []
+    for i, (name, lq, hq) in enumerate(progress_bar(pairs, kind, args.progress)):
+        ref = to01(hq)
+        scale = hq.shape[-1] // lq.shape[-1]
+        row: dict[str, Any] = {"name": name, "input": dict(zip(("psnr", "ssim"), psnr_ssim(to01(upsample_condition(lq, scale)), ref)))}
+        for label, model in models.items():
+            t0 = time.perf_counter()
+            out = model.restore(lq, args.steps, args.strength, seed=item_seed(args.seed, i))
+            secs = time.perf_counter() - t0
+            row[label] = dict(zip(("psnr", "ssim"), psnr_ssim(to01(out), ref))) | {"seconds": secs}
+        rows.append(row)
+    return {"n": len(rows), "per_image": rows, "mean": summarize(rows, ["input", *models])}
+
+
+def summarize(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
+    """Mean PSNR/SSIM per row label, and the mean paired PSNR gain over the input with its standard error."""
+    out: dict[str, Any] = {}
+    for label in labels:
+        psnr = np.array([r[label]["psnr"] for r in rows])
+        gain = psnr - np.array([r["input"]["psnr"] for r in rows])
+        se = float(gain.std(ddof=1) / math.sqrt(len(gain))) if len(gain) > 1 else None
+        out[label] = {
+            "psnr": float(psnr.mean()), "ssim": float(np.mean([r[label]["ssim"] for r in rows])),
+            "gain_db": float(gain.mean()), "gain_se_db": se,
+        }  # fmt: skip
+    return out
+
+
+def targets(results: dict[str, Any], gain_db: float) -> list[dict[str, Any]]:
+    """Issue 9's targets on the MUNIT-LQ and DDPM-LQ pairs, each with its measured value and met / not met."""
+    checks = []
+    for kind in TARGET_KINDS:
+        if kind not in results or "shipped" not in results[kind]["mean"]:
+            continue
+        m = results[kind]["mean"]
+        checks.append({
+            "target": f"shipped >= +{gain_db:g} dB over its input on {KIND_LABELS[kind]}",
+            "value_db": m["shipped"]["gain_db"], "met": m["shipped"]["gain_db"] >= gain_db,
+        })  # fmt: skip
+        if "baseline" in m:
+            diff = m["shipped"]["psnr"] - m["baseline"]["psnr"]
+            checks.append({
+                "target": f"shipped above DDPM-HQ <- bicubic pairs on {KIND_LABELS[kind]}",
+                "value_db": diff, "met": diff > 0,
+            })  # fmt: skip
+    return checks
+
+
+def seconds(results: dict[str, Any], label: str) -> float:
+    """Mean restore seconds per image of one model over every pair kind."""
+    return float(np.mean([r[label]["seconds"] for res in results.values() for r in res["per_image"]]))
+
+
+def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict[str, Any], args: argparse.Namespace,
+             names: dict[str, str], models: dict[str, Restorer]) -> str:  # fmt: skip
+    """The PSNR/SSIM table (rows = restorers, columns = pair kinds) and the target lines."""
+    kinds = [k for k in KIND_LABELS if k in results]
+    header = ["restorer \\ held-out pairs", *[f"{KIND_LABELS[k]} (n={results[k]['n']})" for k in kinds]]
+    rows = []
+    for label in ["input", *names]:
+        cells = []
+        for k in kinds:
+            m = results[k]["mean"][label]
+            se = "n/a" if m["gain_se_db"] is None else f"{m['gain_se_db']:.2f}"
+            gain = "" if label == "input" else f" ({m['gain_db']:+.2f} ± {se})"
+            cells.append(f"{m['psnr']:.2f} / {m['ssim']:.3f}{gain}")
+        rows.append([names.get(label, "bicubic upsampling of the input (reference)"), *cells])
+    lines = [
+        "PSNR dB / SSIM on held-out patients at 512 -> 1024 (mean; in brackets the mean paired PSNR gain over the "
+        "input ± its standard error).",
+        "Sampler: " + "; ".join(f"{names[k]}: {m.scheduler_name}, {args.steps or m.default_steps} steps, strength "
+                                f"{args.strength or m.default_strength:g}" for k, m in models.items())
+        + f"; seed {args.seed}. Mean seconds per image: "
+        + ", ".join(f"{names[k]} {seconds(results, k):.2f} s" for k in models) + ".",
+        "",
+        md_table(header, rows),
+        "",
+    ]
+    for c in checks:
+        lines.append(f"- target: {c['target']}: **{c['value_db']:+.2f} dB**, {'met' if c['met'] else 'NOT met'}")
+    lines += ["", record_line(record)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, restore every held-out pair with every model, write JSON + Markdown, print the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shipped", type=Path, default=None, help="the shipped DDPM-HQ folder (default: the packaged one)")
+    ap.add_argument("--baseline", type=Path, default=None, help="DDPM-HQ trained on bicubic pairs (optional row)")
+    ap.add_argument("--nih", type=Path, default=NIH_DIR, help="real NIH CXRs (held-out split taken from it)")
+    ap.add_argument("--bicubic-pairs", type=Path, default=None, help="held-out bicubic pairs folder (default: made here)")
+    ap.add_argument("--munit-pairs", type=Path, default=None, help="held-out MUNIT-LQ pairs folder (make-pairs munit)")
+    ap.add_argument("--ddpm-lq-pairs", type=Path, default=None, help="held-out DDPM-LQ pairs folder (make-pairs ddpm-lq)")
+    ap.add_argument("--max-images", type=int, default=6, help="pairs per kind (first by name); ~5 s each per model on 2 cores")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    ap.add_argument("--strength", type=float, default=None, help="sampler strength (default: the model's)")
+    ap.add_argument("--target-gain", type=float, default=1.0, help="dB over the input required on learned-LQ pairs")
+    add_common_args(ap, "restorer_metrics")
+    args = ap.parse_args(argv)
+    device = setup(args)
+    if args.max_images < 1:
+        raise SystemExit(f"--max-images must be >= 1, got {args.max_images}")
+    shipped = args.shipped or packaged_model()
+    if shipped is None:
+        raise SystemExit("--shipped: no packaged model in this checkout; pass --shipped MODEL_DIR")
+    record = run_record(device)
+    models: dict[str, Restorer] = {}
+    names: dict[str, str] = {}
+    if args.baseline is not None:
+        models["baseline"] = load_restorer(args.baseline, device)
+        names["baseline"] = "DDPM-HQ <- bicubic pairs"
+    models["shipped"] = load_restorer(shipped, device)
+    names["shipped"] = "shipped DDPM-HQ <- MUNIT-LQ + DDPM-LQ pairs"
+    ref = models["shipped"]
+    results: dict[str, Any] = {}
+    if args.bicubic_pairs is not None:
+        pairs = load_pairs(args.bicubic_pairs, args.max_images, ref.scale)
+    else:
+        pairs = bicubic_pairs(args.nih, args.max_images, ref.lq_size * ref.scale, ref.scale, ref.preprocess)
+    results["bicubic"] = evaluate_kind(pairs, models, args, "bicubic")
+    for kind, folder in (("munit-lq", args.munit_pairs), ("ddpm-lq", args.ddpm_lq_pairs)):
+        if folder is not None:
+            results[kind] = evaluate_kind(load_pairs(folder, args.max_images, ref.scale), models, args, kind)
+    checks = targets(results, args.target_gain)
+    payload = {
+        "results": results, "targets": checks, "run": record,
+        "models": {k: str(m.path) for k, m in models.items()},
+        "pairs": {"bicubic": str(args.bicubic_pairs or f"made here from {args.nih} (held-out split)"),
+                  "munit-lq": str(args.munit_pairs), "ddpm-lq": str(args.ddpm_lq_pairs)},
+    }  # fmt: skip
+    write_report(args.out, "restorer_metrics", payload, markdown(results, checks, record, args, names, models))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
