@@ -45,7 +45,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     @app.command()
     def train(
         model: str = typer.Argument(..., help="ddpm-hq (the restorer), munit or ddpm-lq (the degraders)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig); ddpm-hq also takes a named one: cpu, paper-size."),
         hq_dir: list[Path] = typer.Option(
             [], "--hq-dir", help="Real high-quality CXRs (png/jpg/dcm); munit/ddpm-lq: repeatable (NIH, MHH, ...)."
         ),
@@ -69,7 +69,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         except SettingsError as err:
             fail(str(err))
         try:
-            base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
+            if config is not None and model == "ddpm-hq" and not config.exists() and config.suffix != ".json":
+                from restoration.train_ddpm_hq import preset_settings
+
+                base, ignored = preset_settings(str(config)), []  # a named config: --config cpu / paper-size
+            else:
+                base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
             if ignored:
                 typer.echo(f"note: {config}: run record fields ignored (not settings): {', '.join(ignored)}", err=True)
             for key, dirs in (("hq_dir", hq_dir), ("lq_dir", lq_dir)):
