@@ -271,6 +271,13 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         epochs: int = typer.Option(8, "--epochs", help="Classifier training epochs (fixed small budget)."),
         max_images: int = typer.Option(200, "--max-images", help="At most this many images per set (seeded choice)."),
         seed: int = typer.Option(0, "--seed"),
+        field: str = typer.Option(
+            "exposed", "--field", help="exposed (measure inside each image's exposed field, collimated border left "
+            "out; default) or whole."
+        ),
+        real_part: str = typer.Option(
+            "all", "--real-part", help="all of REAL, or held-out: only the patients no shipped model trains on."
+        ),
     ) -> None:
         """Realism of CANDIDATES vs REAL: classifier AUC, spectrum distance, fine detail, lung histogram, background."""
         from data.atomic import atomic_write_json
@@ -282,7 +289,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
 
         try:
             check_options(RealismOptions, seed=seed)
-            cfg = RealismConfig(size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs))
+            cfg = RealismConfig(
+                size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs),
+                field=field.lower(), real_part=real_part.lower(),
+            )  # fmt: skip
             report = run(candidates, real, cfg, figure=out / "realism.png")
         except ValueError as err:
             fail(str(err))
