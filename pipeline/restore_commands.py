@@ -45,7 +45,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     @app.command()
     def train(
         model: str = typer.Argument(..., help="ddpm-hq (the restorer), munit or ddpm-lq (the degraders)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig); ddpm-hq also takes a named one: cpu, paper-size."),
         hq_dir: list[Path] = typer.Option(
             [], "--hq-dir", help="Real high-quality CXRs (png/jpg/dcm); munit/ddpm-lq: repeatable (NIH, MHH, ...)."
         ),
@@ -69,7 +69,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         except SettingsError as err:
             fail(str(err))
         try:
-            base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
+            if config is not None and model == "ddpm-hq" and not config.exists() and config.suffix != ".json":
+                from restoration.train_ddpm_hq import preset_settings
+
+                base, ignored = preset_settings(str(config)), []  # a named config: --config cpu / paper-size
+            else:
+                base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
             if ignored:
                 typer.echo(f"note: {config}: run record fields ignored (not settings): {', '.join(ignored)}", err=True)
             for key, dirs in (("hq_dir", hq_dir), ("lq_dir", lq_dir)):
@@ -266,6 +271,13 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         epochs: int = typer.Option(8, "--epochs", help="Classifier training epochs (fixed small budget)."),
         max_images: int = typer.Option(200, "--max-images", help="At most this many images per set (seeded choice)."),
         seed: int = typer.Option(0, "--seed"),
+        field: str = typer.Option(
+            "exposed", "--field", help="exposed (measure inside each image's exposed field, collimated border left "
+            "out; default) or whole."
+        ),
+        real_part: str = typer.Option(
+            "all", "--real-part", help="all of REAL, or held-out: only the patients no shipped model trains on."
+        ),
     ) -> None:
         """Realism of CANDIDATES vs REAL: classifier AUC, spectrum distance, fine detail, lung histogram, background."""
         from data.atomic import atomic_write_json
@@ -277,7 +289,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
 
         try:
             check_options(RealismOptions, seed=seed)
-            cfg = RealismConfig(size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs))
+            cfg = RealismConfig(
+                size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs),
+                field=field.lower(), real_part=real_part.lower(),
+            )  # fmt: skip
             report = run(candidates, real, cfg, figure=out / "realism.png")
         except ValueError as err:
             fail(str(err))
