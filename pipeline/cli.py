@@ -333,10 +333,12 @@ def generate(
     )
     chosen = bool(given & {"geometry.size_px", "images_per_ct"}) or "images_per_ct" in file_data
     if on_gpu and not chosen and "size_px" not in (file_data.get("geometry") or {}):  # the defaults are fixed so a seed means one dataset on any machine: only suggest
+        # Restored runs resize every DRR to the model's LQ side, so a larger render would only be thrown away.
+        more = f"-n {cfg.GPU_SUGGESTED_IMAGES_PER_CT}" if config.enhance is not None else (
+            f"--size {cfg.GPU_SUGGESTED_SIZE_PX} -n {cfg.GPU_SUGGESTED_IMAGES_PER_CT}")  # fmt: skip
         typer.echo(
-            f"hint: a GPU is available: --size {cfg.GPU_SUGGESTED_SIZE_PX} -n {cfg.GPU_SUGGESTED_IMAGES_PER_CT} "
-            "renders more detail at little cost (defaults stay 512 px, 6 images so that a seed gives the same "
-            "dataset on any machine)",
+            f"hint: a GPU is available: {more} costs little there (defaults stay 512 px, 6 images so that a seed "
+            "gives the same dataset on any machine)",
             err=True,
         )
     from data.atomic import DatasetWriteError

@@ -35,10 +35,8 @@ def sampler_name(pipe: Any) -> str | None:
 
 def packaged_model() -> Path | None:
     """The folder of the model shipped in the package, or None when this install has none."""
-    try:
-        from restoration.pretrained import packaged_model_dir
-    except ImportError:  # a build of the package without the pretrained sub-package
-        return None
+    from restoration.pretrained import packaged_model_dir
+
     return packaged_model_dir()
 
 

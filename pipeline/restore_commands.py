@@ -45,7 +45,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     @app.command()
     def train(
         model: str = typer.Argument(..., help="ddpm-hq (the restorer), munit or ddpm-lq (the degraders)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="JSON training config (fields of the model's TrainConfig); ddpm-hq also takes a named one: cpu, paper-size."),
         hq_dir: list[Path] = typer.Option(
             [], "--hq-dir", help="Real high-quality CXRs (png/jpg/dcm); munit/ddpm-lq: repeatable (NIH, MHH, ...)."
         ),
@@ -69,7 +69,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         except SettingsError as err:
             fail(str(err))
         try:
-            base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
+            if config is not None and model == "ddpm-hq" and not config.exists() and config.suffix != ".json":
+                from restoration.train_ddpm_hq import preset_settings
+
+                base, ignored = preset_settings(str(config)), []  # a named config: --config cpu / paper-size
+            else:
+                base, ignored = saved_train_config(read_settings_file(config)) if config else ({}, [])
             if ignored:
                 typer.echo(f"note: {config}: run record fields ignored (not settings): {', '.join(ignored)}", err=True)
             for key, dirs in (("hq_dir", hq_dir), ("lq_dir", lq_dir)):
@@ -266,6 +271,13 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         epochs: int = typer.Option(8, "--epochs", help="Classifier training epochs (fixed small budget)."),
         max_images: int = typer.Option(200, "--max-images", help="At most this many images per set (seeded choice)."),
         seed: int = typer.Option(0, "--seed"),
+        field: str = typer.Option(
+            "exposed", "--field", help="exposed (measure inside each image's exposed field, collimated border left "
+            "out; default) or whole."
+        ),
+        real_part: str = typer.Option(
+            "all", "--real-part", help="all of REAL, or held-out: only the patients no shipped model trains on."
+        ),
     ) -> None:
         """Realism of CANDIDATES vs REAL: classifier AUC, spectrum distance, fine detail, lung histogram, background."""
         from data.atomic import atomic_write_json
@@ -277,7 +289,10 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
 
         try:
             check_options(RealismOptions, seed=seed)
-            cfg = RealismConfig(size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs))
+            cfg = RealismConfig(
+                size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs),
+                field=field.lower(), real_part=real_part.lower(),
+            )  # fmt: skip
             report = run(candidates, real, cfg, figure=out / "realism.png")
         except ValueError as err:
             fail(str(err))
@@ -296,34 +311,27 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     ) -> None:
         """Nodule contrast inside each footprint before vs after restoration (ratio ~1 kept, ~0 erased)."""
         from data.atomic import atomic_write_json
-        from data.coco import read_coco
-        from pipeline.enhancer import resolve_model_dir
-        from pipeline.nodule_preservation import ERASED_BELOW, measure, summarize
+        from pipeline.nodule_preservation import ERASED_BELOW, measure, model_of, summarize
         from restoration.ddpm_hq import ModelNotFoundError
-        from restoration.pipeline_ddpm_hq import load_pipeline
 
-        coco = dataset / "annotations" / "coco.json"
-        if not coco.is_file():
-            fail(f"{dataset}: no annotations/coco.json (not a generated dataset)")
-        if model_dir is None:
-            used = [r.attributes.get("enhanced", {}).get("model_dir") for r in read_coco(coco)]
-            if not any(used):
-                fail(f"{dataset}: not made with --enhance (no restored images to compare)")
-            model_dir = Path(next(u for u in used if u))
         try:
-            pipe = load_pipeline(resolve_model_dir(model_dir))  # the packaged model is recorded by name, not path
-        except (ModelNotFoundError, ValueError) as err:
-            fail(str(err))
-        try:
-            result = summarize(measure(dataset, pipe.preprocess_config, scale=int(pipe.config.scale)))
-        except (FileNotFoundError, ValueError) as err:
+            preprocess, scale = model_of(dataset, model_dir)  # the packaged model is recorded by name, not path
+            result = summarize(measure(dataset, preprocess, scale=scale))
+        except (ModelNotFoundError, FileNotFoundError, ValueError) as err:
             fail(str(err))
         if result["nodules"] == 0:
             fail(f"{dataset}: no nodule footprints to measure")
+        num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731  (no finite ratio: zero contrast before)
         typer.echo(
-            f"{result['nodules']} nodules: median contrast ratio after/before {result['median_contrast_ratio']:.2f}, "
-            f"erased (< {ERASED_BELOW:g}) {100 * result['erased_fraction']:.0f}%, median conspicuity "
-            f"{result['median_conspicuity_before']:.2f} -> {result['median_conspicuity_after']:.2f}"
+            f"{result['nodules']} nodules ({result['faint']} faint): median contrast ratio after/before "
+            f"{num(result['median_contrast_ratio'])}, erased (< {ERASED_BELOW:g}) {100 * (result['erased_fraction'] or 0):.0f}%, "
+            f"median conspicuity {result['median_conspicuity_before']:.2f} -> {result['median_conspicuity_after']:.2f}"
         )
+        if "twin" in result:  # contrast against the nodule-free twin: the nodule's own signal
+            t = result["twin"]
+            typer.echo(
+                f"against the nodule-free twins: median ratio {num(t['median_contrast_ratio'])}, non-faint nodules "
+                f"below {ERASED_BELOW:g}: {t['non_faint_erased']} of {t['non_faint']} (lowest {num(t['non_faint_min_ratio'])})"
+            )
         if json_out is not None:
             atomic_write_json(json_out, result)

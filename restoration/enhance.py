@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from restoration.ddpm_hq import make_scheduler
 from restoration.ddpm_hq_sampling import restore
 from restoration.pipeline_ddpm_hq import conditioning_image, model_input
 from restoration.preprocess import PreprocessConfig, list_images, load_grayscale, model_scale_size
@@ -42,7 +41,7 @@ def enhance_image(
 
     Args:
         img01: the image in [0, 1].
-        unet, scheduler: the pipeline's (``load_pipeline``) or ``build_unet`` / ``make_scheduler``.
+        unet, scheduler: from ``load_model`` / ``make_scheduler``.
         pcfg: the model's preprocessing (percentile window).
         steps, strength: sampler steps and start (see ``restore``).
         scale: the model's SR factor.
@@ -66,7 +65,7 @@ class EnhanceRun:
 
     Args:
         model_dir: the DDPM-HQ folder.
-        scheduler, steps, strength, seed, tile, overlap: sampler settings.
+        scheduler, steps, strength, seed, tile, overlap: sampler settings (tile None: whole images).
         lq_size: longer side the inputs were resized to (None: native size).
         scale: the model's SR factor.
         files: per input, ``{"input", "output", "input_size", "model_input_size", "output_size"}`` ([h, w]).
@@ -105,16 +104,17 @@ def enhance_folder(
     """Restore every image under ``in_dir`` and write 16-bit PNGs with the same relative names, + ``enhance.json``.
 
     Args:
-        model_dir: a DDPM-HQ pipeline folder (or the older single-folder format; local only, see ``load_pipeline``).
-        in_dir: DRRs (16-bit PNGs from our generator, or any png/jpg/dcm); windowed like ``normalize``.
+        model_dir: DDPM-HQ pipeline folder (or the older single-folder format; local only, see ``load_pipeline``).
+        in_dir: DRRs (16-bit PNGs from our generator, or any png/jpg/dcm); windowed as the model's preprocess says.
         out_dir: output folder (created); files are written atomically as ``<relative stem>.png``.
-        steps, scheduler: sampler settings (ddpm, ddim, dpmsolver++); None: the model's own.
-        tile: HQ tile side; "auto" = the model's training HQ size, None = whole image at once.
+        steps, scheduler, strength: sampler settings (ddpm, ddim, dpmsolver++); None = the model's configured
+            default sampler and schedule.
+        tile: HQ tile side (memory); "auto" = whole images (the default UNet is attention-free, so a whole
+            image costs what its tiles would), None the same.
         progress: show a tqdm bar over files.
-        strength: 1.0 = sample from pure noise; <1 = start from the noised upsampled DRR (see ``restore``);
-            None: the model's own.
-        input_size: longer side inputs are resized to before restoring: "model" = the model's training
-            ``lq_size`` (the scale it learned anatomy at), an int, or None for the native size.
+        seed: every image's noise seed (per image, so outputs do not depend on folder order).
+        input_size: longer side inputs are resized to before restoring: "model" = the model's ``lq_size``
+            (the scale it learned anatomy at), an int, or None for the native size.
 
     Returns:
         Written paths, in input order.
@@ -123,36 +123,34 @@ def enhance_folder(
 
     from data.atomic import atomic_write_json
     from data.images import write_png16
-
     from restoration.pipeline_ddpm_hq import load_pipeline
 
     pipe = load_pipeline(model_dir, device=device)
-    unet, cfg = pipe.unet, pipe.model_config()
-    steps = int(steps or pipe.config.num_inference_steps)
-    strength = float(strength or pipe.config.strength)
-    sched = pipe.scheduler if scheduler is None else make_scheduler(scheduler, cfg)
-    scheduler = scheduler or type(sched).__name__
-    pcfg = PreprocessConfig.from_dict(cfg.preprocess) if cfg.preprocess else PreprocessConfig()
-    tile_px = cfg.hq_size if tile == "auto" else tile
-    if tile_px is not None and not isinstance(tile_px, int):
+    if scheduler is not None:
+        pipe.set_sampler(scheduler)
+    steps = int(steps if steps is not None else pipe.config.num_inference_steps)
+    strength = float(strength if strength is not None else pipe.config.strength)
+    tile_px = None if tile == "auto" else tile
+    if tile_px is not None and (isinstance(tile_px, bool) or not isinstance(tile_px, int)):
         raise ValueError(f"tile must be an int, 'auto' or None, got {tile!r}")
-    lq_size = cfg.lq_size if input_size == "model" else input_size
-    if lq_size is not None and (not isinstance(lq_size, int) or lq_size < 1):
+    lq_size = int(pipe.config.lq_size) if input_size == "model" else input_size
+    if lq_size is not None and (isinstance(lq_size, bool) or not isinstance(lq_size, int) or lq_size < 1):
         raise ValueError(f"input_size must be 'model', a positive int or None, got {input_size!r}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     paths = list_images(in_dir)
     if not paths:
         raise ValueError(f"{in_dir}: no png/jpg/jpeg/dcm images to enhance")
-    run = EnhanceRun(str(model_dir), scheduler, steps, strength, seed, tile_px, overlap, lq_size, cfg.scale)
+    scale = int(pipe.config.scale)
+    run = EnhanceRun(str(model_dir), pipe.sampler_name, steps, strength, seed, tile_px, overlap, lq_size, scale)
     written: list[Path] = []
     for p in tqdm(paths, desc="enhance", disable=not progress):
         img = load_grayscale(p)
-        hq = enhance_image(
-            img, unet, sched, pcfg, steps, cfg.scale, tile_px, overlap, seed, device, strength, cfg.residual_scale,
-            lq_size,
-        )  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)  # per-image seed: output independent of folder order
+        hq = pipe(
+            img, steps, strength, gen, tile=tile_px, overlap=overlap, input_size=lq_size
+        ).images[0]  # fmt: skip
         dest = (out_dir / p.relative_to(in_dir)).with_suffix(".png")
-        written.append(write_png16(dest, np.rint(hq * 65535.0).astype(np.uint16)))
+        written.append(write_png16(dest, np.rint(hq.astype(np.float64) * 65535.0).astype(np.uint16)))
         mh, mw = img.shape if lq_size is None else model_scale_size(*img.shape, lq_size)
         run.files.append({
             "input": p.relative_to(in_dir).as_posix(), "output": dest.relative_to(out_dir).as_posix(),

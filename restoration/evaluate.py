@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from restoration.ddpm_hq import SCHEDULERS, load_model, make_scheduler, unet_forward, upsample_condition
+from restoration.ddpm_hq import SCHEDULERS, make_scheduler, unet_forward, upsample_condition
 from restoration.ddpm_hq_sampling import restore
 from restoration.degrade import bicubic_degrade
 from restoration.pairs import in_pairs_folder
@@ -113,12 +113,18 @@ def figure(
     return atomic_write_bytes(path, encode_png(img))
 
 
+# The sampler table of BENCHMARKS.md: UNet evaluations 1000 (DDPM), 50, 20, 10, 4, 1 from pure noise, plus the
+# model's own default (a few steps from the noised bicubic start) and DPM-Solver++ at 4
+SAMPLER_TABLE = ("ddpm:1000", "ddim:50", "ddim:20", "ddim:10", "ddim:4", "dpmsolver++:4", "ddim:1", "default")
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """One sampler setting to evaluate: scheduler name, steps, strength (see ``restore``).
 
     Args:
-        scheduler: one of ``SCHEDULERS`` (ddpm, ddim, dpmsolver++).
+        scheduler: one of ``SCHEDULERS`` (ddpm, ddim, dpmsolver++), or "default": the model folder's configured
+            sampler, steps and strength (resolved by ``evaluate_samplers``).
         steps: sampler steps (before ``strength`` shortens the run).
         strength: 1.0 starts from pure noise; below 1 from the noised bicubic upsample.
     """
@@ -128,7 +134,7 @@ class SamplerSpec:
     strength: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.scheduler.lower() not in (*SCHEDULERS, "dpmsolver"):  # make_scheduler's alias of dpmsolver++
+        if self.scheduler.lower() not in (*SCHEDULERS, "dpmsolver", "default"):  # dpmsolver: alias of dpmsolver++
             raise ValueError(f"unknown scheduler {self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
         if self.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
@@ -137,10 +143,14 @@ class SamplerSpec:
 
     @classmethod
     def parse(cls, text: str, strength: float = 1.0) -> SamplerSpec:
-        """``scheduler:steps[:strength]`` (e.g. ``ddim:20``, ``dpmsolver++:20:0.5``); ``strength`` is the default."""
+        """``scheduler:steps[:strength]`` (e.g. ``ddim:20``, ``dpmsolver++:20:0.5``) or ``default`` (the model's)."""
+        if text.strip().lower() == "default":
+            return cls("default", 1, 1.0)
         parts = text.strip().split(":")
         if len(parts) not in (2, 3):
-            raise ValueError(f"sampler {text!r}: expected scheduler:steps[:strength], e.g. ddim:20 or ddpm:1000")
+            raise ValueError(
+                f"sampler {text!r}: expected scheduler:steps[:strength] (e.g. ddim:20 or ddpm:1000) or default"
+            )
         try:
             return cls(parts[0].lower(), int(parts[1]), float(parts[2]) if len(parts) == 3 else strength)
         except ValueError as err:
@@ -173,6 +183,9 @@ def evaluate_samplers(
     batch_size: int = 8,
     figure_path: str | Path | None = None,
     prewindowed: bool | None = None,
+    crop: int | None = None,
+    whole_image_timing: bool = False,
+    max_timed_evals: int = 10,
 ) -> dict[str, Any]:
     """PSNR/SSIM and wall seconds of DDPM-HQ under each sampler, on the same pairs, next to the bicubic baseline.
 
@@ -182,7 +195,7 @@ def evaluate_samplers(
     downloaded pretrained weights.
 
     Args:
-        model_dir: trained DDPM-HQ folder (see ``load_model``).
+        model_dir: DDPM-HQ pipeline folder (see ``load_pipeline``; the older single-folder format too).
         hq_paths: reference HQ images (preprocessed to the model's HQ size like in training).
         samplers: settings to evaluate, in order.
         degrade: HQ batch -> LQ batch function (default bicubic), or LQ image paths paired with ``hq_paths``.
@@ -190,13 +203,24 @@ def evaluate_samplers(
         figure_path: optional PNG of the first images (LQ | restored | reference) under the first sampler.
         prewindowed: whether the image files are already windowed (pairs folders), so they are mapped linearly
             instead of windowed again; None decides per side (HQ, LQ) by whether the files lie in a pairs folder.
+        crop: measure quality on one fixed crop per image (HQ side ``crop`` px, at a seeded position, cut from
+            the whole image at the model's scale after degrading it; the LQ crop is the same region), so that
+            1000-step DDPM is affordable on a CPU. None: whole images.
+        whole_image_timing: also time each sampler on the first whole image (at the model's HQ size):
+            measured when it needs at most ``max_timed_evals`` UNet evaluations, else estimated as evaluations
+            x the measured seconds of one whole-image forward pass (``whole_image.measured`` says which).
 
     Returns:
-        {"n", "bicubic": {"psnr", "ssim"}, "runs": [one ``evaluate_model``-style result per sampler]}.
+        {"n", "crop", "bicubic": {"psnr", "ssim"}, "runs": [one ``evaluate_model``-style result per sampler]}.
     """
+    from restoration.pipeline_ddpm_hq import load_pipeline
+
     if not samplers:
         raise ValueError("evaluate_samplers needs at least one sampler (e.g. SamplerSpec('ddim', 20))")
-    unet, cfg = load_model(model_dir, device=device)
+    pipe = load_pipeline(model_dir, device=device)
+    unet, cfg = pipe.unet, pipe.model_config()
+    default = SamplerSpec(pipe.sampler_name, int(pipe.config.num_inference_steps), float(pipe.config.strength))
+    samplers = [default if sp.scheduler == "default" else sp for sp in samplers]
     hq_paths = [Path(p) for p in hq_paths]
     hq_pre = all(in_pairs_folder(p) for p in hq_paths) if prewindowed is None else prewindowed
     hq_cfg = PreprocessConfig.from_dict({**cfg.preprocess, "size": cfg.hq_size})
@@ -215,6 +239,9 @@ def evaluate_samplers(
         idx = range(start, min(len(hq_ds), start + batch_size))
         hq = torch.stack([hq_ds[i] for i in idx])
         batches.append((idx, hq, torch.stack([lq_ds[i] for i in idx]) if lq_ds is not None else fn(hq)))
+    whole_lq = batches[0][2][:1]
+    if crop is not None:
+        batches = [_crop_batch(idx, hq, lq, crop, cfg.scale, cfg.size_multiple, seed) for idx, hq, lq in batches]
     refs = {i: to01(hq[j, 0]) for idx, hq, _ in batches for j, i in enumerate(idx)}
     base = {}
     for idx, _, lq in batches:
@@ -249,9 +276,62 @@ def evaluate_samplers(
                     "seconds": dt / len(idx),
                 })  # fmt: skip
             if k == 0 and figure_path is not None and idx.start == 0:
-                figure(lq[:4], out[:4], hq[:4], figure_path, zoom=max(1, 256 // cfg.hq_size))
+                figure(lq[:4], out[:4], hq[:4], figure_path, zoom=max(1, 256 // hq.shape[-1]))
         runs.append(_summary(spec, per_image, restore_s))
-    return {"n": len(refs), "bicubic": runs[0]["bicubic"], "runs": runs}
+    if whole_image_timing:
+        _time_whole_images(unet, cfg, whole_lq.to(device), samplers, runs, seed, device, max_timed_evals)
+    return {"n": len(refs), "crop": crop, "bicubic": runs[0]["bicubic"], "runs": runs}
+
+
+def _crop_batch(
+    idx: range, hq: torch.Tensor, lq: torch.Tensor, crop: int, scale: int, multiple: int, seed: int
+) -> tuple[range, torch.Tensor, torch.Tensor]:
+    """One fixed crop per image (seeded by ``seed`` and the image index), HQ side ``crop``, LQ the same region."""
+    H, W = hq.shape[-2:]
+    if crop < multiple or crop % multiple or crop > min(H, W):
+        raise ValueError(f"crop {crop}: must be a multiple of {multiple} between {multiple} and {min(H, W)} (HQ px)")
+    hqs, lqs = [], []
+    for j, i in enumerate(idx):
+        rng = np.random.default_rng([seed, i])
+        y = int(rng.integers(0, (H - crop) // scale + 1)) * scale  # on the LQ grid, so the LQ crop is exact
+        x = int(rng.integers(0, (W - crop) // scale + 1)) * scale
+        hqs.append(hq[j, :, y : y + crop, x : x + crop])
+        lqs.append(lq[j, :, y // scale : (y + crop) // scale, x // scale : (x + crop) // scale])
+    return idx, torch.stack(hqs), torch.stack(lqs)
+
+
+def _time_whole_images(
+    unet: torch.nn.Module,
+    cfg: Any,
+    lq: torch.Tensor,
+    samplers: Sequence[SamplerSpec],
+    runs: list[dict[str, Any]],
+    seed: int,
+    device: str | torch.device,
+    max_timed_evals: int,
+) -> None:
+    """Add ``whole_image: {"size", "seconds", "measured"}`` to every run (see ``evaluate_samplers``)."""
+    cond = upsample_condition(lq, cfg.scale)
+    t = torch.zeros(1, dtype=torch.long, device=cond.device)
+    with torch.no_grad():
+        unet_forward(unet, cond, cond, t)  # warm-up at this size
+        _sync(device)
+        t0 = time.perf_counter()
+        unet_forward(unet, cond, cond, t)
+        _sync(device)
+    per_forward = time.perf_counter() - t0
+    for spec, run in zip(samplers, runs):
+        if spec.steps_run <= max_timed_evals:
+            _sync(device)
+            t0 = time.perf_counter()
+            restore(unet, make_scheduler(spec.scheduler, cfg), lq, spec.steps, torch.Generator().manual_seed(seed),
+                    scale=cfg.scale, strength=spec.strength, residual_scale=cfg.residual_scale)  # fmt: skip
+            _sync(device)
+            seconds, measured = time.perf_counter() - t0, True
+        else:
+            seconds, measured = spec.steps_run * per_forward, False
+        run["whole_image"] = {"size": list(cond.shape[-2:]), "seconds": seconds, "measured": measured,
+                              "seconds_per_forward": per_forward}  # fmt: skip
 
 
 def _summary(spec: SamplerSpec, per_image: list[dict[str, Any]], restore_s: float) -> dict[str, Any]:

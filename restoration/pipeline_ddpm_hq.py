@@ -44,6 +44,7 @@ DEFAULT_SAMPLER = "ddim"
 # round(steps * strength) steps of a `steps`-step schedule (set per model in its config after measuring)
 DEFAULT_STEPS = 8
 DEFAULT_STRENGTH = 0.5
+SAMPLER_NAMES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
 
 
 @dataclass
@@ -105,9 +106,9 @@ class DDPMHQPipeline(DiffusionPipeline):
         scheduler: the sampler (``ddpm_hq.make_scheduler``), sharing the training noise schedule.
         lq_size: inputs are resized so their longer side is this (the scale the model learned anatomy at).
         scale: super-resolution factor.
-        space_to_depth: the UNet's pixel-unshuffle factor (recorded; the UNet's channels imply it).
+        space_to_depth: the UNet's pixel-unshuffle factor (recorded and checked; None: from the UNet's channels).
         residual_scale: > 0: the model diffuses ``(HQ - bicubic(LQ)) * residual_scale``.
-        prediction_type: what the UNet predicts (epsilon, v_prediction, sample).
+        prediction_type: what the UNet predicts (epsilon, v_prediction, sample; None: the scheduler's).
         preprocess: ``PreprocessConfig.to_dict()`` of the training data (percentile window).
         num_inference_steps, strength: default sampler schedule (``restore``): UNet evaluations per image =
             ``max(1, round(num_inference_steps * strength))``.
@@ -122,9 +123,9 @@ class DDPMHQPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         lq_size: int = 512,
         scale: int = 2,
-        space_to_depth: int = 1,
+        space_to_depth: int | None = None,
         residual_scale: float = 0.0,
-        prediction_type: str = "epsilon",
+        prediction_type: str | None = None,
         preprocess: dict[str, Any] | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
         strength: float = DEFAULT_STRENGTH,
@@ -132,6 +133,12 @@ class DDPMHQPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         s = space_to_depth_of(unet)
+        if space_to_depth is None:  # not given: what the UNet was built for
+            space_to_depth = s
+            self.register_to_config(space_to_depth=s)
+        if prediction_type is None:
+            prediction_type = scheduler.config.prediction_type
+            self.register_to_config(prediction_type=prediction_type)
         if s != space_to_depth or unet.config.in_channels != 2 * s * s:
             raise ModelFolderError(
                 f"UNet has in/out channels {unet.config.in_channels}/{unet.config.out_channels}, which does not "
@@ -187,9 +194,14 @@ class DDPMHQPipeline(DiffusionPipeline):
         return self
 
     def output_size(self, in_size: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) of the restored image of an (h, w) input."""
+        """(h, w) of the restored image of an (h, w) input (at the default ``input_size="model"``)."""
         h, w = model_scale_size(int(in_size[0]), int(in_size[1]), int(self.config.lq_size))
         return h * self.config.scale, w * self.config.scale
+
+    @property
+    def sampler_name(self) -> str:
+        """``make_scheduler`` name of the current scheduler (ddpm, ddim, dpmsolver++), or its class name."""
+        return SAMPLER_NAMES.get(type(self.scheduler).__name__, type(self.scheduler).__name__)
 
     @torch.no_grad()
     def __call__(
@@ -202,6 +214,7 @@ class DDPMHQPipeline(DiffusionPipeline):
         overlap: int = 32,
         output_type: str = "np",
         return_dict: bool = True,
+        input_size: int | str | None = "model",
     ) -> DDPMHQPipelineOutput | tuple[list[Any]]:
         """Restore LQ images in [0, 1] ((H, W), (N, H, W) or a list of (H, W)), one at a time.
 
@@ -213,6 +226,8 @@ class DDPMHQPipeline(DiffusionPipeline):
             num_inference_steps, strength: sampler schedule (None: the pipeline's configured defaults).
             tile, overlap: HQ-pixel tiles for memory (None: whole images; see ``restore``).
             output_type: "np" (float32 arrays in [0, 1]) or "pt" (float32 tensors on the CPU).
+            input_size: longer side inputs are resized to: "model" (``lq_size``, the scale the model learned
+                anatomy at), an int, or None for the native size.
         """
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type {output_type!r}: expected one of np, pt")
@@ -222,6 +237,9 @@ class DDPMHQPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        size = int(self.config.lq_size) if input_size == "model" else input_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"input_size must be 'model', a positive int or None, got {input_size!r}")
         imgs = _as_images(images)
         if isinstance(generator, Sequence):
             if len(generator) != len(imgs):
@@ -231,7 +249,7 @@ class DDPMHQPipeline(DiffusionPipeline):
             gens = [generator] * len(imgs)
         outs: list[Any] = []
         for img, gen in zip(imgs, gens):
-            lq = model_input(img, self.preprocess_config, int(self.config.lq_size))
+            lq = model_input(img, self.preprocess_config, size)
             x = restore(
                 self.unet, self.scheduler, torch.from_numpy(lq)[None, None].to(self.unet.device), steps, gen,
                 tile=tile, overlap=overlap, scale=int(self.config.scale), strength=strength,
@@ -291,7 +309,8 @@ def load_pipeline(
             _check_weights(folder / WEIGHTS_NAME)
             try:
                 unet, cfg = load_model(folder, device=device, dtype=dtype)
-                return DDPMHQPipeline.from_model(unet, cfg)
+                # that format recorded no sampler: the one its tools used (DDIM, 50 steps from pure noise)
+                return DDPMHQPipeline.from_model(unet, cfg, "ddim", 50, 1.0)
             except (ModelNotFoundError, ModelFolderError):
                 raise
             except Exception as err:
@@ -323,7 +342,42 @@ def load_pipeline(
         if bar:
             diffusers_logging.enable_progress_bar()
     pipe.unet.eval()
-    return pipe.to(device or "cpu", dtype or torch.float32)
+    pipe = pipe.to(device or "cpu")
+    return pipe if dtype in (None, torch.float32) else pipe.to(dtype=dtype)
+
+
+def configure_sampler(
+    folder: str | Path,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    strength: float | None = None,
+) -> DDPMHQPipeline:
+    """Set a pipeline folder's default sampler, steps and/or strength in place (weights untouched).
+
+    Only ``model_index.json`` and ``scheduler/scheduler_config.json`` are rewritten (atomically), e.g. to ship the
+    setting measured best on held-out pairs. Returns the reloaded pipeline.
+    """
+    from data.atomic import atomic_write_json
+
+    folder = Path(folder)
+    pipe = load_pipeline(folder)
+    if not (folder / MODEL_INDEX).is_file():
+        raise ModelFolderError(f"{folder}: older single-folder format; save it as a pipeline first (save_pipeline)")
+    if num_inference_steps is not None and num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if strength is not None and not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if sampler is not None:
+        pipe.set_sampler(sampler)
+    index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
+    index["scheduler"] = ["diffusers", type(pipe.scheduler).__name__]
+    if num_inference_steps is not None:
+        index["num_inference_steps"] = int(num_inference_steps)
+    if strength is not None:
+        index["strength"] = float(strength)
+    atomic_write_json(folder / "scheduler" / "scheduler_config.json", json.loads(pipe.scheduler.to_json_string()))
+    atomic_write_json(folder / MODEL_INDEX, index)
+    return load_pipeline(folder)
 
 
 def save_pipeline(

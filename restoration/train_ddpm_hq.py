@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from restoration.ddpm_hq import (
+    PRESETS,
     DDPMHQConfig,
     build_unet,
     make_scheduler,
@@ -50,6 +51,31 @@ from restoration.training_setup import (
 )
 
 PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
+
+# Named training configs (``diffusionxray train ddpm-hq --config NAME``; docs/TRAINING.md). Fields not named keep
+# the TrainConfig defaults (LQ 512 -> HQ 1024, residual x0 target, EMA, held-out patients excluded).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # the shipped model on one CPU core: the compact UNet on crops 64 -> 128, 8 per step (~2-3 s/step)
+    "cpu": {
+        "crop_size": 64, "batch_size": 8, "lr": 2e-4, "lr_warmup_steps": 50, "max_train_steps": 1000,
+        "checkpointing_steps": 100, "checkpoints_total_limit": 2, "validation_steps": 250, "num_val_images": 8,
+        "cpu": True, "log_every": 10, "progress": False,
+    },
+    # GPU (accelerate launch): the paper-size UNet (DDPMHQConfig.preset("paper"): no unshuffle, attention at the
+    # lowest level and in the mid block) on crops 128 -> 256, bf16
+    "paper-size": {
+        **PRESETS["paper"], "crop_size": 128, "batch_size": 16, "lr": 1e-4, "lr_warmup_steps": 1000,
+        "max_train_steps": 100000, "checkpointing_steps": 2000, "checkpoints_total_limit": 3,
+        "validation_steps": 2000, "num_val_images": 16, "mixed_precision": "bf16", "log_every": 50,
+    },
+}  # fmt: skip
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The fields of the named training config (``TRAIN_PRESETS``) as JSON values; one line when unknown."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown DDPM-HQ training config {name!r}: expected a JSON file or one of {', '.join(TRAIN_PRESETS)}")
+    return json.loads(json.dumps(TRAIN_PRESETS[name]))  # tuples -> lists, as in a config file
 SPLIT_NAME = "split.json"
 GROUP_BY = ("auto", "mhh", "stem", "parent")
 

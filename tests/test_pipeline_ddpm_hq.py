@@ -254,3 +254,60 @@ def test_packaged_model_dir(tmp_path, pipe_dir):
     pipe = load_pipeline(shipped)  # the shipped model loads with local files only and restores a small image
     out = pipe(toy_image(64, 48), num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0))
     assert out.images[0].shape == pipe.output_size((64, 48)) and np.isfinite(out.images[0]).all()
+
+
+def test_enhance_folder_and_sampler_table_on_crops(pipe_dir, tmp_path):
+    from data.images import read_png16, write_png16
+    from restoration.enhance import enhance_folder
+    from restoration.evaluate import SAMPLER_TABLE, SamplerSpec, evaluate_samplers
+
+    write_png16(tmp_path / "in" / "a.png", np.rint(toy_image(40, 24) * 65535).astype(np.uint16))
+    out = enhance_folder(pipe_dir, tmp_path / "in", tmp_path / "out", progress=False)
+    info = json.loads((tmp_path / "out" / "enhance.json").read_text())
+    # the folder's own sampler and schedule are used when none is given
+    assert (info["scheduler"], info["steps"], info["strength"], info["tile"]) == ("ddim", 4, 0.5, None)
+    pipe = load_pipeline(pipe_dir)
+    from restoration.preprocess import load_grayscale
+
+    expected = pipe(load_grayscale(tmp_path / "in" / "a.png"), generator=torch.Generator().manual_seed(0)).images[0]
+    got = read_png16(out[0]).astype(np.float64) / 65535
+    assert got.shape == (32, 20) and np.abs(got - expected).max() <= 0.5 / 65535 + 1e-6
+    hq = [write_png16(tmp_path / "hq" / f"{i}.png", np.rint(toy_image(48, 48, i) * 65535).astype(np.uint16))
+          for i in range(2)]  # fmt: skip
+    specs = [SamplerSpec.parse(t) for t in ("ddim:2", "default", "ddpm:12")]
+    r = evaluate_samplers(pipe_dir, hq, specs, crop=16, whole_image_timing=True, max_timed_evals=4)
+    assert r["crop"] == 16 and [x["sampler"] for x in r["runs"]] == ["ddim:2", "ddim:4:0.5", "ddpm:12"]
+    assert [x["steps_run"] for x in r["runs"]] == [2, 2, 12]
+    assert all(len(x["per_image"]) == 2 and np.isfinite(x["model"]["psnr"]) for x in r["runs"])
+    whole = [x["whole_image"] for x in r["runs"]]
+    assert all(w["size"] == [32, 32] and w["seconds"] > 0 for w in whole)  # whole images at the model's HQ size
+    assert [w["measured"] for w in whole] == [True, True, False]  # 12 evaluations > 4: estimated
+    assert whole[2]["seconds"] == pytest.approx(12 * whole[2]["seconds_per_forward"])
+    again = evaluate_samplers(pipe_dir, hq, specs[:1], crop=16)
+    assert again["runs"][0]["model"] == r["runs"][0]["model"]  # fixed crops, fixed seed: the same numbers
+    with pytest.raises(ValueError, match="crop 12: must be a multiple of 8"):
+        evaluate_samplers(pipe_dir, hq, specs[:1], crop=12)
+    assert SAMPLER_TABLE[0] == "ddpm:1000" and "default" in SAMPLER_TABLE
+
+
+def test_configure_sampler_in_place_and_inferred_config(pipe_dir, tmp_path):
+    import shutil
+
+    from restoration.pipeline_ddpm_hq import configure_sampler
+
+    folder = shutil.copytree(pipe_dir, tmp_path / "m")
+    weights = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    pipe = configure_sampler(folder, "dpmsolver++", num_inference_steps=6, strength=0.5)
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler" and pipe.sampler_name == "dpmsolver++"
+    assert (pipe.config.num_inference_steps, pipe.config.strength) == (6, 0.5)
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    fresh = load_pipeline(folder).set_sampler("dpmsolver++")  # the same sampler the folder now names
+    img = toy_image()
+    a = pipe(img, generator=torch.Generator().manual_seed(0)).images[0]
+    b = fresh(img, num_inference_steps=6, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="strength"):
+        configure_sampler(folder, strength=0.0)
+    # built by hand: space_to_depth and prediction_type default to what the UNet and scheduler say
+    direct = DDPMHQPipeline(pipe.unet, pipe.scheduler, lq_size=16, residual_scale=4.0)
+    assert direct.config.space_to_depth == 4 and direct.config.prediction_type == "sample"

@@ -170,3 +170,45 @@ def test_crop_must_fit_the_unet(real: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(hq_dir=str(real), output_dir=str(tmp_path), lq_size=32, crop_size=6, **TINY)
     with pytest.raises(ValueError, match="crop_size 6: the HQ crop side 12 must be a multiple of 8"):
         train(cfg)
+
+
+@pytest.mark.slow
+def test_paper_size_recipe_runs_under_accelerate_launch(real: Path, tmp_path: Path) -> None:
+    """The GPU recipe of docs/TRAINING.md (``accelerate launch -m pipeline.cli train ddpm-hq --config paper-size``)
+    on CPU with tiny images: the paper-size UNet trains 2 steps in bf16, validates, and saves a loadable pipeline."""
+    import os
+    import subprocess
+    import sys
+
+    from restoration.pipeline_ddpm_hq import load_pipeline
+
+    out = tmp_path / "paper"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipeline.cli", "train", "ddpm-hq",
+        "--config", "paper-size", "--hq-dir", str(real), "-o", str(out), "--steps", "2",
+        "--set", "lq_size=32", "--set", "crop_size=16", "--set", "batch_size=2", "--set", "validation_steps=2",
+        "--set", "num_val_images=2", "--set", "progress=false",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["mixed_precision"] == "bf16" and saved["block_out_channels"] == [64, 128, 256, 256]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["val/psnr"])
+    pipe = load_pipeline(out)
+    assert pipe.config.space_to_depth == 1 and pipe.unet.config.add_attention  # the paper-size UNet
+    assert pipe(toy_image(64, 1).astype(np.float32), generator=torch.Generator().manual_seed(0)).images[0].shape == (64, 64)
+
+
+def test_named_training_configs() -> None:
+    from restoration.train_ddpm_hq import TRAIN_PRESETS, TrainConfig, preset_settings
+
+    for name in TRAIN_PRESETS:
+        cfg = TrainConfig.from_dict(preset_settings(name))
+        assert cfg.lq_size == 512 and cfg.crop() is not None  # whole images at 512 -> 1024, trained on crops
+        assert (cfg.crop() * cfg.scale) % cfg.model_config().size_multiple == 0
+    assert not TrainConfig.from_dict(preset_settings("cpu")).model_config().has_attention
+    with pytest.raises(ValueError, match="expected a JSON file or one of cpu, paper-size"):
+        preset_settings("paper")
