@@ -195,9 +195,9 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
 
         try:
             check_options(EnhanceOptions, steps=steps, scheduler=scheduler, strength=strength, seed=seed)
-            check_enhance_out(images, out)
             folder = resolve_model_dir(PACKAGED_MODEL if model_dir is None else model_dir)
             check_model_folder(folder)  # a missing folder or a damaged file is named before anything is written
+            check_enhance_out(images, out)
             paths = list_images(images)
             if not paths:
                 raise ValueError(f"{images}: no png/jpg/jpeg/dcm images to enhance")
