@@ -39,6 +39,24 @@ def _train_config(model: str, base: dict[str, Any]) -> Any:
     return DDPMLQTrainConfig.from_dict(base)
 
 
+def check_enhance_out(images: Path, out: Path) -> None:
+    """Refuse an ``enhance`` output folder that would overwrite its inputs or files the tool did not write.
+
+    Allowed: a new folder, an empty one, or an earlier ``enhance`` output (it holds ``enhance.json``). Not a link,
+    not the input folder or one inside it (outputs would replace or join the inputs), not a file.
+    """
+    from restoration.enhance import ENHANCE_INFO_NAME
+
+    if out.is_symlink():
+        raise ValueError(f"--out {out}: is a symbolic link; give the real folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if images.is_dir() and out.resolve().is_relative_to(images.resolve()):
+        raise ValueError(f"--out {out}: inside the input folder {images}; the outputs would replace or join the inputs")
+    if out.is_dir() and any(out.iterdir()) and not (out / ENHANCE_INFO_NAME).is_file():
+        raise ValueError(f"--out {out}: not empty and not an enhance output (no {ENHANCE_INFO_NAME}); give a new folder")
+
+
 def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     """Add the restoration commands to the main app."""
 
@@ -179,6 +197,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             check_options(EnhanceOptions, steps=steps, scheduler=scheduler, strength=strength, seed=seed)
             folder = resolve_model_dir(PACKAGED_MODEL if model_dir is None else model_dir)
             check_model_folder(folder)  # a missing folder or a damaged file is named before anything is written
+            check_enhance_out(images, out)
             paths = list_images(images)
             if not paths:
                 raise ValueError(f"{images}: no png/jpg/jpeg/dcm images to enhance")
