@@ -359,7 +359,9 @@ def add_dataset_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dataset", type=Path, action="append", default=None,
                     help="an enhanced generate output (repeatable); default: made here from --ct")  # fmt: skip
     ap.add_argument("--ct", action="append", default=None,
-                    help="CT to render (repeatable; 'example' = the embedded CT, the default)")  # fmt: skip
+                    help="CT to render (repeatable; 'example' = the embedded CT, the default; PATH#N picks DICOM "
+                    "series N of a folder with several, generate --series-uid N)")  # fmt: skip
+    ap.add_argument("--view", default=None, help="generate --view (default: generate's, PA)")
     ap.add_argument("--images-per-ct", "-n", type=int, default=4, help="images per CT when datasets are made here")
     ap.add_argument("--drr-seed", type=int, default=9001,
                     help="generate seed: must differ from the training DRR set's, so poses were not trained on")  # fmt: skip
@@ -379,10 +381,13 @@ def ensure_datasets(args: argparse.Namespace, device: str) -> list[Path]:
     if args.images_per_ct < 1:
         raise SystemExit(f"--images-per-ct must be >= 1, got {args.images_per_ct}")
     out = []
-    for ct in args.ct or ["example"]:
+    for spec in args.ct or ["example"]:
+        ct, _, series = str(spec).partition("#")
         name = "example" if ct == "example" else "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(ct).name)
-        dest = Path(args.datasets_dir) / f"{name}_seed{args.drr_seed}_n{args.images_per_ct}_{args.size}"
-        cmd = [sys.executable, "-m", "pipeline.cli", "generate", *([] if ct == "example" else [str(ct)]),
+        view = f"_{args.view.lower()}" if args.view else ""
+        dest = Path(args.datasets_dir) / f"{name}{series}{view}_seed{args.drr_seed}_n{args.images_per_ct}_{args.size}"
+        cmd = [sys.executable, "-m", "pipeline.cli", "generate", *([] if ct == "example" else [ct]),
+               *(["--series-uid", series] if series else []), *(["--view", args.view] if args.view else []),
                "--out", str(dest), "-n", str(args.images_per_ct), "--seed", str(args.drr_seed),
                "--size", str(args.size), "--device", device, *([] if args.progress else ["--no-progress"]),
                *(["--enhance", str(args.model)] if args.model is not None else [])]  # fmt: skip
