@@ -472,8 +472,11 @@ def test_time_budget_stops_with_a_checkpoint_and_the_next_run_continues(
     m = train_ddpm(cfg, stage=1)
     assert ddpm_lq.read_extra(m)["global_step"] == 1
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-1"]
+    (out / ".checkpoint-9.partial").mkdir()  # a run killed while saving step 9: never resumed from, then removed
+    (out / ".checkpoint-9.partial" / "model.safetensors").write_bytes(b"trunc")
     m = train_ddpm(cfg, stage=1)
     assert ddpm_lq.read_extra(m)["global_step"] == 2 and ddpm_lq.read_extra(m)["resumed_from"] == "checkpoint-1"
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-1", "checkpoint-2"]
     mcfg = MUNITTrainConfig(
         hq_dir=str(folders["hq"]), lq_dir=[str(d) for d in folders["lq"]], output_dir=str(tmp_path / "m"),
         model=tiny_munit_cfg(), preprocess=PreprocessConfig(size=SCALE), crop_size=CROP, batch_size=2,
