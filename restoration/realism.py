@@ -2,7 +2,10 @@
 
 Every image is put on one common scale first: central square crop (a chest radiograph's field of view, ~43 cm,
 fills the image in both sets), area-resized to ``size`` px, then a per-image intensity window
-``(x - p0.1) / (p99.5 - p0.1)`` clipped to [0, 1] (bright = attenuating, as radiographs are displayed). Then:
+``(x - p0.1) / (p99.5 - p0.1)`` clipped to [0, 1] (bright = attenuating, as radiographs are displayed). With
+``field="exposed"`` (default) every figure is taken inside each image's exposed field (``realism_field``: the image
+minus its unexposed, collimated border, shrunk by a margin; the window too), for both sets alike. With
+``real_part="held-out"`` only the held-out patients of REAL (``restoration.splits``) are used. Then:
 
 1. classifier two-sample test (``two_sample.py``): ROC AUC of a small CNN trained from scratch on crops of the
    images at half that size; 0.5 = indistinguishable;
@@ -31,6 +34,7 @@ import numpy as np
 
 from restoration.splits import find_patient_table, patient_table  # noqa: F401  (re-exported)
 from restoration.preprocess import list_images, load_grayscale, resize_image, resize_square, split_by_source
+from restoration.realism_field import exposed_field
 from restoration.two_sample import TwoSampleConfig, classifier_two_sample_test
 
 BACKGROUND_LEVEL = 0.05  # windowed intensity below which a pixel counts as background (near-black)
@@ -39,6 +43,10 @@ BORDER = 0.08  # fraction of each side left out of the fine-detail region (frame
 LUNG_ROWS = (0.25, 0.65)
 LUNG_COLS = ((0.14, 0.42), (0.58, 0.86))
 HIST_BINS = 64
+FIELDS = ("exposed", "whole")
+REAL_PARTS = ("all", "held-out")
+FIELD_MARGIN = 8 / 512  # exposed field shrunk by this share of the side: penumbra + fine-detail filter (8 px at 512)
+TAPER_SIGMA_PX = 4.0  # soft edge of the spectrum's field taper (analysis px)
 
 
 @dataclass(frozen=True)
@@ -50,18 +58,26 @@ class RealismConfig:
         max_images: at most this many images per set (a seeded choice) to bound CPU time.
         seed: seeds the image choice, the real/real split and the classifier.
         classifier: the two-sample test's budget.
+        field: ``exposed`` (measure inside each image's exposed field, collimated border left out) or ``whole``.
+        real_part: ``all`` of REAL, or only its ``held-out`` patients (those no shipped model trains on).
     """
 
     size: int = 512
     max_images: int = 200
     seed: int = 0
     classifier: TwoSampleConfig = TwoSampleConfig()
+    field: str = "exposed"
+    real_part: str = "all"
 
     def __post_init__(self) -> None:
         if self.size < 2 * self.classifier.crop:
             raise ValueError(f"size must be at least twice the classifier crop ({2 * self.classifier.crop}), got {self.size}")
         if self.max_images < 4:
             raise ValueError(f"max_images must be >= 4, got {self.max_images}")
+        if self.field not in FIELDS:
+            raise ValueError(f"--field: unknown value {self.field!r}: expected one of {', '.join(FIELDS)}")
+        if self.real_part not in REAL_PARTS:
+            raise ValueError(f"--real-part: unknown value {self.real_part!r}: expected one of {', '.join(REAL_PARTS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON reports."""
@@ -71,23 +87,36 @@ class RealismConfig:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def window(img: np.ndarray) -> np.ndarray:
-    """Per-image window p0.1 → 0, p99.5 → 1, clipped (a flat image becomes all zeros)."""
+def window(img: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-image window p0.1 → 0, p99.5 → 1 (of the pixels in ``mask``, default all), clipped (flat → all zeros)."""
     x = np.asarray(img, dtype=np.float32)
-    lo, hi = np.percentile(x, [0.1, 99.5])
+    sample = x if mask is None or mask.sum() < 16 else x[mask]
+    lo, hi = np.percentile(sample, [0.1, 99.5])
     if not hi > lo:
         return np.zeros_like(x)
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def prepare(img01: np.ndarray, size: int) -> np.ndarray:
-    """[0, 1] radiograph → central square, area-resized to size x size, windowed."""
-    return window(resize_square(img01, size))
+def prepare(img01: np.ndarray, size: int, field: str = "whole") -> tuple[np.ndarray, np.ndarray]:
+    """[0, 1] radiograph → (central square area-resized to size x size and windowed, its field mask)."""
+    if field == "exposed":
+        mask = exposed_field(img01, size, int(round(FIELD_MARGIN * size)))
+    else:
+        mask = np.ones((size, size), dtype=bool)
+    return window(resize_square(img01, size), mask), mask
 
 
-def load_set(paths: Sequence[Path], size: int) -> np.ndarray:
-    """Images at the analysis scale as an N x size x size float32 stack."""
-    return np.stack([prepare(load_grayscale(p), size) for p in paths]) if paths else np.zeros((0, size, size), np.float32)
+def load_set(paths: Sequence[Path], size: int, field: str = "whole") -> tuple[np.ndarray, np.ndarray]:
+    """Images at the analysis scale (N x size x size float32) and their field masks (bool)."""
+    if not paths:
+        return np.zeros((0, size, size), np.float32), np.ones((0, size, size), bool)
+    pairs = [prepare(load_grayscale(p), size, field) for p in paths]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _masks(images: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    """The given masks, or all True."""
+    return np.ones(images.shape, dtype=bool) if masks is None else np.asarray(masks, dtype=bool)
 
 
 def choose(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
@@ -102,19 +131,36 @@ def choose(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def radial_spectrum(images: np.ndarray) -> np.ndarray:
-    """Mean radially averaged power spectrum of standardised, Hann-windowed images (bins 1..size//2 cycles/image)."""
+def field_taper(mask: np.ndarray) -> np.ndarray:
+    """1 well inside the field, falling smoothly to ~0 at its edge (all ones for a full field)."""
+    from scipy import ndimage
+
+    if mask.all():
+        return np.ones(mask.shape)
+    inner = ndimage.binary_erosion(mask, iterations=int(2 * TAPER_SIGMA_PX), border_value=1)
+    return ndimage.gaussian_filter(inner.astype(np.float64), TAPER_SIGMA_PX) * mask
+
+
+def radial_spectrum(images: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Mean radially averaged power spectrum of standardised, Hann-windowed images (bins 1..size//2 cycles/image).
+
+    With field masks each image is standardised over its field and tapered to zero at the field's edge (power
+    divided by the taper's mean square, so a partial field is comparable with a full one).
+    """
     n, h, w = images.shape
+    masks = _masks(images, masks)
     hann = np.outer(np.hanning(h), np.hanning(w))
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")
     r = np.rint(np.hypot(fy, fx)).astype(int)
     nbins = min(h, w) // 2
     counts = np.bincount(r.ravel(), minlength=nbins + 1)[1 : nbins + 1]
     total = np.zeros(nbins)
-    for img in images:
+    for img, mask in zip(images, masks):
         x = img.astype(np.float64)
-        x = (x - x.mean()) / (x.std() + 1e-12)
-        power = np.abs(np.fft.fft2(x * hann)) ** 2
+        inside = x[mask] if mask.sum() >= 16 else x.ravel()
+        x = (x - inside.mean()) / (inside.std() + 1e-12)
+        taper = hann * field_taper(mask)
+        power = np.abs(np.fft.fft2(x * taper)) ** 2 * (np.mean(hann**2) / max(float(np.mean(taper**2)), 1e-12))
         total += np.bincount(r.ravel(), weights=power.ravel(), minlength=nbins + 1)[1 : nbins + 1] / counts
     return total / max(n, 1)
 
@@ -124,31 +170,37 @@ def spectrum_distance(spec_a: np.ndarray, spec_b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.log10(spec_a + 1e-30) - np.log10(spec_b + 1e-30)) ** 2)))
 
 
-def fine_detail_energy(images: np.ndarray) -> np.ndarray:
-    """Per image: mean of (x - gaussian(x, FINE_SIGMA_PX))² inside the central region."""
+def fine_detail_energy(images: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Per image: mean of (x - gaussian(x, FINE_SIGMA_PX))² inside the central region (and the field, if given)."""
     from scipy.ndimage import gaussian_filter
 
     _, h, w = images.shape
+    masks = _masks(images, masks)
     t, s = int(round(BORDER * h)), int(round(BORDER * w))
     out = []
-    for img in images:
+    for img, mask in zip(images, masks):
         x = img.astype(np.float64)
-        fine = x - gaussian_filter(x, FINE_SIGMA_PX, mode="reflect")
-        out.append(float(np.mean(fine[t : h - t, s : w - s] ** 2)))
+        fine = (x - gaussian_filter(x, FINE_SIGMA_PX, mode="reflect"))[t : h - t, s : w - s]
+        keep = mask[t : h - t, s : w - s]
+        out.append(float(np.mean(fine[keep] ** 2)) if keep.any() else float("nan"))
     return np.asarray(out)
 
 
-def lung_field_values(images: np.ndarray) -> np.ndarray:
-    """Windowed intensities of the two fixed lung windows of every image, pooled."""
+def lung_field_values(images: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Windowed intensities of the two fixed lung windows of every image (inside its field, if given), pooled."""
     _, h, w = images.shape
+    masks = _masks(images, masks)
     r0, r1 = int(LUNG_ROWS[0] * h), int(LUNG_ROWS[1] * h)
-    parts = [images[:, r0:r1, int(c0 * w) : int(c1 * w)].ravel() for c0, c1 in LUNG_COLS]
+    parts = []
+    for c0, c1 in LUNG_COLS:
+        cols = slice(int(c0 * w), int(c1 * w))
+        parts.append(images[:, r0:r1, cols][masks[:, r0:r1, cols]])
     return np.concatenate(parts)
 
 
-def lung_histogram(images: np.ndarray) -> np.ndarray:
+def lung_histogram(images: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
     """Normalised histogram (HIST_BINS bins on [0, 1]) of the lung-field intensities."""
-    hist, _ = np.histogram(lung_field_values(images), bins=HIST_BINS, range=(0.0, 1.0))
+    hist, _ = np.histogram(lung_field_values(images, masks), bins=HIST_BINS, range=(0.0, 1.0))
     return hist / max(hist.sum(), 1)
 
 
@@ -157,9 +209,16 @@ def histogram_distance(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
     return float(np.sum(np.abs(np.cumsum(hist_a) - np.cumsum(hist_b))) / len(hist_a))
 
 
-def background_share(images: np.ndarray) -> np.ndarray:
-    """Per image: fraction of pixels below BACKGROUND_LEVEL of the window."""
-    return (images < BACKGROUND_LEVEL).mean(axis=(1, 2)).astype(np.float64)
+def background_share(images: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+    """Per image: fraction of pixels (of its field, if given) below BACKGROUND_LEVEL of the window."""
+    masks = _masks(images, masks)
+    below = ((images < BACKGROUND_LEVEL) & masks).sum(axis=(1, 2))
+    return (below / np.maximum(masks.sum(axis=(1, 2)), 1)).astype(np.float64)
+
+
+def _small_masks(masks: np.ndarray, half: int) -> np.ndarray:
+    """Field masks at the classifier scale (a pixel is in the field only if wholly inside it)."""
+    return np.stack([resize_image(m.astype(np.float32), (half, half)) > 0.999 for m in masks])
 
 
 def compare_sets(
@@ -168,22 +227,29 @@ def compare_sets(
     groups_a: Sequence[Hashable] | None,
     groups_b: Sequence[Hashable] | None,
     cfg: RealismConfig,
+    masks_a: np.ndarray | None = None,
+    masks_b: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """All five figures of set A against set B (B is the reference)."""
-    spec_a, spec_b = radial_spectrum(a), radial_spectrum(b)
-    fine_a, fine_b = fine_detail_energy(a), fine_detail_energy(b)
-    hist_a, hist_b = lung_histogram(a), lung_histogram(b)
+    """All five figures of set A against set B (B is the reference), inside the fields when masks are given."""
+    ma, mb = _masks(a, masks_a), _masks(b, masks_b)
+    spec_a, spec_b = radial_spectrum(a, ma), radial_spectrum(b, mb)
+    fine_a, fine_b = fine_detail_energy(a, ma), fine_detail_energy(b, mb)
+    hist_a, hist_b = lung_histogram(a, ma), lung_histogram(b, mb)
     half = cfg.size // 2
     small_a = np.stack([resize_image(x, (half, half)) for x in a])
     small_b = np.stack([resize_image(x, (half, half)) for x in b])
-    clf = classifier_two_sample_test(small_a, small_b, groups_a, groups_b, cfg.classifier, seed=cfg.seed)
+    clf = classifier_two_sample_test(
+        small_a, small_b, groups_a, groups_b, cfg.classifier, seed=cfg.seed,
+        masks_a=_small_masks(ma, half), masks_b=_small_masks(mb, half),
+    )  # fmt: skip
     return {
         "classifier_auc": clf["auc"],
         "spectrum_distance": spectrum_distance(spec_a, spec_b),
-        "fine_detail_ratio": float(np.median(fine_a) / max(float(np.median(fine_b)), 1e-30)),
+        "fine_detail_ratio": float(np.nanmedian(fine_a) / max(float(np.nanmedian(fine_b)), 1e-30)),
         "lung_histogram_distance": histogram_distance(hist_a, hist_b),
-        "background_share": float(background_share(a).mean()),
-        "background_share_reference": float(background_share(b).mean()),
+        "background_share": float(background_share(a, ma).mean()),
+        "background_share_reference": float(background_share(b, mb).mean()),
+        "field_share": float(ma.mean()),
         "n": int(len(a)),
         "n_reference": int(len(b)),
         "_curves": {"spectrum": spec_a, "spectrum_reference": spec_b, "hist": hist_a, "hist_reference": hist_b},
@@ -205,7 +271,12 @@ def evaluate_realism(
     """
     cfg = cfg or RealismConfig()
     cand_paths = choose(list_images(candidates), cfg.max_images, cfg.seed)
-    real_paths = choose(list_images(real), cfg.max_images, cfg.seed)
+    real_all = list_images(real)
+    if cfg.real_part == "held-out":
+        from restoration.splits import split_real
+
+        real_all = split_real(real_all)[1]
+    real_paths = choose(real_all, cfg.max_images, cfg.seed)
     for folder, paths in ((candidates, cand_paths), (real, real_paths)):
         if len(paths) < 4:
             raise ValueError(f"{folder}: needs at least 4 png/jpg/jpeg/dcm images, found {len(paths)}")
@@ -213,14 +284,16 @@ def evaluate_realism(
     patient = lambda p: table.get(p.stem, p.stem)  # noqa: E731
     if len({patient(p) for p in real_paths}) < 4:
         raise ValueError(f"{real}: needs images of at least 4 patients for the real-vs-real control")
-    cand = load_set(cand_paths, cfg.size)
-    ref = load_set(real_paths, cfg.size)
+    cand, cand_masks = load_set(cand_paths, cfg.size, cfg.field)
+    ref, ref_masks = load_set(real_paths, cfg.size, cfg.field)
     real_groups = [patient(p) for p in real_paths]
-    main = compare_sets(cand, ref, None, real_groups, cfg)
+    main = compare_sets(cand, ref, None, real_groups, cfg, cand_masks, ref_masks)
     half_a, half_b = split_by_source(real_paths, 0.5, seed=cfg.seed, group_of=patient)
     ia = [real_paths.index(p) for p in half_a]
     ib = [real_paths.index(p) for p in half_b]
-    control = compare_sets(ref[ia], ref[ib], [real_groups[i] for i in ia], [real_groups[i] for i in ib], cfg)
+    control = compare_sets(
+        ref[ia], ref[ib], [real_groups[i] for i in ia], [real_groups[i] for i in ib], cfg, ref_masks[ia], ref_masks[ib]
+    )
     report = {
         "candidates_vs_real": _round(main),
         "real_vs_real": _round(control),
@@ -235,6 +308,8 @@ def evaluate_realism(
             "lung_rows": list(LUNG_ROWS),
             "lung_cols": [list(c) for c in LUNG_COLS],
             "window_percentiles": [0.1, 99.5],
+            "field_margin": FIELD_MARGIN,
+            "taper_sigma_px": TAPER_SIGMA_PX,
         },
     }
     if figure is not None:

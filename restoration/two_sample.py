@@ -71,25 +71,70 @@ def roc_auc(scores_pos: np.ndarray, scores_neg: np.ndarray) -> float:
     return float(u / (pos.size * neg.size))
 
 
-def _random_crops(images: np.ndarray, n: int, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random crops (with replacement over images) from an N x H x W stack."""
+def valid_corners(mask: np.ndarray, crop: int) -> np.ndarray:
+    """Top-left corners (bool, (H−crop+1) x (W−crop+1)) whose crop lies wholly inside ``mask``.
+
+    When no crop fits, the corners whose crop holds the most mask pixels.
+    """
+    m = np.asarray(mask, dtype=np.int64)
+    s = np.pad(m.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = s[crop:, crop:] - s[:-crop, crop:] - s[crop:, :-crop] + s[:-crop, :-crop]
+    return sums == sums.max() if sums.max() < crop * crop else sums == crop * crop
+
+
+def _random_crops(
+    images: np.ndarray, n: int, crop: int, rng: np.random.Generator, corners: list[np.ndarray | None] | None = None
+) -> np.ndarray:
+    """``n`` random crops (with replacement over images) from an N x H x W stack (inside each image's field when
+    ``corners`` gives its valid top-left corners; None = anywhere)."""
     _, h, w = images.shape
     idx = rng.integers(0, images.shape[0], n)
     top = rng.integers(0, h - crop + 1, n)
     left = rng.integers(0, w - crop + 1, n)
+    if corners is not None and any(c is not None for c in corners):
+        pick = rng.random(n)  # drawn only when some image has a field: sets without one keep their crops
+        for k, i in enumerate(idx):
+            if corners[i] is not None:
+                flat = np.flatnonzero(corners[i])
+                top[k], left[k] = np.unravel_index(flat[int(pick[k] * len(flat))], corners[i].shape)
     return np.stack([images[i, t : t + crop, s : s + crop] for i, t, s in zip(idx, top, left)])
 
 
-def _grid_crops(images: np.ndarray, crop: int, grid: int) -> np.ndarray:
-    """N x grid² fixed crops on a regular grid covering each image."""
+def _grid_crops(images: np.ndarray, crop: int, grid: int, corners: list[np.ndarray | None] | None = None) -> np.ndarray:
+    """N x grid² fixed crops on a regular grid covering each image (or its field: the grid spans the valid corners'
+    box and each point moves to its nearest valid corner)."""
+    from scipy import ndimage
+
     _, h, w = images.shape
-    tops = np.linspace(0, h - crop, grid).round().astype(int)
-    lefts = np.linspace(0, w - crop, grid).round().astype(int)
-    return np.stack([[img[t : t + crop, s : s + crop] for t in tops for s in lefts] for img in images])
+    out = []
+    for i, img in enumerate(images):
+        c = None if corners is None else corners[i]
+        if c is None:
+            tops = np.linspace(0, h - crop, grid).round().astype(int)
+            lefts = np.linspace(0, w - crop, grid).round().astype(int)
+            out.append([img[t : t + crop, s : s + crop] for t in tops for s in lefts])
+            continue
+        rows, cols = np.nonzero(c)
+        near = ndimage.distance_transform_edt(~c, return_distances=False, return_indices=True)
+        points = [
+            (int(near[0][t, s]), int(near[1][t, s]))
+            for t in np.linspace(rows.min(), rows.max(), grid).round().astype(int)
+            for s in np.linspace(cols.min(), cols.max(), grid).round().astype(int)
+        ]
+        out.append([img[t : t + crop, s : s + crop] for t, s in points])
+    return np.stack(out)
+
+
+Corners = list[np.ndarray | None]
 
 
 def _fit_and_score(
-    train_a: np.ndarray, train_b: np.ndarray, test: np.ndarray, cfg: TwoSampleConfig, seed: int
+    train_a: np.ndarray,
+    train_b: np.ndarray,
+    test: np.ndarray,
+    cfg: TwoSampleConfig,
+    seed: int,
+    corners: tuple[Corners | None, Corners | None, Corners | None] = (None, None, None),
 ) -> np.ndarray:
     """Train on crops of A (label 1) vs B (label 0); return each test image's mean logit over its grid crops."""
     rng = np.random.default_rng(seed)
@@ -102,8 +147,8 @@ def _fit_and_score(
     half = max(1, cfg.batch_size // 2)
     net.train()
     for _ in range(cfg.epochs):
-        xa = _random_crops(train_a, per_class, cfg.crop, rng)
-        xb = _random_crops(train_b, per_class, cfg.crop, rng)
+        xa = _random_crops(train_a, per_class, cfg.crop, rng, corners[0])
+        xb = _random_crops(train_b, per_class, cfg.crop, rng, corners[1])
         for start in range(0, per_class, half):
             x = np.concatenate([xa[start : start + half], xb[start : start + half]])
             y = np.concatenate([np.ones(len(xa[start : start + half])), np.zeros(len(xb[start : start + half]))])
@@ -113,11 +158,21 @@ def _fit_and_score(
             loss.backward()
             opt.step()
     net.eval()
-    crops = _grid_crops(test, cfg.crop, cfg.eval_grid)  # N x G x c x c
+    crops = _grid_crops(test, cfg.crop, cfg.eval_grid, corners[2])  # N x G x c x c
     with torch.no_grad():
         x = torch.from_numpy(crops.reshape(-1, 1, cfg.crop, cfg.crop) * 2.0 - 1.0).float()
         logits = torch.cat([net(chunk)[:, 0] for chunk in x.split(256)])
     return logits.reshape(len(test), -1).mean(dim=1).numpy().astype(np.float64)
+
+
+def _corners(masks: np.ndarray | None, n: int, crop: int) -> Corners | None:
+    """Valid crop corners per image (None for an image whose mask is all True; None for no masks at all)."""
+    if masks is None:
+        return None
+    if len(masks) != n:
+        raise ValueError(f"two-sample test: {len(masks)} masks for {n} images")
+    out: Corners = [None if m.all() else valid_corners(m, crop) for m in np.asarray(masks, dtype=bool)]
+    return None if all(c is None for c in out) else out
 
 
 def _two_folds(groups: Sequence[Hashable], rng: np.random.Generator) -> np.ndarray:
@@ -135,12 +190,16 @@ def classifier_two_sample_test(
     groups_b: Sequence[Hashable] | None = None,
     cfg: TwoSampleConfig | None = None,
     seed: int = 0,
+    masks_a: np.ndarray | None = None,
+    masks_b: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """ROC AUC of a from-scratch CNN separating set A from set B, every image scored out of fold.
 
     Args:
         a, b: N x H x W float stacks in [0, 1], same H x W (a common field-of-view scale), H, W >= cfg.crop.
         groups_a, groups_b: group (e.g. patient) per image; a group never lies in both folds. Default: one per image.
+        masks_a, masks_b: optional N x H x W bool fields (e.g. the exposed field): every crop, in training and
+            scoring, lies inside its image's field (an all-True mask changes nothing).
         cfg: budget; seed: seeds folds, crops and network initialisation.
 
     Returns:
@@ -161,9 +220,15 @@ def classifier_two_sample_test(
     fa, fb = _two_folds(ga, fold_rng), _two_folds(gb, fold_rng)
     scores_a = np.zeros(len(a))
     scores_b = np.zeros(len(b))
+    ca, cb = _corners(masks_a, len(a), cfg.crop), _corners(masks_b, len(b), cfg.crop)
+    pick = lambda cs, sel: None if cs is None else [c for c, keep in zip(cs, sel) if keep]  # noqa: E731
     for k in (0, 1):
         test = np.concatenate([a[fa == k], b[fb == k]])
-        s = _fit_and_score(a[fa != k], b[fb != k], test, cfg, int(fit_seeds[k].integers(2**31)))
+        test_corners = None if ca is None and cb is None else (
+            (pick(ca, fa == k) or [None] * int((fa == k).sum())) + (pick(cb, fb == k) or [None] * int((fb == k).sum()))
+        )  # fmt: skip
+        corners = (pick(ca, fa != k), pick(cb, fb != k), test_corners)
+        s = _fit_and_score(a[fa != k], b[fb != k], test, cfg, int(fit_seeds[k].integers(2**31)), corners)
         scores_a[fa == k] = s[: int((fa == k).sum())]
         scores_b[fb == k] = s[int((fa == k).sum()) :]
     return {"auc": roc_auc(scores_a, scores_b), "n_a": int(len(a)), "n_b": int(len(b)), "config": cfg.to_dict()}

@@ -110,9 +110,13 @@ def test_same_seed_same_bytes_resume_and_another_model_is_refused(
     result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(again), *ARGS, "--dicom"])
     assert result.exit_code == 0, result.output
     assert files(again) == files(first)  # restoration seeded from each sample's own stream
+    lost = sorted((again / "images").iterdir())[1]
+    lost.unlink()  # a torn run: that sample alone is redone, restored with its own seed to the same bytes
     result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(again), *ARGS, "--dicom"])
-    assert result.exit_code == 0 and "resumed: 2 finished images" in result.output
+    assert result.exit_code == 0 and "resumed: 1 finished images" in result.output
     before = files(again)
+    redone = {k: v for k, v in before.items() if k != "manifest.jsonl"}  # appended to, so its line order differs
+    assert redone == {k: v for k, v in files(first).items() if k != "manifest.jsonl"}
     use_as_packaged(monkeypatch, save_tiny_restorer(tmp_path / "other", lq_size=48, seed=1))  # an upgraded install
     result = CliRunner().invoke(app, ["generate", str(chest_nifti), "--out", str(again), *ARGS, "--dicom"])
     assert result.exit_code == 1 and "different settings" in result.output
@@ -235,3 +239,30 @@ def test_convert_bad_ct_and_bad_model_write_nothing(chest_nifti: Path, tmp_path:
     assert result.exit_code == 1 and f"{model / 'config.json'}: not a readable JSON" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_enhance_uses_the_packaged_model_without_model(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from data.images import read_png16, write_png16
+
+    pytest.importorskip("data_store", reason="pip install pydicom-data")
+    from pydicom.data import get_testdata_file
+
+    images = tmp_path / "in"
+    images.mkdir()
+    write_png16(images / "drr.png", np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16))
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm"), images / "cr.dcm")  # MONOCHROME1, 1955 x 1841
+    use_as_packaged(monkeypatch, None)
+    result = CliRunner().invoke(app, ["enhance", str(images), "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no packaged restoration model" in result.output
+    assert not (tmp_path / "none").exists()
+    use_as_packaged(monkeypatch, model)
+    result = CliRunner().invoke(app, ["enhance", str(images), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert read_png16(tmp_path / "out" / "drr.png").shape == (72, 96)  # longer side 48 (the model's), 2x
+    assert read_png16(tmp_path / "out" / "cr.png").shape == (96, 90)
+    info = json.loads((tmp_path / "out" / "enhance.json").read_text())
+    assert info["steps"] == 4 and info["strength"] == 0.5  # the model's own sampler settings

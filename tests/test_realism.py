@@ -152,3 +152,62 @@ def test_held_out_split_is_by_patient_and_stable() -> None:
     train_s, held_s = split_real(sub)
     assert set(held_s) == set(held) & set(sub) and set(train_s) == set(train) & set(sub)
     assert is_held_out("x", 1.0) and not is_held_out("x", 0.0)
+
+
+def _collimated(stack: np.ndarray, frac: float = 0.2) -> np.ndarray:
+    """The images with a white (unexposed) border of ``frac`` of the side on every edge."""
+    out = stack.copy()
+    n = int(frac * stack.shape[1])
+    out[:, :n], out[:, -n:], out[:, :, :n], out[:, :, -n:] = 1.0, 1.0, 1.0, 1.0
+    return out
+
+
+def test_exposed_field_finds_the_collimated_border_and_nothing_else() -> None:
+    from restoration.realism_field import exposed_field, unexposed_border
+
+    img = _smooth(1, 128, 0)[0] * 0.9
+    assert not unexposed_border(img).any()  # no border: the whole image is the field
+    assert exposed_field(img, 64, 4).all()
+    bright = img.copy()
+    bright[60:64, 60:64] = 1.0  # a bright detail inside the image is not a collimator
+    assert not unexposed_border(bright).any()
+    coll = _collimated(img[None], 0.2)[0]
+    field = exposed_field(coll, 64, 2)
+    assert not field[:15].any() and not field[:, -15:].any()  # border (13 px at 64) + margin left out
+    assert field[16:48, 16:48].all()
+
+
+def test_exposed_field_measures_inside_the_collimation() -> None:
+    real = _noisy(6, 128, 3)
+    cand = _collimated(_noisy(6, 128, 4))
+    cfg = realism.RealismConfig(size=128, classifier=SMALL)
+    whole = [realism.prepare(x, 128, "whole") for x in cand]
+    exposed = [realism.prepare(x, 128, "exposed") for x in cand]
+    a_w = np.stack([w[0] for w in whole])
+    a_e, m_e = np.stack([e[0] for e in exposed]), np.stack([e[1] for e in exposed])
+    ref = np.stack([realism.prepare(x, 128, "exposed")[0] for x in real])
+    ratio = lambda a, m=None: np.median(realism.fine_detail_energy(a, m)) / np.median(realism.fine_detail_energy(ref))  # noqa: E731
+    # The white border's edge inflates the whole-image figure; inside the field the same kind of images agree.
+    assert abs(ratio(a_e, m_e) - 1.0) < 0.2
+    assert abs(ratio(a_w) - 1.0) > abs(ratio(a_e, m_e) - 1.0)
+    d_field = realism.spectrum_distance(realism.radial_spectrum(a_e, m_e), realism.radial_spectrum(ref))
+    d_whole = realism.spectrum_distance(realism.radial_spectrum(a_w), realism.radial_spectrum(ref))
+    assert d_field < 0.5 * d_whole
+    assert realism.background_share(a_e, m_e).max() < 0.05
+    assert cfg.field == "exposed"
+    with pytest.raises(ValueError, match="--field"):
+        realism.RealismConfig(field="inside")
+
+
+def test_classifier_crops_stay_inside_the_field() -> None:
+    from restoration.two_sample import _grid_crops, _random_crops, valid_corners
+
+    img = np.zeros((1, 64, 64), np.float32)
+    img[0, 10:50, 20:60] = 0.5
+    mask = img[0] > 0
+    corners = valid_corners(mask, 16)
+    assert corners.sum() == (40 - 15) * (40 - 15)
+    crops = _random_crops(img, 50, 16, np.random.default_rng(0), [corners])
+    assert (crops == 0.5).all()
+    grid = _grid_crops(img, 16, 3, [corners])
+    assert grid.shape == (1, 9, 16, 16) and (grid == 0.5).all()
