@@ -349,3 +349,62 @@ def load_restorer(path: Path, device: str) -> Restorer:
     r.pipeline = pipe
     r.clock.attach(pipe.unet, device)
     return r
+
+
+# ------------------------------------------------------------------------------------------ enhanced DRR datasets
+
+
+def add_dataset_args(ap: argparse.ArgumentParser) -> None:
+    """Options naming enhanced ``generate`` outputs, or how to make them (shared by nodules, realism, figure)."""
+    ap.add_argument("--dataset", type=Path, action="append", default=None,
+                    help="an enhanced generate output (repeatable); default: made here from --ct")  # fmt: skip
+    ap.add_argument("--ct", action="append", default=None,
+                    help="CT to render (repeatable; 'example' = the embedded CT, the default; PATH#N picks DICOM "
+                    "series N of a folder with several, generate --series-uid N)")  # fmt: skip
+    ap.add_argument("--view", default=None, help="generate --view (default: generate's, PA)")
+    ap.add_argument("--images-per-ct", "-n", type=int, default=4, help="images per CT when datasets are made here")
+    ap.add_argument("--drr-seed", type=int, default=9001,
+                    help="generate seed: must differ from the training DRR set's, so poses were not trained on")  # fmt: skip
+    ap.add_argument("--size", type=int, default=512, help="DRR side rendered (the model's LQ side)")
+    ap.add_argument("--model", type=Path, default=None, help="DDPM-HQ folder (default: the packaged model)")
+    ap.add_argument("--datasets-dir", type=Path, default=REPO / "runs" / "bench" / "restorer_drrs",
+                    help="where datasets made here go (reused by the other scripts: generate resumes)")  # fmt: skip
+
+
+def ensure_datasets(args: argparse.Namespace, device: str) -> list[Path]:
+    """The ``--dataset`` folders, or one enhanced generate run per ``--ct`` (resumed when already there)."""
+    if args.dataset:
+        for d in args.dataset:
+            if not (Path(d) / "annotations" / "coco.json").is_file():
+                raise SystemExit(f"--dataset {d}: no annotations/coco.json (not a generate output)")
+        return [Path(d) for d in args.dataset]
+    if args.images_per_ct < 1:
+        raise SystemExit(f"--images-per-ct must be >= 1, got {args.images_per_ct}")
+    out = []
+    for spec in args.ct or ["example"]:
+        ct, _, series = str(spec).partition("#")
+        name = "example" if ct == "example" else "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(ct).name)
+        view = f"_{args.view.lower()}" if args.view else ""
+        dest = Path(args.datasets_dir) / f"{name}{series}{view}_seed{args.drr_seed}_n{args.images_per_ct}_{args.size}"
+        cmd = [sys.executable, "-m", "pipeline.cli", "generate", *([] if ct == "example" else [ct]),
+               *(["--series-uid", series] if series else []), *(["--view", args.view] if args.view else []),
+               "--out", str(dest), "-n", str(args.images_per_ct), "--seed", str(args.drr_seed),
+               "--size", str(args.size), "--device", device, *([] if args.progress else ["--no-progress"]),
+               *(["--enhance", str(args.model)] if args.model is not None else [])]  # fmt: skip
+        print("$ " + " ".join(cmd), file=sys.stderr)
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        if subprocess.run(cmd, cwd=REPO, env=env).returncode != 0:
+            raise SystemExit(f"generate failed for CT {ct} (see its message above)")
+        out.append(dest)
+    return out
+
+
+def enhanced_records(dataset: Path) -> list[Any]:
+    """COCO records of a dataset, refusing one that was not enhanced (no raw DRRs beside the images)."""
+    from data.coco import read_coco
+
+    recs = read_coco(Path(dataset) / "annotations" / "coco.json")
+    if not recs or not all(r.attributes.get("drr_file") for r in recs):
+        raise SystemExit(f"{dataset}: not enhanced (no images_drr/): run generate with a restorer (the default when "
+                         "the packaged model is present, or --enhance MODEL)")  # fmt: skip
+    return recs

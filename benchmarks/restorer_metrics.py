@@ -29,6 +29,7 @@ from restorer_bench import (
     Restorer,
     add_common_args,
     bicubic_pairs,
+    held_out_real,
     load_pairs,
     load_restorer,
     md_table,
@@ -140,6 +141,20 @@ def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict
     return "\n".join(lines)
 
 
+def write_subset(dest: Path, nih: Path, n: int) -> None:
+    """Symlink the first ``n`` held-out NIH CXRs and their patient table into ``dest`` (input for make-pairs)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    table = next((t for t in (nih / "images.csv", nih.parent / "images.csv") if t.is_file()), None)
+    if table is None:
+        raise SystemExit(f"{nih}: no images.csv beside or above the images (patient table for the split)")
+    for src in [table, *held_out_real(nih)[:n]]:
+        link = dest / src.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src.resolve())
+    print(f"linked {n} held-out CXRs and {table.name} into {dest}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, restore every held-out pair with every model, write JSON + Markdown, print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,11 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     ap.add_argument("--strength", type=float, default=None, help="sampler strength (default: the model's)")
     ap.add_argument("--target-gain", type=float, default=1.0, help="dB over the input required on learned-LQ pairs")
+    ap.add_argument("--write-subset", type=Path, default=None,
+                    help="only link the first --max-images held-out NIH CXRs (+ images.csv) into this folder, for "
+                    "`make-pairs ... --hq-dir FOLDER --split held_out`, and exit")  # fmt: skip
     add_common_args(ap, "restorer_metrics")
     args = ap.parse_args(argv)
     device = setup(args)
     if args.max_images < 1:
         raise SystemExit(f"--max-images must be >= 1, got {args.max_images}")
+    if args.write_subset is not None:
+        write_subset(args.write_subset, args.nih, args.max_images)
+        return 0
     shipped = args.shipped or packaged_model()
     if shipped is None:
         raise SystemExit("--shipped: no packaged model in this checkout; pass --shipped MODEL_DIR")

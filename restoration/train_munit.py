@@ -17,6 +17,7 @@ the image size. Real images come from the ``train`` part of the patient split on
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,7 @@ from restoration.training_setup import (
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
+    out_of_time,
     stream_seed,
     trainer_settings,
 )
@@ -66,6 +68,9 @@ class MUNITTrainConfig:
         real_split: which part of the patient split of ``hq_dir`` to train on ("train"; "all" for your own data).
         batch_size: crops per domain per device per step (MUNIT uses 1 whole image).
         max_train_steps: total iterations (one D and one G update each).
+        max_train_seconds: wall-clock budget of this invocation (None: none): the run stops after the step that
+            spends it, writes a checkpoint there and saves the model, so a later run with the same settings
+            continues from it. The step reached is recorded (``global_step``): rerun with that many steps to repeat.
         lr, adam_beta1, adam_beta2, adam_weight_decay: Adam settings for both optimisers (MUNIT: 1e-4, 0.5, 0.999,
             1e-4).
         lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step_size`` steps (0: constant).
@@ -91,6 +96,7 @@ class MUNITTrainConfig:
     real_split: Literal["train", "held_out", "all"] = "train"
     batch_size: Annotated[int, Field(ge=1)] = 4
     max_train_steps: Annotated[int, Field(ge=0)] = 1_000_000
+    max_train_seconds: Annotated[float, Field(gt=0)] | None = None
     lr: Annotated[float, Field(gt=0)] = 1e-4
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
@@ -205,6 +211,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
         disable=not cfg.progress or not accelerator.is_local_main_process,
     )  # fmt: skip
     model.train()
+    started = time.monotonic()
     while global_step < cfg.max_train_steps:
         idx_a, idx_b = next(it_a), next(it_b)
         x_a = images_a.crops(idx_a.tolist(), cfg.crop_size, rng.generator, cfg.augment).to(accelerator.device)
@@ -244,6 +251,11 @@ def train(cfg: MUNITTrainConfig) -> Path:
                 model.train()
         if cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
             save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+        if global_step < cfg.max_train_steps and out_of_time(accelerator, started, cfg.max_train_seconds):
+            accelerator.print(f"time budget of {cfg.max_train_seconds:g} s spent at step {global_step}")
+            if not (cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0):
+                save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+            break
     bar.close()
 
     accelerator.wait_for_everyone()
