@@ -484,3 +484,27 @@ def test_time_budget_stops_with_a_checkpoint_and_the_next_run_continues(
     )  # fmt: skip
     info = json.loads((train_munit(mcfg) / "train_config.json").read_text())
     assert info["global_step"] == 1 and (tmp_path / "m" / "checkpoint-1").is_dir()
+
+
+def test_random_crop_skips_flat_regions_and_munit_stays_finite() -> None:
+    """A DRR whose collimated border is exactly constant gives textured crops, and a MUNIT step on them is finite."""
+    import torch
+
+    from restoration.degrader_data import random_crop
+    from restoration.munit import MUNIT, MUNITConfig
+
+    img = np.ones((64, 64), np.float32)  # white collimation everywhere ...
+    img[40:, 40:] = np.random.default_rng(0).random((24, 24))  # ... but one exposed corner
+    gen = torch.Generator().manual_seed(0)
+    crops = [random_crop(img, 16, gen, tries=64) for _ in range(20)]
+    assert all(float(c.std()) >= 0.01 for c in crops)
+    flat = random_crop(np.ones((32, 32), np.float32), 16, gen)  # nothing textured anywhere: still a crop
+    assert flat.shape == (1, 16, 16)
+
+    torch.manual_seed(0)
+    model = MUNIT(MUNITConfig(dim=4, mlp_dim=8, dis_dim=4, n_res=1, style_dim=2, n_scales=1))
+    x_b = torch.stack([c * 2 - 1 for c in crops[:2]])
+    x_a = torch.rand(2, 1, 16, 16) * 2 - 1
+    losses = model(x_a, x_b, "gen")
+    losses["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
