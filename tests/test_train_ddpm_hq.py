@@ -126,6 +126,10 @@ def test_held_out_patients_never_train(real: Path, tmp_path: Path) -> None:
     assert set(data.split["sources"]["b"]["held_out"]["sources"]) == {str(p) for p in held}
     with pytest.raises(ValueError, match="pairs_dirs is set but pair_source is 'bicubic'"):
         TrainConfig(pairs_dirs=(str(a),))
+    info = json.loads((b / "pairs.json").read_text())
+    (b / "pairs.json").write_text(json.dumps({**info, "complete": False}))  # make-pairs still running (or killed)
+    with pytest.raises(ValueError, match="make-pairs has not finished this folder"):
+        training_data(cfg)
     with pytest.raises(ValueError, match="not a pairs folder"):
         training_data(TrainConfig(pair_source="pairs_dir", pairs_dirs=(str(real),), lq_size=32))
 
