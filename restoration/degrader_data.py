@@ -112,7 +112,7 @@ class ScaledImages:
         """(B, 1, crop, crop) random crops of images ``indices``; positions (and jitter) drawn from ``generator``."""
         out = []
         for i in indices:
-            c = random_crop(self.array(int(i)), crop_size, generator)
+            c = informative_crop(self.array(int(i)), crop_size, generator)
             if augment:
                 c = apply_jitter(c, random_jitter_params(generator))
             out.append(c)
@@ -132,6 +132,25 @@ def random_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch
     top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
     left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
     return t[:, top : top + size, left : left + size].clone()
+
+
+MIN_CROP_STD = 1e-3  # below this a crop is flat (saturated or empty background): no texture to learn from
+CROP_TRIES = 16
+
+
+def informative_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random crop (see ``random_crop``) that is not flat: positions are redrawn (up to ``CROP_TRIES``) while every
+    channel of the crop has a standard deviation below ``MIN_CROP_STD``.
+
+    Flat crops (a saturated or empty region of a DRR) carry nothing to learn, and a constant input makes the
+    instance norms' backward pass return NaN (seen in MUNIT-LQ on real DRRs after 15 steps).
+    """
+    c = random_crop(img, size, generator)
+    for _ in range(CROP_TRIES - 1):
+        if float(c.flatten(1).std(dim=1).max()) >= MIN_CROP_STD:
+            break
+        c = random_crop(img, size, generator)
+    return c
 
 
 class IndexDataset(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from data.images import read_png16, write_png8, write_png16
 from restoration import ddpm_lq
 from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, denoiser_output, sdedit, sdedit_timesteps
-from restoration.degrader_data import ScaledImages, pad_to_multiple, random_crop, real_images
+from restoration.degrader_data import ScaledImages, informative_crop, pad_to_multiple, random_crop, real_images
 from restoration.munit import MUNIT, MUNITConfig
 from restoration.pairs import name_seed, pair_names
 from restoration.preprocess import PreprocessConfig
@@ -24,6 +24,7 @@ from restoration.train_ddpm_lq import make_pairs as ddpm_make_pairs
 from restoration.train_ddpm_lq import train as train_ddpm
 from restoration.train_munit import MUNITTrainConfig
 from restoration.train_munit import make_pairs as munit_make_pairs
+from restoration.train_munit import _step_if_finite
 from restoration.train_munit import train as train_munit
 from restoration.training_setup import prune_checkpoints
 
@@ -484,3 +485,20 @@ def test_time_budget_stops_with_a_checkpoint_and_the_next_run_continues(
     )  # fmt: skip
     info = json.loads((train_munit(mcfg) / "train_config.json").read_text())
     assert info["global_step"] == 1 and (tmp_path / "m" / "checkpoint-1").is_dir()
+
+
+def test_flat_crops_are_redrawn_and_a_non_finite_update_is_skipped() -> None:
+    """A flat crop (saturated DRR region) made MUNIT's instance-norm gradients NaN on real data; such crops are
+    redrawn, and an update with a non-finite gradient is dropped instead of poisoning the weights."""
+    img = np.ones((64, 64), np.float32)
+    img[:, 48:] = np.linspace(-1, 1, 16, dtype=np.float32)  # texture only in the right quarter
+    g = torch.Generator().manual_seed(0)
+    plain = [float(random_crop(img, 16, g).std()) for _ in range(40)]
+    redrawn = [float(informative_crop(img, 16, g).std()) for _ in range(40)]
+    assert min(plain) == 0.0 and min(redrawn) > 0.01
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    assert _step_if_finite(opt) is False and torch.equal(p.detach(), torch.ones(3)) and p.grad is None
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    assert _step_if_finite(opt) is True and float(p.detach().max()) < 1.0
