@@ -112,16 +112,24 @@ class ScaledImages:
         """(B, 1, crop, crop) random crops of images ``indices``; positions (and jitter) drawn from ``generator``."""
         out = []
         for i in indices:
-            c = informative_crop(self.array(int(i)), crop_size, generator)
+            c = random_crop(self.array(int(i)), crop_size, generator)
             if augment:
                 c = apply_jitter(c, random_jitter_params(generator))
             out.append(c)
         return torch.stack(out)
 
 
-def random_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(C, size, size) crop of ``img`` (HxW: C = 1, or CxHxW: channels cut at one position) at a uniform random
-    position; edge-padded where a side is shorter than ``size``."""
+def random_crop(
+    img: np.ndarray, size: int, generator: torch.Generator, min_std: float = 0.01, tries: int = 8
+) -> torch.Tensor:
+    """(C, size, size) crop of ``img`` (HxW: C = 1, or CxHxW: channels cut at one position) at a random position;
+    edge-padded where a side is shorter than ``size``.
+
+    A position whose crop is flat (std of the first channel below ``min_std``, e.g. inside a DRR's collimated
+    border or a real CXR's black frame) is redrawn, up to ``tries`` draws, keeping the most varied one: instance
+    norms amplify gradients by 1/sqrt(eps) per layer on exactly constant crops, which made MUNIT-LQ diverge (NaN at
+    step ~5), and flat crops teach nothing.
+    """
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
     t = t[None] if t.ndim == 2 else t
     h, w = t.shape[-2:]
@@ -129,28 +137,18 @@ def random_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch
         ph, pw = max(0, size - h), max(0, size - w)
         t = F.pad(t[None], (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")[0]
         h, w = t.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-    return t[:, top : top + size, left : left + size].clone()
-
-
-MIN_CROP_STD = 1e-3  # below this a crop is flat (saturated or empty background): no texture to learn from
-CROP_TRIES = 16
-
-
-def informative_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
-    """A random crop (see ``random_crop``) that is not flat: positions are redrawn (up to ``CROP_TRIES``) while every
-    channel of the crop has a standard deviation below ``MIN_CROP_STD``.
-
-    Flat crops (a saturated or empty region of a DRR) carry nothing to learn, and a constant input makes the
-    instance norms' backward pass return NaN (seen in MUNIT-LQ on real DRRs after 15 steps).
-    """
-    c = random_crop(img, size, generator)
-    for _ in range(CROP_TRIES - 1):
-        if float(c.flatten(1).std(dim=1).max()) >= MIN_CROP_STD:
+    best, best_std = None, -1.0
+    for _ in range(max(1, tries)):
+        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+        crop = t[:, top : top + size, left : left + size]
+        std = float(crop[0].std())
+        if std > best_std:
+            best, best_std = crop, std
+        if std >= min_std:
             break
-        c = random_crop(img, size, generator)
-    return c
+    assert best is not None
+    return best.clone()
 
 
 class IndexDataset(torch.utils.data.Dataset):

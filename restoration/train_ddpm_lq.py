@@ -32,14 +32,7 @@ from tqdm.auto import tqdm
 from data.atomic import atomic_write_json
 from restoration import ddpm_lq
 from restoration.ddpm_lq import DDPMLQConfig, build_scheduler, build_unet, denoiser_output, sdedit
-from restoration.degrader_data import (
-    REAL_SPLITS,
-    ScaledImages,
-    images_in,
-    index_loader,
-    informative_crop,
-    real_images,
-)
+from restoration.degrader_data import REAL_SPLITS, ScaledImages, images_in, index_loader, random_crop, real_images
 from restoration.pairs import PREPROCESS_NAME, read_preprocess, write_pairs
 from restoration.preprocess import (
     PreprocessConfig,
@@ -241,7 +234,7 @@ class PairedCrops:
         """(LQ crops, HQ crops at the same places), each (B, 1, size, size)."""
         out = []
         for i in indices:
-            c = informative_crop(self.pair(int(i)), size, generator)  # both channels cut at one position
+            c = random_crop(self.pair(int(i)), size, generator)  # both channels cut at one position
             out.append(apply_jitter(c, random_jitter_params(generator)) if augment else c)
         both = torch.stack(out)
         return both[:, :1], both[:, 1:]
