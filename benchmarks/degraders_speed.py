@@ -4,7 +4,8 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/degraders_speed.py [--crop 128] [--ba
     [--munit-dim 16 --munit-dim 12 ...]
 
 Synthetic tensors (the cost does not depend on pixel values); every configuration is timed in interleaved rounds
-and the median is reported, so a machine shared with other work biases all rows alike. One training step is what
+and the median is reported, as wall-clock seconds and as this process's CPU seconds (with one thread, the CPU
+seconds are what a dedicated core would take; on a machine shared with other work the wall clock is longer). One training step is what
 the trainers do per iteration: MUNIT one discriminator and one generator update of both domains; DDPM-LQ one
 noise-prediction update. Inference: MUNIT HQ -> LQ of one 512 x 512 image; DDPM-LQ SDEdit at strength 0.3.
 """
@@ -84,20 +85,22 @@ def main() -> None:
     for dim in args.munit_dim or [MUNITConfig().dim]:
         cases[f"MUNIT-LQ dim {dim}"] = munit_case(MUNITConfig(dim=dim), args.crop, args.batch)
     cases["DDPM-LQ default"] = ddpm_lq_case(DDPMLQConfig(image_size=args.crop), args.crop, args.batch, args.sdedit_steps)
-    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cases}
+    times: dict[str, tuple[list[float], list[float], list[float], list[float]]] = {k: ([], [], [], []) for k in cases}
     for name, (step, infer) in cases.items():  # warm-up
         step()
         infer()
     for _ in range(args.repeats):
         for name, (step, infer) in cases.items():
-            for fn, out in ((step, times[name][0]), (infer, times[name][1])):
-                t0 = time.perf_counter()
+            for fn, out, cpu in ((step, times[name][0], times[name][2]), (infer, times[name][1], times[name][3])):
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 out.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
     print(f"threads={torch.get_num_threads()} crop={args.crop} batch={args.batch} repeats={args.repeats}")
-    print(f"{'model':<20} {'s/train step':>12} {'s/512 image':>12}")
-    for name, (st, inf) in times.items():
-        print(f"{name:<20} {statistics.median(st):>12.2f} {statistics.median(inf):>12.2f}")
+    print(f"{'model':<20} {'s/train step':>12} {'s/512 image':>12} {'CPU s/step':>11} {'CPU s/image':>11}")
+    for name, (st, inf, cst, cinf) in times.items():
+        row = (statistics.median(v) for v in (st, inf, cst, cinf))
+        print(f"{name:<20} " + " ".join(f"{v:>{w}.2f}" for v, w in zip(row, (12, 12, 11, 11), strict=True)))
 
 
 if __name__ == "__main__":

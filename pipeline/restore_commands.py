@@ -39,6 +39,24 @@ def _train_config(model: str, base: dict[str, Any]) -> Any:
     return DDPMLQTrainConfig.from_dict(base)
 
 
+def check_enhance_out(images: Path, out: Path) -> None:
+    """Refuse an ``enhance`` output folder that would overwrite its inputs or files the tool did not write.
+
+    Allowed: a new folder, an empty one, or an earlier ``enhance`` output (it holds ``enhance.json``). Not a link,
+    not the input folder or one inside it (outputs would replace or join the inputs), not a file.
+    """
+    from restoration.enhance import ENHANCE_INFO_NAME
+
+    if out.is_symlink():
+        raise ValueError(f"--out {out}: is a symbolic link; give the real folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if images.is_dir() and out.resolve().is_relative_to(images.resolve()):
+        raise ValueError(f"--out {out}: inside the input folder {images}; the outputs would replace or join the inputs")
+    if out.is_dir() and any(out.iterdir()) and not (out / ENHANCE_INFO_NAME).is_file():
+        raise ValueError(f"--out {out}: not empty and not an enhance output (no {ENHANCE_INFO_NAME}); give a new folder")
+
+
 def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     """Add the restoration commands to the main app."""
 
@@ -179,6 +197,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             check_options(EnhanceOptions, steps=steps, scheduler=scheduler, strength=strength, seed=seed)
             folder = resolve_model_dir(PACKAGED_MODEL if model_dir is None else model_dir)
             check_model_folder(folder)  # a missing folder or a damaged file is named before anything is written
+            check_enhance_out(images, out)
             paths = list_images(images)
             if not paths:
                 raise ValueError(f"{images}: no png/jpg/jpeg/dcm images to enhance")
@@ -311,34 +330,27 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
     ) -> None:
         """Nodule contrast inside each footprint before vs after restoration (ratio ~1 kept, ~0 erased)."""
         from data.atomic import atomic_write_json
-        from data.coco import read_coco
-        from pipeline.enhancer import resolve_model_dir
-        from pipeline.nodule_preservation import ERASED_BELOW, measure, summarize
+        from pipeline.nodule_preservation import ERASED_BELOW, measure, model_of, summarize
         from restoration.ddpm_hq import ModelNotFoundError
-        from restoration.pipeline_ddpm_hq import load_pipeline
 
-        coco = dataset / "annotations" / "coco.json"
-        if not coco.is_file():
-            fail(f"{dataset}: no annotations/coco.json (not a generated dataset)")
-        if model_dir is None:
-            used = [r.attributes.get("enhanced", {}).get("model_dir") for r in read_coco(coco)]
-            if not any(used):
-                fail(f"{dataset}: not made with --enhance (no restored images to compare)")
-            model_dir = Path(next(u for u in used if u))
         try:
-            pipe = load_pipeline(resolve_model_dir(model_dir))  # the packaged model is recorded by name, not path
-        except (ModelNotFoundError, ValueError) as err:
-            fail(str(err))
-        try:
-            result = summarize(measure(dataset, pipe.preprocess_config, scale=int(pipe.config.scale)))
-        except (FileNotFoundError, ValueError) as err:
+            preprocess, scale = model_of(dataset, model_dir)  # the packaged model is recorded by name, not path
+            result = summarize(measure(dataset, preprocess, scale=scale))
+        except (ModelNotFoundError, FileNotFoundError, ValueError) as err:
             fail(str(err))
         if result["nodules"] == 0:
             fail(f"{dataset}: no nodule footprints to measure")
+        num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731  (no finite ratio: zero contrast before)
         typer.echo(
-            f"{result['nodules']} nodules: median contrast ratio after/before {result['median_contrast_ratio']:.2f}, "
-            f"erased (< {ERASED_BELOW:g}) {100 * result['erased_fraction']:.0f}%, median conspicuity "
-            f"{result['median_conspicuity_before']:.2f} -> {result['median_conspicuity_after']:.2f}"
+            f"{result['nodules']} nodules ({result['faint']} faint): median contrast ratio after/before "
+            f"{num(result['median_contrast_ratio'])}, erased (< {ERASED_BELOW:g}) {100 * (result['erased_fraction'] or 0):.0f}%, "
+            f"median conspicuity {result['median_conspicuity_before']:.2f} -> {result['median_conspicuity_after']:.2f}"
         )
+        if "twin" in result:  # contrast against the nodule-free twin: the nodule's own signal
+            t = result["twin"]
+            typer.echo(
+                f"against the nodule-free twins: median ratio {num(t['median_contrast_ratio'])}, non-faint nodules "
+                f"below {ERASED_BELOW:g}: {t['non_faint_erased']} of {t['non_faint']} (lowest {num(t['non_faint_min_ratio'])})"
+            )
         if json_out is not None:
             atomic_write_json(json_out, result)

@@ -119,9 +119,17 @@ class ScaledImages:
         return torch.stack(out)
 
 
-def random_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(C, size, size) crop of ``img`` (HxW: C = 1, or CxHxW: channels cut at one position) at a uniform random
-    position; edge-padded where a side is shorter than ``size``."""
+def random_crop(
+    img: np.ndarray, size: int, generator: torch.Generator, min_std: float = 0.01, tries: int = 8
+) -> torch.Tensor:
+    """(C, size, size) crop of ``img`` (HxW: C = 1, or CxHxW: channels cut at one position) at a random position;
+    edge-padded where a side is shorter than ``size``.
+
+    A position whose crop is flat (std of the first channel below ``min_std``, e.g. inside a DRR's collimated
+    border or a real CXR's black frame) is redrawn, up to ``tries`` draws, keeping the most varied one: instance
+    norms amplify gradients by 1/sqrt(eps) per layer on exactly constant crops, which made MUNIT-LQ diverge (NaN at
+    step ~5), and flat crops teach nothing.
+    """
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
     t = t[None] if t.ndim == 2 else t
     h, w = t.shape[-2:]
@@ -129,9 +137,18 @@ def random_crop(img: np.ndarray, size: int, generator: torch.Generator) -> torch
         ph, pw = max(0, size - h), max(0, size - w)
         t = F.pad(t[None], (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")[0]
         h, w = t.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-    return t[:, top : top + size, left : left + size].clone()
+    best, best_std = None, -1.0
+    for _ in range(max(1, tries)):
+        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+        crop = t[:, top : top + size, left : left + size]
+        std = float(crop[0].std())
+        if std > best_std:
+            best, best_std = crop, std
+        if std >= min_std:
+            break
+    assert best is not None
+    return best.clone()
 
 
 class IndexDataset(torch.utils.data.Dataset):

@@ -17,6 +17,7 @@ the image size. Real images come from the ``train`` part of the patient split on
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,7 @@ from restoration.training_setup import (
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
+    out_of_time,
     stream_seed,
     trainer_settings,
 )
@@ -66,6 +68,9 @@ class MUNITTrainConfig:
         real_split: which part of the patient split of ``hq_dir`` to train on ("train"; "all" for your own data).
         batch_size: crops per domain per device per step (MUNIT uses 1 whole image).
         max_train_steps: total iterations (one D and one G update each).
+        max_train_seconds: wall-clock budget of this invocation (None: none): the run stops after the step that
+            spends it, writes a checkpoint there and saves the model, so a later run with the same settings
+            continues from it. The step reached is recorded (``global_step``): rerun with that many steps to repeat.
         lr, adam_beta1, adam_beta2, adam_weight_decay: Adam settings for both optimisers (MUNIT: 1e-4, 0.5, 0.999,
             1e-4).
         lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every ``lr_step_size`` steps (0: constant).
@@ -91,6 +96,7 @@ class MUNITTrainConfig:
     real_split: Literal["train", "held_out", "all"] = "train"
     batch_size: Annotated[int, Field(ge=1)] = 4
     max_train_steps: Annotated[int, Field(ge=0)] = 1_000_000
+    max_train_seconds: Annotated[float, Field(gt=0)] | None = None
     lr: Annotated[float, Field(gt=0)] = 1e-4
     adam_beta1: float = 0.5
     adam_beta2: float = 0.999
@@ -153,6 +159,17 @@ def _sample_grid(model: MUNIT, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Te
     return ((row.clamp(-1, 1) + 1) / 2).cpu()
 
 
+def _step_if_finite(opt: torch.optim.Optimizer) -> bool:
+    """Apply the optimiser step unless a gradient is NaN/inf (then drop the gradients): one bad batch must not
+    poison the weights (after DDP's all-reduce every process sees the same gradients, so all skip together)."""
+    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack([g.abs().max() for g in grads])).all()):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
 def train(cfg: MUNITTrainConfig) -> Path:
     """Train MUNIT-LQ; returns the final model folder (``output_dir/model``, loadable with ``MUNIT.load``).
 
@@ -205,6 +222,8 @@ def train(cfg: MUNITTrainConfig) -> Path:
         disable=not cfg.progress or not accelerator.is_local_main_process,
     )  # fmt: skip
     model.train()
+    skipped = 0  # updates dropped for non-finite gradients (this invocation)
+    started = time.monotonic()
     while global_step < cfg.max_train_steps:
         idx_a, idx_b = next(it_a), next(it_b)
         x_a = images_a.crops(idx_a.tolist(), cfg.crop_size, rng.generator, cfg.augment).to(accelerator.device)
@@ -217,22 +236,24 @@ def train(cfg: MUNITTrainConfig) -> Path:
         opt_d.zero_grad(set_to_none=True)
         d = model(x_a, x_b, mode="dis", generator=rng.generator)
         accelerator.backward(d["total"])
-        opt_d.step()
+        skipped_now = not _step_if_finite(opt_d)
 
         opt_g.zero_grad(set_to_none=True)
         g = model(x_a, x_b, mode="gen", generator=rng.generator)
         accelerator.backward(g["total"])
-        opt_g.step()
+        skipped_now = not _step_if_finite(opt_g) or skipped_now
         opt_d.zero_grad(set_to_none=True)  # the G step also filled the discriminators' grads: drop them
+        skipped += int(skipped_now)
 
         global_step += 1
         bar.update(1)
         if global_step % max(1, cfg.log_every) == 0 or global_step == cfg.max_train_steps:
             logs = {f"gen/{k}": float(v.detach()) for k, v in g.items()}
             logs |= {f"dis/{k}": float(v.detach()) for k, v in d.items()}
-            if not all(math.isfinite(v) for v in logs.values()):  # checked here: float() syncs the device
+            if not skipped_now and not all(math.isfinite(v) for v in logs.values()):  # float() synced the device
                 raise FloatingPointError(f"MUNIT loss is not finite at step {global_step}: {logs}")
             logs["lr"] = lr
+            logs["skipped_updates"] = skipped
             bar.set_postfix(G=f"{logs['gen/total']:.3f}", D=f"{logs['dis/total']:.3f}")
             accelerator.log(logs, step=global_step)
         if cfg.report_to and cfg.sample_every > 0 and global_step % cfg.sample_every == 0:
@@ -244,6 +265,11 @@ def train(cfg: MUNITTrainConfig) -> Path:
                 model.train()
         if cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0:
             save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+        if global_step < cfg.max_train_steps and out_of_time(accelerator, started, cfg.max_train_seconds):
+            accelerator.print(f"time budget of {cfg.max_train_seconds:g} s spent at step {global_step}")
+            if not (cfg.checkpointing_steps > 0 and global_step % cfg.checkpointing_steps == 0):
+                save_checkpoint(accelerator, out, global_step, cfg.checkpoints_total_limit)
+            break
     bar.close()
 
     accelerator.wait_for_everyone()
@@ -251,7 +277,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save(model_dir)
         atomic_write_json(model_dir / PREPROCESS_NAME, cfg.preprocess.to_dict())
-        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from,
+        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from, "skipped_updates": skipped,
                                 "images": {"hq": len(images_a), "lq": len(images_b)}}  # fmt: skip
         atomic_write_json(model_dir / TRAIN_CONFIG_NAME, info)
     accelerator.end_training()

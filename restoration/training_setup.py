@@ -61,7 +61,7 @@ def trainer_settings(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-RUN_RECORD_KEYS = ("global_step", "resumed_from", "stage", "init_from", "conditional", "images")
+RUN_RECORD_KEYS = ("global_step", "resumed_from", "stage", "init_from", "conditional", "images", "skipped_updates")
 
 
 def saved_train_config(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -119,13 +119,25 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
 def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None) -> Path:
     """``accelerator.save_state`` into ``output_dir/checkpoint-step``, first pruning to ``total_limit - 1``.
 
-    Call it on every process: each one saves its own RNG state.
+    The state is written to a hidden ``.checkpoint-step.partial`` folder and renamed when complete, so a run killed
+    while saving leaves no half-written ``checkpoint-N`` for the next run to resume from (partial folders left by
+    such a run are removed here). Call it on every process: each one saves its own RNG state.
     """
-    if accelerator.is_main_process and total_limit is not None:
-        prune_checkpoints(output_dir, total_limit - 1)  # room for the one about to be written
-    accelerator.wait_for_everyone()
     path = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
+    partial = output_dir / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        for stale in output_dir.glob(".checkpoint-*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if total_limit is not None:
+            prune_checkpoints(output_dir, total_limit - 1)  # room for the one about to be written
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if path.exists():  # the same step saved before (a rerun that was told to stop there again)
+            shutil.rmtree(path)
+        partial.rename(path)
+    accelerator.wait_for_everyone()
     return path
 
 
@@ -185,6 +197,17 @@ def infinite_batches(accelerator: Any, loader: Any, start_step: int) -> Iterator
             it.set_epoch(epoch)  # the seedable sampler shuffles by (seed, epoch): a resumed run sees the same order
         yield from it
         epoch, skip = epoch + 1, 0
+
+
+def out_of_time(accelerator: Any, started: float, budget_s: float | None) -> bool:
+    """Whether a run's wall-clock budget (seconds since ``started``, a ``time.monotonic()``) is spent, agreed by
+    every process (the slowest decides), so all of them stop at the same step; False without a budget."""
+    import time
+
+    if budget_s is None:
+        return False
+    spent = torch.tensor([float(time.monotonic() - started >= budget_s)], device=accelerator.device)
+    return bool(accelerator.reduce(spent, reduction="sum").item() > 0) if accelerator.num_processes > 1 else bool(spent.item())
 
 
 def default_device(device: str | torch.device | None) -> torch.device:

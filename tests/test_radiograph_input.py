@@ -149,3 +149,28 @@ def test_missing_or_damaged_model_is_one_line_naming_the_file(damage: str, tmp_p
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(f"error: {named}"), result.output
         assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "foreign", "link"])
+def test_enhance_refuses_an_output_folder_it_does_not_own(where: str, tmp_path: Path) -> None:
+    model = save_tiny_restorer(tmp_path / "model", lq_size=16)
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(GRADIENT).save(images / "a.png")
+    out = {"inside": images / "out", "same": images, "foreign": tmp_path / "mine", "link": tmp_path / "link"}[where]
+    if where == "foreign":
+        out.mkdir()
+        (out / "notes.txt").write_text("someone's")
+    elif where == "link":
+        (tmp_path / "target").mkdir()
+        out.symlink_to(tmp_path / "target")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "model" not in p.parts}
+    result = CliRunner().invoke(app, ["enhance", str(images), "--model", str(model), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.startswith(f"error: --out {out}:"), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "model" not in p.parts} == before
+    # an earlier enhance output is the tool's own: a rerun may replace it
+    done = tmp_path / "done"
+    args = ["enhance", str(images), "--model", str(model), "--no-progress", "--out", str(done)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0

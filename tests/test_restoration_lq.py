@@ -24,6 +24,7 @@ from restoration.train_ddpm_lq import make_pairs as ddpm_make_pairs
 from restoration.train_ddpm_lq import train as train_ddpm
 from restoration.train_munit import MUNITTrainConfig
 from restoration.train_munit import make_pairs as munit_make_pairs
+from restoration.train_munit import _step_if_finite
 from restoration.train_munit import train as train_munit
 from restoration.training_setup import prune_checkpoints
 
@@ -457,3 +458,64 @@ def test_ddpm_lq_two_stages_crops_resume_and_pairs(folders: dict[str, Path], tmp
     written = torch.from_numpy(read_png16(p3 / "lq" / "cxr1.png").astype(np.float32) / 32767.5 - 1)
     assert (written - with_cond).abs().max() < 2e-3  # the pairs are the HQ-conditioned SDEdit...
     assert (written - without).abs().max() > 1e-2  # ...not the zero-condition one
+
+
+def test_time_budget_stops_with_a_checkpoint_and_the_next_run_continues(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """max_train_seconds: the run stops after the step that spends it, checkpoints there, and a rerun continues."""
+    out = tmp_path / "timed"
+    cfg = DDPMLQTrainConfig(
+        hq_dir=str(folders["hq"]), lq_dir=[str(d) for d in folders["lq"]], output_dir=str(out), model=tiny_ddpm_cfg(),
+        preprocess=PreprocessConfig(size=SCALE), crop_size=CROP, batch_size=2, max_train_steps=50,
+        max_train_seconds=1e-3, checkpointing_steps=0, report_to=None, progress=False,
+    )  # fmt: skip
+    m = train_ddpm(cfg, stage=1)
+    assert ddpm_lq.read_extra(m)["global_step"] == 1
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-1"]
+    (out / ".checkpoint-9.partial").mkdir()  # a run killed while saving step 9: never resumed from, then removed
+    (out / ".checkpoint-9.partial" / "model.safetensors").write_bytes(b"trunc")
+    m = train_ddpm(cfg, stage=1)
+    assert ddpm_lq.read_extra(m)["global_step"] == 2 and ddpm_lq.read_extra(m)["resumed_from"] == "checkpoint-1"
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-1", "checkpoint-2"]
+    mcfg = MUNITTrainConfig(
+        hq_dir=str(folders["hq"]), lq_dir=[str(d) for d in folders["lq"]], output_dir=str(tmp_path / "m"),
+        model=tiny_munit_cfg(), preprocess=PreprocessConfig(size=SCALE), crop_size=CROP, batch_size=2,
+        max_train_steps=50, max_train_seconds=1e-3, checkpointing_steps=0, report_to=None, progress=False,
+    )  # fmt: skip
+    info = json.loads((train_munit(mcfg) / "train_config.json").read_text())
+    assert info["global_step"] == 1 and (tmp_path / "m" / "checkpoint-1").is_dir()
+
+
+def test_a_non_finite_munit_update_is_skipped() -> None:
+    """An update with a non-finite gradient is dropped instead of poisoning the weights (MUNIT-LQ's trainer)."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    assert _step_if_finite(opt) is False and torch.equal(p.detach(), torch.ones(3)) and p.grad is None
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    assert _step_if_finite(opt) is True and float(p.detach().max()) < 1.0
+
+
+def test_random_crop_skips_flat_regions_and_munit_stays_finite() -> None:
+    """A DRR whose collimated border is exactly constant gives textured crops, and a MUNIT step on them is finite."""
+    import torch
+
+    from restoration.degrader_data import random_crop
+    from restoration.munit import MUNIT, MUNITConfig
+
+    img = np.ones((64, 64), np.float32)  # white collimation everywhere ...
+    img[40:, 40:] = np.random.default_rng(0).random((24, 24))  # ... but one exposed corner
+    gen = torch.Generator().manual_seed(0)
+    crops = [random_crop(img, 16, gen, tries=64) for _ in range(20)]
+    assert all(float(c.std()) >= 0.01 for c in crops)
+    flat = random_crop(np.ones((32, 32), np.float32), 16, gen)  # nothing textured anywhere: still a crop
+    assert flat.shape == (1, 16, 16)
+
+    torch.manual_seed(0)
+    model = MUNIT(MUNITConfig(dim=4, mlp_dim=8, dis_dim=4, n_res=1, style_dim=2, n_scales=1))
+    x_b = torch.stack([c * 2 - 1 for c in crops[:2]])
+    x_a = torch.rand(2, 1, 16, 16) * 2 - 1
+    losses = model(x_a, x_b, "gen")
+    losses["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -29,7 +29,8 @@ def thick_chest(slice_mm: float = 8.0) -> CTVolume:
 
 
 def test_refine_factor_threshold() -> None:
-    assert refine_factor(2.5) == 1  # the embedded example CT stays as it is
+    assert refine_factor(1.25) == 1 and refine_factor(1.5) == 1  # thin-slice CTs stay as they are
+    assert refine_factor(2.5) == 2  # the embedded example CT: its 2.5 mm slices showed as banding
     assert refine_factor(5.0) == 4 and refine_factor(8.0) == 6
 
 
