@@ -1,9 +1,9 @@
-"""Shared harness of the restorer benchmarks (benchmarks/restorer_*.py): run record, report files, model loading.
+"""Shared harness of the restorer benchmarks (benchmarks/restorer_*.py): run record, reports, held-out data.
 
 Every restorer benchmark writes ``<out>/<name>.json`` (numbers + the run record: date, machine, threads, device,
-commit) and ``<out>/<name>.md`` (the Markdown table for BENCHMARKS.md), and prints the table. Models are loaded
-through ``load_restorer`` so each script restores in the model's own intensity space ([-1, 1] tensors), without
-the percentile window a second time (pairs folders are already windowed) and without resizing (crops).
+commit, load average) and ``<out>/<name>.md`` (the Markdown table for BENCHMARKS.md), and prints the table. Held-out
+data only: real CXRs of held-out patients (``restoration.splits``), pairs folders whose sources are held out, and
+enhanced ``generate`` runs made with a seed the training DRR set did not use.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,54 +185,20 @@ def check_held_out(pairs_dir: Path, names: list[str]) -> None:
             raise SystemExit(f"{pairs_dir}: {name} comes from a training patient; make pairs from the held-out split")
 
 
-def load_pairs(pairs_dir: Path, max_images: int, scale: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, lq, hq) of a pairs folder, first ``max_images`` by name, mapped linearly to [-1, 1] (already windowed)."""
-    from restoration.preprocess import list_images, load_grayscale
+def pairs_of(folder: Path, n: int) -> tuple[list[Path], list[Path]]:
+    """(HQ, LQ) paths of the first ``n`` pairs (by name) of a held-out pairs folder (training patients refused)."""
+    from restoration.preprocess import list_images
 
-    hq_paths = {p.name: p for p in list_images(pairs_dir / "hq")}
-    lq_paths = {p.name: p for p in list_images(pairs_dir / "lq")}
-    names = sorted(set(hq_paths) & set(lq_paths))[:max_images]
+    hq = {p.name: p for p in list_images(Path(folder) / "hq")}
+    lq = {p.name: p for p in list_images(Path(folder) / "lq")}
+    names = sorted(set(hq) & set(lq))[:n]
     if not names:
-        raise SystemExit(f"{pairs_dir}: no hq/NAME.png with a matching lq/NAME.png")
-    check_held_out(pairs_dir, names)
-    out = []
-    for n in names:
-        hq = torch.from_numpy(load_grayscale(hq_paths[n]) * 2.0 - 1.0)[None, None]
-        lq = torch.from_numpy(load_grayscale(lq_paths[n]) * 2.0 - 1.0)[None, None]
-        if tuple(hq.shape[-2:]) != (lq.shape[-2] * scale, lq.shape[-1] * scale):
-            raise SystemExit(f"{pairs_dir}: {n} is HQ {tuple(hq.shape[-2:])} for LQ {tuple(lq.shape[-2:])}, not {scale}x")
-        out.append((n, lq, hq))
-    return out
+        raise SystemExit(f"{folder}: no hq/NAME.png with a matching lq/NAME.png")
+    check_held_out(Path(folder), names)
+    return [hq[x] for x in names], [lq[x] for x in names]
 
 
-def bicubic_pairs(nih: Path, max_images: int, hq_size: int, scale: int, preprocess: Any) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Held-out real CXRs windowed at ``hq_size`` (as DDPM-HQ trains) and their antialiased bicubic 2x-down LQ."""
-    from restoration.degrade import bicubic_degrade
-    from restoration.preprocess import PreprocessConfig, load_grayscale, preprocess_image
-
-    pcfg = PreprocessConfig(size=hq_size, low_pct=preprocess.low_pct, high_pct=preprocess.high_pct)
-    out = []
-    for p in held_out_real(nih)[:max_images]:
-        hq = torch.from_numpy(preprocess_image(load_grayscale(p), pcfg))[None, None]
-        out.append((p.stem, bicubic_degrade(hq, scale), hq))
-    return out
-
-
-def to01(x: torch.Tensor) -> np.ndarray:
-    """(1, 1, H, W) in [-1, 1] -> HxW float64 in [0, 1]."""
-    return ((x[0, 0].double().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
-
-
-def progress_bar(items: Sequence[Any], desc: str, enabled: bool) -> Any:
-    """tqdm over ``items`` on stderr, or the items themselves when progress is off."""
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, file=sys.stderr)
-
-
-# ------------------------------------------------------------------------------------------ restorers
+# ------------------------------------------------------------------------------------------ UNet clock
 
 
 @dataclass
@@ -269,86 +234,6 @@ class UNetClock:
     def reset(self) -> None:
         """Zero the counters."""
         self.calls, self.seconds, self.per_call = 0, 0.0, []
-
-
-@dataclass
-class Restorer:
-    """A loaded DDPM-HQ restorer behind one call: LQ (B, 1, h, w) in [-1, 1] -> HQ (B, 1, h*s, w*s) in [-1, 1].
-
-    Args:
-        path: the model folder.
-        lq_size: the model's LQ side (inputs of whole images are resized to it by ``generate``/``enhance``).
-        scale: super-resolution factor.
-        default_steps, default_strength: the model's default sampler.
-        scheduler_name: name of the default scheduler class.
-        unet: the network (hooked by ``clock``).
-        run: (lq, steps, strength, generator, scheduler or None) -> HQ; scheduler None = the model's own.
-        condition: [0, 1] whole image -> the image as the model sees it, upsampled to the output size, [0, 1].
-        preprocess: the model's ``PreprocessConfig`` (its percentile window).
-    """
-
-    path: Path
-    lq_size: int
-    scale: int
-    default_steps: int
-    default_strength: float
-    scheduler_name: str
-    unet: torch.nn.Module
-    run: Callable[..., torch.Tensor]
-    condition: Callable[[np.ndarray], np.ndarray]
-    preprocess: Any
-    clock: UNetClock = field(default_factory=UNetClock)
-    pipeline: Any = None  # the DDPMHQPipeline itself (whole-image calls as users make them)
-
-    def restore(
-        self,
-        lq: torch.Tensor,
-        steps: int | None = None,
-        strength: float | None = None,
-        seed: int = 0,
-        scheduler: str | None = None,
-    ) -> torch.Tensor:
-        """Restore a batch in model space with the given sampler (None = the model's default)."""
-        gen = torch.Generator().manual_seed(seed)
-        steps = self.default_steps if steps is None else steps
-        strength = self.default_strength if strength is None else strength
-        with torch.no_grad():
-            return self.run(lq, steps, strength, gen, scheduler).float().cpu()
-
-
-SCHEDULER_NAMES = {"DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmsolver++"}
-
-
-def load_restorer(path: Path, device: str) -> Restorer:
-    """Load a DDPM-HQ folder (``load_pipeline``: pipeline or older format) as a ``Restorer``.
-
-    ``Restorer.run`` is ``DDPMHQPipeline.__call__`` without its window and resize: the same ``restore`` call on the
-    model-space tensor, with the pipeline's own scheduler unless another is named.
-    """
-    from restoration.ddpm_hq import ModelFolderError, ModelNotFoundError, make_scheduler
-    from restoration.ddpm_hq_sampling import restore
-    from restoration.pipeline_ddpm_hq import conditioning_image, load_pipeline
-
-    try:
-        pipe = load_pipeline(path, device=device)
-    except (ModelNotFoundError, ModelFolderError) as err:
-        raise SystemExit(str(err)) from None
-    cfg = pipe.config
-    default = SCHEDULER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
-
-    def run(lq: torch.Tensor, steps: int, strength: float, gen: torch.Generator, scheduler: str | None) -> torch.Tensor:
-        sched = pipe.scheduler if scheduler in (None, default) else make_scheduler(scheduler, pipe.model_config())
-        return restore(pipe.unet, sched, lq.to(device), steps, gen, scale=int(cfg.scale), strength=strength,
-                       residual_scale=float(cfg.residual_scale))  # fmt: skip
-
-    pcfg = pipe.preprocess_config
-    r = Restorer(
-        Path(path), int(cfg.lq_size), int(cfg.scale), int(cfg.num_inference_steps), float(cfg.strength), default,
-        pipe.unet, run, lambda img01: conditioning_image(img01, pcfg, int(cfg.lq_size), int(cfg.scale)), pcfg,
-    )  # fmt: skip
-    r.pipeline = pipe
-    r.clock.attach(pipe.unet, device)
-    return r
 
 
 # ------------------------------------------------------------------------------------------ enhanced DRR datasets

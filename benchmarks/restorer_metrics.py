@@ -1,7 +1,7 @@
 """Held-out PSNR/SSIM at 512 -> 1024: bicubic input, DDPM-HQ <- bicubic pairs, shipped model, on three pair kinds.
 
 Usage (the coordinator's command; pairs folders made by ``diffusionxray make-pairs`` from the held-out split):
-    python benchmarks/restorer_metrics.py --baseline runs/restorer/hq_bicubic \
+    python benchmarks/restorer_metrics.py --baseline runs/restorer/ddpm_hq_bicubic \
         --munit-pairs runs/restorer/pairs_munit_heldout --ddpm-lq-pairs runs/restorer/pairs_ddpm_lq_heldout \
         --max-images 6 --out runs/bench/restorer_metrics
 
@@ -9,7 +9,8 @@ Rows: the bicubic-upsampled input (the non-learned reference), DDPM-HQ trained o
 the paper's baseline) and the shipped model (``--shipped``, default the packaged one). Columns: held-out bicubic
 pairs (made here from the held-out NIH CXRs: window, then antialiased bicubic 2x down, as in training), MUNIT-LQ
 pairs and DDPM-LQ pairs. Every pair's HQ source must belong to a held-out patient (``restoration.splits``); a
-training patient stops the run. PSNR/SSIM: scikit-image on [0, 1] images at 1024 px (restoration.evaluate.psnr_ssim).
+training patient stops the run. PSNR/SSIM: scikit-image on [0, 1] images at 1024 px; the work is
+``restoration.evaluate.evaluate_samplers`` (the same code as ``diffusionxray evaluate``), one image per call.
 Target (issue 9): shipped >= +1.0 dB over its input on MUNIT-LQ and DDPM-LQ pairs, and above the baseline there.
 """
 
@@ -17,28 +18,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from restorer_bench import (
     NIH_DIR,
-    Restorer,
     add_common_args,
-    bicubic_pairs,
     held_out_real,
-    load_pairs,
-    load_restorer,
     md_table,
     packaged_model,
-    progress_bar,
+    pairs_of,
     record_line,
     run_record,
     setup,
-    to01,
     write_report,
 )
 
@@ -46,29 +40,50 @@ KIND_LABELS = {"bicubic": "bicubic pairs", "munit-lq": "MUNIT-LQ pairs", "ddpm-l
 TARGET_KINDS = ("munit-lq", "ddpm-lq")
 
 
-def evaluate_kind(
-    pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
-    models: dict[str, Restorer],
-    args: argparse.Namespace,
-    kind: str,
-) -> dict[str, Any]:
-    """Per image: PSNR/SSIM of the bicubic-upsampled input and of each model's restoration."""
-    from restoration.ddpm_hq import upsample_condition
-    from restoration.evaluate import psnr_ssim
-    from restoration.pairs import item_seed
+def sampler_for(path: Path, args: argparse.Namespace) -> Any:
+    """The model's default sampler, or its scheduler with ``--steps``/``--strength`` put in."""
+    from restoration.evaluate import SamplerSpec
+    from restoration.pipeline_ddpm_hq import load_pipeline
 
-    rows: list[dict[str, Any]] = []
-    for i, (name, lq, hq) in enumerate(progress_bar(pairs, kind, args.progress)):
-        ref = to01(hq)
-        scale = hq.shape[-1] // lq.shape[-1]
-        row: dict[str, Any] = {"name": name, "input": dict(zip(("psnr", "ssim"), psnr_ssim(to01(upsample_condition(lq, scale)), ref)))}
-        for label, model in models.items():
-            t0 = time.perf_counter()
-            out = model.restore(lq, args.steps, args.strength, seed=item_seed(args.seed, i))
-            secs = time.perf_counter() - t0
-            row[label] = dict(zip(("psnr", "ssim"), psnr_ssim(to01(out), ref))) | {"seconds": secs}
-        rows.append(row)
-    return {"n": len(rows), "per_image": rows, "mean": summarize(rows, ["input", *models])}
+    if args.steps is None and args.strength is None:
+        return SamplerSpec.parse("default")
+    cfg = (pipe := load_pipeline(path)).config
+    return SamplerSpec(pipe.sampler_name, args.steps or int(cfg.num_inference_steps),
+                       args.strength or float(cfg.strength))  # fmt: skip
+
+
+def evaluate_kind(
+    hq: list[Path], lq: list[Path] | None, models: dict[str, Path], args: argparse.Namespace, device: str
+) -> dict[str, Any]:
+    """Per image: PSNR/SSIM of the bicubic-upsampled input and of each model's restoration (one image per call).
+
+    The work is ``restoration.evaluate.evaluate_samplers`` (HQ windowed at the model's HQ size, pairs folders mapped
+    linearly, bicubic LQ made from the HQ when ``lq`` is None).
+    """
+    from restoration.ddpm_hq import ModelFolderError, ModelNotFoundError
+    from restoration.evaluate import evaluate_samplers
+
+    rows: list[dict[str, Any]] = [{"name": p.name} for p in hq]
+    samplers: dict[str, str] = {}
+    for label, path in models.items():
+        try:
+            res = evaluate_samplers(path, hq, [sampler_for(path, args)], lq, seed=args.seed, device=device, batch_size=1)
+        except (ModelNotFoundError, ModelFolderError, ValueError) as err:
+            raise SystemExit(" ".join(str(err).split())) from None
+        run = res["runs"][0]
+        samplers[label] = f"{run['sampler']} ({run['steps_run']} UNet passes)"
+        for row, r in zip(rows, run["per_image"]):
+            row["input"] = {"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]}
+            row[label] = {"psnr": r["psnr"], "ssim": r["ssim"], "seconds": r["seconds"]}
+    return {"n": len(rows), "per_image": rows, "samplers": samplers, "mean": summarize(rows, ["input", *models])}
+
+
+def pair_sizes(folder: Path) -> str:
+    """"HQ h / LQ l" as the pairs folder's pairs.json records them (the evaluation resizes to the model's sizes)."""
+    import json
+
+    info = json.loads((Path(folder) / "pairs.json").read_text(encoding="utf-8"))
+    return f"HQ {info.get('hq_size', '?')} / LQ {info.get('lq_size', '?')}"
 
 
 def summarize(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
@@ -111,10 +126,10 @@ def seconds(results: dict[str, Any], label: str) -> float:
 
 
 def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict[str, Any], args: argparse.Namespace,
-             names: dict[str, str], models: dict[str, Restorer]) -> str:  # fmt: skip
+             names: dict[str, str]) -> str:  # fmt: skip
     """The PSNR/SSIM table (rows = restorers, columns = pair kinds) and the target lines."""
     kinds = [k for k in KIND_LABELS if k in results]
-    header = ["restorer \\ held-out pairs", *[f"{KIND_LABELS[k]} (n={results[k]['n']})" for k in kinds]]
+    header = ["restorer \\ held-out pairs", *[f"{KIND_LABELS[k]} (n={results[k]['n']}, {results[k]['sizes']})" for k in kinds]]
     rows = []
     for label in ["input", *names]:
         cells = []
@@ -127,10 +142,9 @@ def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict
     lines = [
         "PSNR dB / SSIM on held-out patients at 512 -> 1024 (mean; in brackets the mean paired PSNR gain over the "
         "input ± its standard error).",
-        "Sampler: " + "; ".join(f"{names[k]}: {m.scheduler_name}, {args.steps or m.default_steps} steps, strength "
-                                f"{args.strength or m.default_strength:g}" for k, m in models.items())
+        "Samplers: " + "; ".join(f"{names[k]}: {v}" for k, v in next(iter(results.values()))["samplers"].items())
         + f"; seed {args.seed}. Mean seconds per image: "
-        + ", ".join(f"{names[k]} {seconds(results, k):.2f} s" for k in models) + ".",
+        + ", ".join(f"{names[k]} {seconds(results, k):.2f} s" for k in names) + ".",
         "",
         md_table(header, rows),
         "",
@@ -183,31 +197,30 @@ def main(argv: list[str] | None = None) -> int:
     if shipped is None:
         raise SystemExit("--shipped: no packaged model in this checkout; pass --shipped MODEL_DIR")
     record = run_record(device)
-    models: dict[str, Restorer] = {}
+    models: dict[str, Path] = {}
     names: dict[str, str] = {}
     if args.baseline is not None:
-        models["baseline"] = load_restorer(args.baseline, device)
-        names["baseline"] = "DDPM-HQ <- bicubic pairs"
-    models["shipped"] = load_restorer(shipped, device)
-    names["shipped"] = "shipped DDPM-HQ <- MUNIT-LQ + DDPM-LQ pairs"
-    ref = models["shipped"]
+        models["baseline"], names["baseline"] = args.baseline, "DDPM-HQ <- bicubic pairs"
+    models["shipped"], names["shipped"] = shipped, "shipped DDPM-HQ <- MUNIT-LQ + DDPM-LQ pairs"
     results: dict[str, Any] = {}
     if args.bicubic_pairs is not None:
-        pairs = load_pairs(args.bicubic_pairs, args.max_images, ref.scale)
+        results["bicubic"] = evaluate_kind(*pairs_of(args.bicubic_pairs, args.max_images), models, args, device)
+        results["bicubic"]["sizes"] = pair_sizes(args.bicubic_pairs)
     else:
-        pairs = bicubic_pairs(args.nih, args.max_images, ref.lq_size * ref.scale, ref.scale, ref.preprocess)
-    results["bicubic"] = evaluate_kind(pairs, models, args, "bicubic")
+        results["bicubic"] = evaluate_kind(held_out_real(args.nih)[: args.max_images], None, models, args, device)
+        results["bicubic"]["sizes"] = "HQ at the model's side, LQ bicubic"
     for kind, folder in (("munit-lq", args.munit_pairs), ("ddpm-lq", args.ddpm_lq_pairs)):
         if folder is not None:
-            results[kind] = evaluate_kind(load_pairs(folder, args.max_images, ref.scale), models, args, kind)
+            results[kind] = evaluate_kind(*pairs_of(folder, args.max_images), models, args, device)
+            results[kind]["sizes"] = pair_sizes(folder)
     checks = targets(results, args.target_gain)
     payload = {
         "results": results, "targets": checks, "run": record,
-        "models": {k: str(m.path) for k, m in models.items()},
+        "models": {k: str(m) for k, m in models.items()},
         "pairs": {"bicubic": str(args.bicubic_pairs or f"made here from {args.nih} (held-out split)"),
                   "munit-lq": str(args.munit_pairs), "ddpm-lq": str(args.ddpm_lq_pairs)},
     }  # fmt: skip
-    write_report(args.out, "restorer_metrics", payload, markdown(results, checks, record, args, names, models))
+    write_report(args.out, "restorer_metrics", payload, markdown(results, checks, record, args, names))
     return 0
 
 

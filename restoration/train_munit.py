@@ -159,6 +159,17 @@ def _sample_grid(model: MUNIT, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Te
     return ((row.clamp(-1, 1) + 1) / 2).cpu()
 
 
+def _step_if_finite(opt: torch.optim.Optimizer) -> bool:
+    """Apply the optimiser step unless a gradient is NaN/inf (then drop the gradients): one bad batch must not
+    poison the weights (after DDP's all-reduce every process sees the same gradients, so all skip together)."""
+    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack([g.abs().max() for g in grads])).all()):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
 def train(cfg: MUNITTrainConfig) -> Path:
     """Train MUNIT-LQ; returns the final model folder (``output_dir/model``, loadable with ``MUNIT.load``).
 
@@ -211,6 +222,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
         disable=not cfg.progress or not accelerator.is_local_main_process,
     )  # fmt: skip
     model.train()
+    skipped = 0  # updates dropped for non-finite gradients (this invocation)
     started = time.monotonic()
     while global_step < cfg.max_train_steps:
         idx_a, idx_b = next(it_a), next(it_b)
@@ -224,22 +236,24 @@ def train(cfg: MUNITTrainConfig) -> Path:
         opt_d.zero_grad(set_to_none=True)
         d = model(x_a, x_b, mode="dis", generator=rng.generator)
         accelerator.backward(d["total"])
-        opt_d.step()
+        skipped_now = not _step_if_finite(opt_d)
 
         opt_g.zero_grad(set_to_none=True)
         g = model(x_a, x_b, mode="gen", generator=rng.generator)
         accelerator.backward(g["total"])
-        opt_g.step()
+        skipped_now = not _step_if_finite(opt_g) or skipped_now
         opt_d.zero_grad(set_to_none=True)  # the G step also filled the discriminators' grads: drop them
+        skipped += int(skipped_now)
 
         global_step += 1
         bar.update(1)
         if global_step % max(1, cfg.log_every) == 0 or global_step == cfg.max_train_steps:
             logs = {f"gen/{k}": float(v.detach()) for k, v in g.items()}
             logs |= {f"dis/{k}": float(v.detach()) for k, v in d.items()}
-            if not all(math.isfinite(v) for v in logs.values()):  # checked here: float() syncs the device
+            if not skipped_now and not all(math.isfinite(v) for v in logs.values()):  # float() synced the device
                 raise FloatingPointError(f"MUNIT loss is not finite at step {global_step}: {logs}")
             logs["lr"] = lr
+            logs["skipped_updates"] = skipped
             bar.set_postfix(G=f"{logs['gen/total']:.3f}", D=f"{logs['dis/total']:.3f}")
             accelerator.log(logs, step=global_step)
         if cfg.report_to and cfg.sample_every > 0 and global_step % cfg.sample_every == 0:
@@ -263,7 +277,7 @@ def train(cfg: MUNITTrainConfig) -> Path:
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save(model_dir)
         atomic_write_json(model_dir / PREPROCESS_NAME, cfg.preprocess.to_dict())
-        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from,
+        info = cfg.to_dict() | {"global_step": global_step, "resumed_from": resumed_from, "skipped_updates": skipped,
                                 "images": {"hq": len(images_a), "lq": len(images_b)}}  # fmt: skip
         atomic_write_json(model_dir / TRAIN_CONFIG_NAME, info)
     accelerator.end_training()

@@ -61,7 +61,7 @@ def trainer_settings(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-RUN_RECORD_KEYS = ("global_step", "resumed_from", "stage", "init_from", "conditional", "images")
+RUN_RECORD_KEYS = ("global_step", "resumed_from", "stage", "init_from", "conditional", "images", "skipped_updates")
 
 
 def saved_train_config(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:

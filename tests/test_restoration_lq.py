@@ -24,6 +24,7 @@ from restoration.train_ddpm_lq import make_pairs as ddpm_make_pairs
 from restoration.train_ddpm_lq import train as train_ddpm
 from restoration.train_munit import MUNITTrainConfig
 from restoration.train_munit import make_pairs as munit_make_pairs
+from restoration.train_munit import _step_if_finite
 from restoration.train_munit import train as train_munit
 from restoration.training_setup import prune_checkpoints
 
@@ -484,6 +485,16 @@ def test_time_budget_stops_with_a_checkpoint_and_the_next_run_continues(
     )  # fmt: skip
     info = json.loads((train_munit(mcfg) / "train_config.json").read_text())
     assert info["global_step"] == 1 and (tmp_path / "m" / "checkpoint-1").is_dir()
+
+
+def test_a_non_finite_munit_update_is_skipped() -> None:
+    """An update with a non-finite gradient is dropped instead of poisoning the weights (MUNIT-LQ's trainer)."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    assert _step_if_finite(opt) is False and torch.equal(p.detach(), torch.ones(3)) and p.grad is None
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    assert _step_if_finite(opt) is True and float(p.detach().max()) < 1.0
 
 
 def test_random_crop_skips_flat_regions_and_munit_stays_finite() -> None:

@@ -1,4 +1,4 @@
-"""Logic of the restorer benchmarks (benchmarks/restorer_*.py): held-out guard, crop alignment, sampler parsing."""
+"""Logic of the restorer benchmarks (benchmarks/restorer_*.py): the held-out guard on pairs folders."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from restorer_bench import check_held_out, load_pairs  # noqa: E402
-from restorer_samplers import Sampler, crop_pairs  # noqa: E402
+from restorer_bench import check_held_out, pairs_of  # noqa: E402
 
 from data.images import write_png16  # noqa: E402
 from restoration.splits import is_held_out  # noqa: E402
@@ -40,31 +38,22 @@ def pairs_folder(root: Path, patient: str) -> Path:
 
 def test_pairs_of_training_patients_are_refused(tmp_path: Path) -> None:
     held, train = patients()
-    pairs = load_pairs(pairs_folder(tmp_path / "held", held), 5, 2)
-    assert [n for n, _, _ in pairs] == ["a.png", "b.png"]
-    assert pairs[0][1].shape == (1, 1, 8, 8) and pairs[0][2].shape == (1, 1, 16, 16)
-    assert float(pairs[0][2].min()) >= -1.0 and float(pairs[0][2].max()) <= 1.0
+    hq, lq = pairs_of(pairs_folder(tmp_path / "held", held), 5)
+    assert [p.name for p in hq] == ["a.png", "b.png"] and [p.parent.name for p in lq] == ["lq", "lq"]
+    assert len(pairs_of(tmp_path / "held", 1)[0]) == 1
     with pytest.raises(SystemExit, match="training patient"):
-        load_pairs(pairs_folder(tmp_path / "train", train), 5, 2)
+        pairs_of(pairs_folder(tmp_path / "train", train), 5)
     with pytest.raises(SystemExit, match="not listed"):
         check_held_out(tmp_path / "held", ["c.png"])
 
 
-def test_lq_crop_is_the_source_of_the_hq_crop() -> None:
-    hq = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 1, 64, 64)
-    lq = hq[..., ::2, ::2]  # nearest 2x down: each LQ pixel is a known HQ pixel
-    lqc, hqc, where = crop_pairs([("x", lq, hq), ("y", lq, hq)], 2, 16, 2)
-    assert lqc.shape == (2, 1, 8, 8) and hqc.shape == (2, 1, 16, 16)
-    assert torch.equal(lqc, hqc[..., ::2, ::2])
-    assert where[0] != where[1]  # fixed places differ between crops
-    with pytest.raises(SystemExit):
-        crop_pairs([("x", lq, hq)], 1, 15, 2)
+def test_realism_verdict_per_figure() -> None:
+    from restorer_realism import closer
 
-
-def test_sampler_parsing() -> None:
-    assert Sampler.parse("default") == Sampler(None, None, None)
-    assert Sampler.parse("ddpm:1000:1") == Sampler("ddpm", 1000, 1.0)
-    assert Sampler.parse("default:4") == Sampler(None, 4, None)
-    for bad in ("euler:4", "ddim:0", "ddim:4:1.5", "ddim"):
-        with pytest.raises(SystemExit):
-            Sampler.parse(bad)
+    raw = {"classifier_auc": 0.98, "spectrum_distance": 0.5, "fine_detail_ratio": 0.5, "lung_histogram_distance": 0.2,
+           "background_share": 0.01, "background_share_reference": 0.06}  # fmt: skip
+    # nearer 0.5 / smaller / ratio nearer 1 in log (1.8 beats 0.5: |log 1.8| < |log 0.5|) / share nearer the real one
+    enh = {**raw, "classifier_auc": 0.3, "spectrum_distance": 0.4, "fine_detail_ratio": 1.8, "background_share": 0.1}
+    assert all(closer(k, enh, raw) for k in ("classifier_auc", "spectrum_distance", "fine_detail_ratio", "background_share"))
+    assert not closer("lung_histogram_distance", enh, raw)  # equal is not closer
+    assert not closer("classifier_auc", {**raw, "classifier_auc": 0.01}, raw)  # 0.01 is further from 0.5 than 0.98
