@@ -78,6 +78,14 @@ def evaluate_kind(
     return {"n": len(rows), "per_image": rows, "samplers": samplers, "mean": summarize(rows, ["input", *models])}
 
 
+def pair_sizes(folder: Path) -> str:
+    """"HQ h / LQ l" as the pairs folder's pairs.json records them (the evaluation resizes to the model's sizes)."""
+    import json
+
+    info = json.loads((Path(folder) / "pairs.json").read_text(encoding="utf-8"))
+    return f"HQ {info.get('hq_size', '?')} / LQ {info.get('lq_size', '?')}"
+
+
 def summarize(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
     """Mean PSNR/SSIM per row label, and the mean paired PSNR gain over the input with its standard error."""
     out: dict[str, Any] = {}
@@ -121,7 +129,7 @@ def markdown(results: dict[str, Any], checks: list[dict[str, Any]], record: dict
              names: dict[str, str]) -> str:  # fmt: skip
     """The PSNR/SSIM table (rows = restorers, columns = pair kinds) and the target lines."""
     kinds = [k for k in KIND_LABELS if k in results]
-    header = ["restorer \\ held-out pairs", *[f"{KIND_LABELS[k]} (n={results[k]['n']})" for k in kinds]]
+    header = ["restorer \\ held-out pairs", *[f"{KIND_LABELS[k]} (n={results[k]['n']}, {results[k]['sizes']})" for k in kinds]]
     rows = []
     for label in ["input", *names]:
         cells = []
@@ -197,11 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     if args.bicubic_pairs is not None:
         results["bicubic"] = evaluate_kind(*pairs_of(args.bicubic_pairs, args.max_images), models, args, device)
+        results["bicubic"]["sizes"] = pair_sizes(args.bicubic_pairs)
     else:
         results["bicubic"] = evaluate_kind(held_out_real(args.nih)[: args.max_images], None, models, args, device)
+        results["bicubic"]["sizes"] = "HQ at the model's side, LQ bicubic"
     for kind, folder in (("munit-lq", args.munit_pairs), ("ddpm-lq", args.ddpm_lq_pairs)):
         if folder is not None:
             results[kind] = evaluate_kind(*pairs_of(folder, args.max_images), models, args, device)
+            results[kind]["sizes"] = pair_sizes(folder)
     checks = targets(results, args.target_gain)
     payload = {
         "results": results, "targets": checks, "run": record,

@@ -45,3 +45,15 @@ def test_pairs_of_training_patients_are_refused(tmp_path: Path) -> None:
         pairs_of(pairs_folder(tmp_path / "train", train), 5)
     with pytest.raises(SystemExit, match="not listed"):
         check_held_out(tmp_path / "held", ["c.png"])
+
+
+def test_realism_verdict_per_figure() -> None:
+    from restorer_realism import closer
+
+    raw = {"classifier_auc": 0.98, "spectrum_distance": 0.5, "fine_detail_ratio": 0.5, "lung_histogram_distance": 0.2,
+           "background_share": 0.01, "background_share_reference": 0.06}  # fmt: skip
+    # nearer 0.5 / smaller / ratio nearer 1 in log (1.8 beats 0.5: |log 1.8| < |log 0.5|) / share nearer the real one
+    enh = {**raw, "classifier_auc": 0.3, "spectrum_distance": 0.4, "fine_detail_ratio": 1.8, "background_share": 0.1}
+    assert all(closer(k, enh, raw) for k in ("classifier_auc", "spectrum_distance", "fine_detail_ratio", "background_share"))
+    assert not closer("lung_histogram_distance", enh, raw)  # equal is not closer
+    assert not closer("classifier_auc", {**raw, "classifier_auc": 0.01}, raw)  # 0.01 is further from 0.5 than 0.98
