@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tile", type=int, default=512, help="HQ tile side")
     ap.add_argument("--overlap", type=int, default=64, help="HQ tile overlap")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reference", action="store_true",
+                    help="--image is a real HQ radiograph: also PSNR vs it (windowed, at output size) of the untiled "
+                    "and tiled restorations and of the bicubic input")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "random":
@@ -72,6 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_abs_other_seed_vs_untiled": float(np.abs(other - full).mean()),
         "seam_ratio": seam_ratio(d, starts, overlap),
     }  # fmt: skip
+    if args.reference:
+        from restoration.evaluate import psnr_ssim
+        from restoration.pipeline_ddpm_hq import conditioning_image
+        from restoration.preprocess import normalize, resize_image
+
+        pcfg = pipe.preprocess_config
+        ref = ((resize_image(normalize(img, pcfg), full.shape) + 1.0) / 2.0).clip(0.0, 1.0)
+        bicubic = conditioning_image(img, pcfg, int(pipe.config.lq_size), int(pipe.config.scale))
+        row["psnr"] = {k: psnr_ssim(v, ref)[0] for k, v in (("bicubic", bicubic), ("untiled", full), ("tiled", tiled))}
     print(json.dumps(row), flush=True)
     return row
 

@@ -19,6 +19,7 @@ the image size, and the attention-free UNet applies to whole images at inference
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from restoration.degrade import ClassicalDegradationConfig, bicubic_degrade, classical_degrade
-from restoration.pairs import pair_records
+from restoration.pairs import PAIRS_INFO_NAME, pair_records
 from restoration.preprocess import (
     ImageFolderDataset,
     apply_jitter,
@@ -299,6 +300,9 @@ def _source_lists(cfg: TrainConfig) -> list[tuple[str, list[Path], list[Path] | 
             root = Path(d)
             if not (root / "hq").is_dir() or not (root / "lq").is_dir():
                 raise ValueError(f"pairs_dirs: {root}: not a pairs folder (needs hq/ and lq/, from `make-pairs`)")
+            info = root / PAIRS_INFO_NAME
+            if info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("complete") is False:
+                raise ValueError(f"pairs_dirs: {root}: make-pairs has not finished this folder (rerun it to complete it)")
             hq = list_images(root / "hq")
             out.append((root.name, hq, match_lq_paths(hq, root / "hq", root / "lq"), pair_records(root)))
         return out

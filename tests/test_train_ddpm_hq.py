@@ -126,6 +126,10 @@ def test_held_out_patients_never_train(real: Path, tmp_path: Path) -> None:
     assert set(data.split["sources"]["b"]["held_out"]["sources"]) == {str(p) for p in held}
     with pytest.raises(ValueError, match="pairs_dirs is set but pair_source is 'bicubic'"):
         TrainConfig(pairs_dirs=(str(a),))
+    info = json.loads((b / "pairs.json").read_text())
+    (b / "pairs.json").write_text(json.dumps({**info, "complete": False}))  # make-pairs still running (or killed)
+    with pytest.raises(ValueError, match="make-pairs has not finished this folder"):
+        training_data(cfg)
     with pytest.raises(ValueError, match="not a pairs folder"):
         training_data(TrainConfig(pair_source="pairs_dir", pairs_dirs=(str(real),), lq_size=32))
 
@@ -212,3 +216,40 @@ def test_named_training_configs() -> None:
     assert not TrainConfig.from_dict(preset_settings("cpu")).model_config().has_attention
     with pytest.raises(ValueError, match="expected a JSON file or one of cpu, paper-size"):
         preset_settings("paper")
+
+
+@pytest.mark.slow
+def test_sigkilled_training_resumes_to_the_same_weights(real: Path, tmp_path: Path) -> None:
+    """A CLI training killed with SIGKILL mid-run and rerun ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from restoration.train_ddpm_hq import TrainConfig, train
+
+    settings = dict(hq_dir=str(real), lq_size=32, crop_size=8, batch_size=4, max_train_steps=80, lr=1e-3,
+                    lr_scheduler="cosine", lr_warmup_steps=10, checkpointing_steps=5, checkpoints_total_limit=2,
+                    validation_steps=0, **{k: v for k, v in TINY.items() if k not in ("lr_scheduler", "lr_warmup_steps")})  # fmt: skip
+    whole = train(TrainConfig(output_dir=str(tmp_path / "whole"), **settings))
+    (tmp_path / "cfg.json").write_text(json.dumps(TrainConfig(**settings).to_dict()))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "ddpm-hq", "--config", str(tmp_path / "cfg.json"), "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-20").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines())
+    assert killed_at < 80 and not (out / "model_index.json").exists()  # it really died mid-run
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stdout + done.stderr
+    wa = load_file(whole / "unet" / "diffusion_pytorch_model.safetensors")
+    wb = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
