@@ -20,11 +20,13 @@ minus its unexposed, collimated border, shrunk by a margin; the window too), for
    framed like one they do not, and the distance says so;
 5. background share: fraction of pixels below ``BACKGROUND_LEVEL`` of the window (near-black: unexposed or air).
 
-Each metric is also computed real-vs-real (REAL split in two halves by patient) as the control.
+Each metric is also computed real-vs-real (REAL split in two halves by patient) as the control. The classifier keeps
+each candidate CT (and each real patient) on one side of its folds (:func:`candidate_groups`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -261,6 +263,31 @@ def _round(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items() if not k.startswith("_")}
 
 
+GENERATED_NAME = re.compile(r"^(?P<tag>.+)_(?P<ct>[0-9a-f]{12})_(?P<index>\d{4,})$")  # pipeline.sample: tag_ctid_index
+
+
+def candidate_groups(paths: Sequence[Path], folder: Path) -> tuple[list[str], str]:
+    """Group (source CT or patient) of every candidate image and how it was found.
+
+    Images of one CT must stay on one side of the classifier's folds, or it can learn that CT's anatomy and
+    recognise it: a patient table (images.csv/data.csv) in or above the folder, else the CT id in our generated
+    file names (``<tag>_<ct id>_<index>``, resolving links), else one group per image. Fewer than two groups
+    falls back to one per image (recorded in the report: the AUC then also rewards recognising the CT).
+    """
+    table = find_patient_table(folder)
+    if table and all(p.stem in table for p in paths):
+        groups, how = [table[p.stem] for p in paths], "table"
+    else:
+        matches = [GENERATED_NAME.match(Path(p).resolve().stem) for p in paths]
+        if all(matches):
+            groups, how = [m["ct"] for m in matches if m], "ct"
+        else:
+            groups, how = [p.stem for p in paths], "image"
+    if len(set(groups)) < 2:
+        groups, how = [p.stem for p in paths], "image"
+    return groups, how
+
+
 def evaluate_realism(
     candidates: str | Path, real: str | Path, cfg: RealismConfig | None = None, figure: str | Path | None = None
 ) -> dict[str, Any]:
@@ -287,7 +314,8 @@ def evaluate_realism(
     cand, cand_masks = load_set(cand_paths, cfg.size, cfg.field)
     ref, ref_masks = load_set(real_paths, cfg.size, cfg.field)
     real_groups = [patient(p) for p in real_paths]
-    main = compare_sets(cand, ref, None, real_groups, cfg, cand_masks, ref_masks)
+    cand_groups, grouping = candidate_groups(cand_paths, Path(candidates))
+    main = compare_sets(cand, ref, cand_groups, real_groups, cfg, cand_masks, ref_masks)
     half_a, half_b = split_by_source(real_paths, 0.5, seed=cfg.seed, group_of=patient)
     ia = [real_paths.index(p) for p in half_a]
     ib = [real_paths.index(p) for p in half_b]
@@ -300,6 +328,7 @@ def evaluate_realism(
         "n_candidates": len(cand_paths),
         "n_real": len(real_paths),
         "n_real_patients": len(set(real_groups)),
+        "candidate_groups": {"by": grouping, "n": len(set(cand_groups))},
         "settings": cfg.to_dict(),
         "definitions": {
             "background_level": BACKGROUND_LEVEL,

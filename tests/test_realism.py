@@ -211,3 +211,14 @@ def test_classifier_crops_stay_inside_the_field() -> None:
     assert (crops == 0.5).all()
     grid = _grid_crops(img, 16, 3, [corners])
     assert grid.shape == (1, 9, 16, 16) and (grid == 0.5).all()
+
+
+def test_candidates_are_grouped_by_source_ct(tmp_path: Path) -> None:
+    names = [f"r1234567_{ct}_{i:04d}.png" for ct in ("ab12cd34ef56", "0123456789ab") for i in range(3)]
+    paths = [tmp_path / n for n in names]
+    groups, how = realism.candidate_groups(paths, tmp_path)
+    assert how == "ct" and groups == ["ab12cd34ef56"] * 3 + ["0123456789ab"] * 3
+    one_ct = [p for p, g in zip(paths, groups) if g == "ab12cd34ef56"]
+    assert realism.candidate_groups(one_ct, tmp_path)[1] == "image"  # one CT: no fold split possible
+    other = [tmp_path / f"img_{i}.png" for i in range(4)]
+    assert realism.candidate_groups(other, tmp_path) == ([p.stem for p in other], "image")

@@ -519,3 +519,22 @@ def test_random_crop_skips_flat_regions_and_munit_stays_finite() -> None:
     losses = model(x_a, x_b, "gen")
     losses["total"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_munit_lowpass_loss_ties_coarse_intensities() -> None:
+    """lowpass_w adds L1(pool(x_ab), pool(x_a)) + L1(pool(x_ba), pool(x_b)) to the generator objective; it is zero
+    for a translation that keeps the coarse intensities and large for an inverted one."""
+    g = torch.Generator().manual_seed(0)
+    x_a, x_b = blobs(2, g), box_blur(blobs(2, g))
+    totals = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        m = MUNIT(tiny_munit_cfg(lowpass_w=w, lowpass_factor=4))
+        out = m(x_a, x_b, mode="gen", generator=torch.Generator().manual_seed(1))
+        totals[w] = (float(out["total"]), out)
+    lp = totals[2.0][1]
+    assert "lowpass_a" in lp and "lowpass_a" not in totals[0.0][1]
+    assert totals[2.0][0] == pytest.approx(totals[0.0][0] + 2.0 * float(lp["lowpass_a"] + lp["lowpass_b"]), rel=1e-5)
+    pool = lambda x: F.avg_pool2d(x, 4, ceil_mode=True)  # noqa: E731
+    assert float(F.l1_loss(pool(-x_a), pool(x_a))) > 0.3  # what an inverted HQ -> LQ translation would pay
+    assert MUNITConfig().lowpass_w > 0 and MUNITConfig.paper().lowpass_w > 0
