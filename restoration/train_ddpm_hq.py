@@ -54,7 +54,7 @@ PAIR_SOURCES = ("bicubic", "classical", "pairs_dir")
 # Named training configs (``diffusionxray train ddpm-hq --config NAME``; docs/TRAINING.md). Fields not named keep
 # the TrainConfig defaults (LQ 512 -> HQ 1024, residual x0 target, EMA, held-out patients excluded).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # the shipped model on one CPU core: the compact UNet on crops 64 -> 128, 8 per step (~2-3 s/step)
+    # the shipped model on one CPU core: the compact UNet on crops 64 -> 128, 8 per step (~0.9 s/step)
     "cpu": {
         "crop_size": 64, "batch_size": 8, "lr": 2e-4, "lr_warmup_steps": 50, "max_train_steps": 1000,
         "checkpointing_steps": 100, "checkpoints_total_limit": 2, "validation_steps": 250, "num_val_images": 8,

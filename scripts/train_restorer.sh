@@ -6,7 +6,8 @@
 #   (a) the DRR set (LQ domain): a `generate --no-enhance` run per CT and view (the embedded CT and the two
 #       Lung-PET-CT-Dx CTs, PA and AP), 512 px, the default render path (physics full, clinical display);
 #   (b) MUNIT-LQ and DDPM-LQ (stage 1, then stage 2), real CXRs (NIH + MHH, train patients only) vs those DRRs;
-#   (c) (LQ, HQ) pairs from the NIH train patients with both degraders (HQ 1024, LQ 512);
+#   (c) (LQ, HQ) pairs from the NIH train patients with both degraders (HQ 1024, LQ 512), and from the held-out
+#       patients for measuring (never trained on);
 #   (d) DDPM-HQ on MUNIT-LQ + DDPM-LQ pairs, half of every batch from each (the shipped model: RUN/ddpm_hq), and
 #       the same network on bicubic pairs with the same budget (the paper's baseline: RUN/ddpm_hq_bicubic);
 #   (e) with --install only: copy RUN/ddpm_hq (model_index.json, unet/, scheduler/) into
@@ -15,7 +16,9 @@
 # Resumable step by step: a stage whose output is complete is skipped (RUN/.done/STAGE), and an interrupted training
 # continues from its last checkpoint-N when the script is run again. Two jobs run at a time, one core each.
 # Budgets (optimizer steps; the defaults fit <= 3 h on 2 CPU cores, docs/TRAINING.md):
-#   MUNIT_STEPS=300 DDPM_LQ1_STEPS=2000 DDPM_LQ2_STEPS=1000 HQ_STEPS=1000
+#   MUNIT_STEPS=636 DDPM_LQ1_STEPS=2000 DDPM_LQ2_STEPS=1000 HQ_STEPS="700 1400"
+#   (HQ_STEPS lists budgets run one after the other, each continuing the last: the shipped model was trained to 700
+#   steps and then continued to 1400, the cosine learning-rate schedule restarting over the new total.)
 # Data: NIH=../shared/data/cxr/nih-chestxray14 (HQ, 1024²) MHH=../shared/data/cxr/mhh-covid-19 (extra real data for
 # the degraders; MHH= to leave it out) CTS=../shared/data/ct/lung-pet-ct-dx (CTS= for the embedded CT only).
 # --tiny: 64 px DRRs of the embedded CT, 2-step trainings at LQ 64: a smoke test of the whole chain in minutes.
@@ -44,7 +47,7 @@ CTS="${CTS-../shared/data/ct/lung-pet-ct-dx}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 if [ "$TINY" = 1 ]; then
-    : "${MUNIT_STEPS:=2}" "${DDPM_LQ1_STEPS:=2}" "${DDPM_LQ2_STEPS:=2}" "${HQ_STEPS:=2}"
+    : "${MUNIT_STEPS:=2}" "${DDPM_LQ1_STEPS:=2}" "${DDPM_LQ2_STEPS:=2}" "${HQ_STEPS:=2 4}"
     SIZE=64 N_PA=2 N_AP=1
     PRE='preprocess={"size": 64}'                     # degraders work at LQ 64 -> pairs HQ 128 / LQ 64
     LQ=(--crop-size 32 --set "$PRE" --set checkpointing_steps=1 --set batch_size=2)
@@ -53,10 +56,10 @@ if [ "$TINY" = 1 ]; then
         --set num_val_images=2)
     SDEDIT=(--steps 2)
 else
-    : "${MUNIT_STEPS:=300}" "${DDPM_LQ1_STEPS:=2000}" "${DDPM_LQ2_STEPS:=1000}" "${HQ_STEPS:=1000}"
+    : "${MUNIT_STEPS:=636}" "${DDPM_LQ1_STEPS:=2000}" "${DDPM_LQ2_STEPS:=1000}" "${HQ_STEPS:=700 1400}"
     SIZE=512 N_PA=8 N_AP=4
-    LQ=(--set checkpointing_steps=50 --set checkpoints_total_limit=2)
-    MUNIT=("${LQ[@]}")
+    LQ=(--set batch_size=16 --set checkpointing_steps=200 --set checkpoints_total_limit=2)
+    MUNIT=(--set checkpointing_steps=100 --set checkpoints_total_limit=2)
     HQ=()
     SDEDIT=(--steps 10)
 fi
@@ -124,13 +127,24 @@ stage pairs_ddpm_lq "${DXR[@]}" make-pairs ddpm-lq --model "$RUN/ddpm_lq2/model"
     --out "$RUN/pairs_ddpm_lq" --strength 0.3 "${SDEDIT[@]}" --no-progress &
 P2=$!
 join "$P1" "$P2"
+stage pairs_munit_heldout "${DXR[@]}" make-pairs munit --model "$RUN/munit/model" --hq-dir "$NIH" --split held_out \
+    --out "$RUN/pairs_munit_heldout" --no-progress &
+P1=$!
+stage pairs_ddpm_lq_heldout "${DXR[@]}" make-pairs ddpm-lq --model "$RUN/ddpm_lq2/model" --hq-dir "$NIH" \
+    --split held_out --out "$RUN/pairs_ddpm_lq_heldout" --strength 0.3 "${SDEDIT[@]}" --no-progress &
+P2=$!
+join "$P1" "$P2"
 
 # (d) DDPM-HQ: the shipped model on both kinds of pairs (50/50 per batch) and the bicubic baseline, same budget
-stage ddpm_hq "${DXR[@]}" train ddpm-hq --config cpu -o "$RUN/ddpm_hq" --steps "$HQ_STEPS" \
-    --set pair_source=pairs_dir --set "pairs_dirs=[\"$RUN/pairs_munit\", \"$RUN/pairs_ddpm_lq\"]" "${HQ[@]}" &
+# budgets NAME ARGS...: `train ddpm-hq ARGS` to each budget of HQ_STEPS in turn (each run resumes the last)
+budgets() {
+    local name=$1 steps; shift
+    for steps in $HQ_STEPS; do stage "${name}_$steps" "${DXR[@]}" train ddpm-hq --steps "$steps" "$@" || return 1; done
+}
+budgets ddpm_hq --config cpu -o "$RUN/ddpm_hq" --set pair_source=pairs_dir \
+    --set "pairs_dirs=[\"$RUN/pairs_munit\", \"$RUN/pairs_ddpm_lq\"]" "${HQ[@]}" &
 H1=$!
-stage ddpm_hq_bicubic "${DXR[@]}" train ddpm-hq --config cpu -o "$RUN/ddpm_hq_bicubic" --steps "$HQ_STEPS" \
-    --hq-dir "$NIH" "${HQ[@]}" &
+budgets ddpm_hq_bicubic --config cpu -o "$RUN/ddpm_hq_bicubic" --hq-dir "$NIH" "${HQ[@]}" &
 H2=$!
 join "$H1" "$H2"
 

@@ -43,13 +43,19 @@ def test_tiny_chain_resumes_and_installs(tmp_path: Path) -> None:
     first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stages = {"drr_example_pa", "drr_example_ap", "munit", "ddpm_lq1", "ddpm_lq2", "pairs_munit", "pairs_ddpm_lq",
-              "ddpm_hq", "ddpm_hq_bicubic"}  # fmt: skip
+              "pairs_munit_heldout", "pairs_ddpm_lq_heldout", "ddpm_hq_2", "ddpm_hq_4", "ddpm_hq_bicubic_2",
+              "ddpm_hq_bicubic_4"}  # fmt: skip (tiny HQ_STEPS="2 4": a second budget continues the first)
     assert {p.name for p in (run / ".done").iterdir()} == stages
     train_part, held = split_real(sorted((nih / "images").glob("*.png")))
     assert train_part and held
-    for name in ("pairs_munit", "pairs_ddpm_lq"):  # pairs only of train patients
+    for name in ("pairs_munit", "pairs_ddpm_lq"):  # training pairs only of train patients; held-out ones apart
         sources = {r["hq_source"] for r in json.loads((run / name / "pairs.json").read_text())["pairs"]}
         assert {Path(s).name for s in sources} == {p.name for p in train_part}
+        sources = {r["hq_source"] for r in json.loads((run / f"{name}_heldout" / "pairs.json").read_text())["pairs"]}
+        assert {Path(s).name for s in sources} == {p.name for p in held}
+    for name in ("ddpm_hq", "ddpm_hq_bicubic"):  # 2 steps, then continued to 4 (resumed at 3)
+        steps = [json.loads(line)["step"] for line in (run / name / "metrics.jsonl").read_text().splitlines()]
+        assert steps[0] == 2 and steps[-1] == 4 and (run / name / "checkpoint-4").is_dir()  # logged every 10 and last
     split = json.loads((run / "ddpm_hq" / "split.json").read_text())
     assert set(split["sources"]) == {"pairs_munit", "pairs_ddpm_lq"}  # the shipped model mixes both
     baseline = json.loads((run / "ddpm_hq_bicubic" / "split.json").read_text())
