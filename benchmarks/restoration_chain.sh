@@ -58,7 +58,7 @@ done
 # 4. DDPM-HQ on each pair source (pairs folders: split by the source patient recorded in pairs.json; split.json)
 train_hq() {  # name, extra args...
     local name=$1; shift
-    [ -f "$RUN/hq_$name/diffusion_pytorch_model.safetensors" ] || { log "train ddpm-hq ($name)";
+    [ -f "$RUN/hq_$name/model_index.json" ] || { log "train ddpm-hq ($name)";
         diffusionxray train ddpm-hq --config $CFG/ddpm_hq_cpu.json -o "$RUN/hq_$name" "$@" > "$RUN/hq_$name.log" 2>&1; }
 }
 train_hq bicubic --hq-dir "$RUN/hq_train" &

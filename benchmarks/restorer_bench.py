@@ -270,7 +270,9 @@ def ensure_datasets(args: argparse.Namespace, device: str) -> list[Path]:
         ct, _, series = str(spec).partition("#")
         name = "example" if ct == "example" else "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(ct).name)
         view = f"_{args.view.lower()}" if args.view else ""
-        dest = Path(args.datasets_dir) / f"{name}{series}{view}_seed{args.drr_seed}_n{args.images_per_ct}_{args.size}"
+        model = "packaged" if args.model is None else Path(args.model).name  # another model: another folder
+        tag = f"{name}_s{series}" if series else name
+        dest = Path(args.datasets_dir) / f"{tag}{view}_seed{args.drr_seed}_n{args.images_per_ct}_{args.size}_{model}"
         cmd = [sys.executable, "-m", "pipeline.cli", "generate", *([] if ct == "example" else [ct]),
                *(["--series-uid", series] if series else []), *(["--view", args.view] if args.view else []),
                "--out", str(dest), "-n", str(args.images_per_ct), "--seed", str(args.drr_seed),

@@ -24,7 +24,6 @@ from restoration.ddpm_hq import (
     DDPMHQConfig,
     build_unet,
     make_scheduler,
-    save_model,
     training_loss,
     upsample_condition,
 )
@@ -285,15 +284,12 @@ def check_crop(cfg: TrainConfig) -> None:
 def save_final(out_dir: Path, unet: torch.nn.Module, cfg: TrainConfig, ema: Any | None) -> Path:
     """The trained model (EMA weights) as a ``DDPMHQPipeline`` folder in ``out_dir`` (model_index.json, unet/,
     scheduler/: what ``DDPMHQPipeline.from_pretrained`` and ``load_pipeline`` read), its default sampler the one
-    validated during training; plus the older single-folder files (``ddpm_hq_config.json``, weights) that
-    ``ddpm_hq.load_model`` reads."""
+    validated during training."""
     from restoration.pipeline_ddpm_hq import save_pipeline
 
-    mcfg = cfg.model_config()
-    save_model(out_dir, unet, mcfg, ema)  # first: its scheduler/ (the training DDPM) is replaced by the sampler's
     return save_pipeline(
-        out_dir, unet, mcfg, ema, sampler=cfg.val_scheduler, num_inference_steps=cfg.val_inference_steps,
-        strength=cfg.val_strength,
+        out_dir, unet, cfg.model_config(), ema, sampler=cfg.val_scheduler,
+        num_inference_steps=cfg.val_inference_steps, strength=cfg.val_strength,
     )  # fmt: skip
 
 

@@ -47,7 +47,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_train_writes_checkpoints_and_a_safetensors_model(trained: tuple[Path, Path]) -> None:
     _, model = trained
-    assert (model / "diffusion_pytorch_model.safetensors").is_file()
+    assert (model / "model_index.json").is_file() and (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert sorted(p.name for p in model.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
 
 

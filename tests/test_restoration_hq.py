@@ -434,13 +434,15 @@ def test_train_checkpoint_limit_and_exact_resume(tmp_path):
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]  # limit respected
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # resumed at step 3, no step repeated
-    wa = load_file(a / "diffusion_pytorch_model.safetensors")
-    wb = load_file(out / "diffusion_pytorch_model.safetensors")
+    wa = load_file(a / "unet" / "diffusion_pytorch_model.safetensors")
+    wb = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # optimizer/EMA/RNG/data order restored exactly
     raw = load_file(out / "checkpoint-4" / "model.safetensors")  # accelerate's copy of the raw training weights
     assert raw.keys() == wb.keys() and any(not torch.equal(raw[k], wb[k]) for k in raw)  # use_ema: the EMA is saved
     assert json.loads((out / "train_config.json").read_text())["use_ema"] is True
-    unet, cfg = load_model(out)
+    from restoration.pipeline_ddpm_hq import load_pipeline
+
+    cfg = load_pipeline(out).model_config()  # the run folder is a DDPMHQPipeline folder
     assert cfg.hq_size == 16 and cfg.preprocess["size"] == 16
 
 
