@@ -8,17 +8,21 @@
 #   (b) MUNIT-LQ and DDPM-LQ (stage 1, then stage 2), real CXRs (NIH + MHH, train patients only) vs those DRRs;
 #   (c) (LQ, HQ) pairs from the NIH train patients with both degraders (HQ 1024, LQ 512), and from the held-out
 #       patients for measuring (never trained on);
-#   (d) DDPM-HQ on MUNIT-LQ + DDPM-LQ pairs, half of every batch from each (the shipped model: RUN/ddpm_hq), and
-#       the same network on bicubic pairs with the same budget (the paper's baseline: RUN/ddpm_hq_bicubic);
+#   (d) DDPM-HQ on the pairs named by HQ_PAIRS (the shipped model: RUN/ddpm_hq; default DDPM-LQ pairs only, see
+#       below; HQ_PAIRS="munit ddpm_lq" is the paper's mix, half of every batch from each), and the same network on
+#       bicubic pairs with the same number of steps (the paper's baseline: RUN/ddpm_hq_bicubic);
 #   (e) with --install only: copy RUN/ddpm_hq (model_index.json, unet/, scheduler/) into
 #       restoration/pretrained/ddpm-hq/ (its README.md model card is left as it is).
 #
 # Resumable step by step: a stage whose output is complete is skipped (RUN/.done/STAGE), and an interrupted training
 # continues from its last checkpoint-N when the script is run again. Two jobs run at a time, one core each.
 # Budgets (optimizer steps; the defaults fit <= 3 h on 2 CPU cores, docs/TRAINING.md):
-#   MUNIT_STEPS=636 DDPM_LQ1_STEPS=2000 DDPM_LQ2_STEPS=1000 HQ_STEPS="700 1400"
-#   (HQ_STEPS lists budgets run one after the other, each continuing the last: the shipped model was trained to 700
-#   steps and then continued to 1400, the cosine learning-rate schedule restarting over the new total.)
+#   MUNIT_STEPS=636 DDPM_LQ1_STEPS=2000 DDPM_LQ2_STEPS=1000 HQ_STEPS=1400 BASELINE_STEPS="700 1400"
+#   (a list of budgets runs one after the other, each continuing the last with the cosine learning-rate schedule
+#   restarting over the new total: the shipped model of 2026-11-30 had one 1400-step run, its bicubic baseline 700
+#   steps continued to 1400.) HQ_PAIRS=ddpm_lq: the shipped model of 2026-11-30 was trained on DDPM-LQ pairs only,
+#   because that session's 636-step MUNIT-LQ had inverted the lungs (LQ vs HQ/2 correlation -0.38; MUNIT-LQ has since
+#   gained a low-pass consistency loss); its pairs are still made and measured.
 # Data: NIH=../shared/data/cxr/nih-chestxray14 (HQ, 1024²) MHH=../shared/data/cxr/mhh-covid-19 (extra real data for
 # the degraders; MHH= to leave it out) CTS=../shared/data/ct/lung-pet-ct-dx (CTS= for the embedded CT only).
 # --tiny: 64 px DRRs of the embedded CT, 2-step trainings at LQ 64: a smoke test of the whole chain in minutes.
@@ -47,7 +51,7 @@ CTS="${CTS-../shared/data/ct/lung-pet-ct-dx}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 if [ "$TINY" = 1 ]; then
-    : "${MUNIT_STEPS:=2}" "${DDPM_LQ1_STEPS:=2}" "${DDPM_LQ2_STEPS:=2}" "${HQ_STEPS:=2 4}"
+    : "${MUNIT_STEPS:=2}" "${DDPM_LQ1_STEPS:=2}" "${DDPM_LQ2_STEPS:=2}" "${HQ_STEPS:=2 4}" "${BASELINE_STEPS:=2 4}"
     SIZE=64 N_PA=2 N_AP=1
     PRE='preprocess={"size": 64}'                     # degraders work at LQ 64 -> pairs HQ 128 / LQ 64
     LQ=(--crop-size 32 --set "$PRE" --set checkpointing_steps=1 --set batch_size=2)
@@ -56,7 +60,7 @@ if [ "$TINY" = 1 ]; then
         --set num_val_images=2)
     SDEDIT=(--steps 2)
 else
-    : "${MUNIT_STEPS:=636}" "${DDPM_LQ1_STEPS:=2000}" "${DDPM_LQ2_STEPS:=1000}" "${HQ_STEPS:=700 1400}"
+    : "${MUNIT_STEPS:=636}" "${DDPM_LQ1_STEPS:=2000}" "${DDPM_LQ2_STEPS:=1000}" "${HQ_STEPS:=1400}" "${BASELINE_STEPS:=700 1400}"
     SIZE=512 N_PA=8 N_AP=4
     LQ=(--set batch_size=16 --set checkpointing_steps=200 --set checkpoints_total_limit=2)
     MUNIT=(--set checkpointing_steps=100 --set checkpoints_total_limit=2)
@@ -136,15 +140,21 @@ P2=$!
 join "$P1" "$P2"
 
 # (d) DDPM-HQ: the shipped model on both kinds of pairs (50/50 per batch) and the bicubic baseline, same budget
-# budgets NAME ARGS...: `train ddpm-hq ARGS` to each budget of HQ_STEPS in turn (each run resumes the last)
+# budgets NAME "STEPS..." ARGS...: `train ddpm-hq ARGS` to each budget in turn (each run resumes the last)
 budgets() {
-    local name=$1 steps; shift
-    for steps in $HQ_STEPS; do stage "${name}_$steps" "${DXR[@]}" train ddpm-hq --steps "$steps" "$@" || return 1; done
+    local name=$1 list=$2 steps; shift 2
+    for steps in $list; do stage "${name}_$steps" "${DXR[@]}" train ddpm-hq --steps "$steps" "$@" || return 1; done
 }
-budgets ddpm_hq --config cpu -o "$RUN/ddpm_hq" --set pair_source=pairs_dir \
-    --set "pairs_dirs=[\"$RUN/pairs_munit\", \"$RUN/pairs_ddpm_lq\"]" "${HQ[@]}" &
+: "${HQ_PAIRS:=ddpm_lq}"
+PAIRS_JSON=""
+for p in $HQ_PAIRS; do
+    case "$p" in munit | ddpm_lq) ;; *) echo "train_restorer.sh: HQ_PAIRS=$HQ_PAIRS: expected munit and/or ddpm_lq" >&2; exit 2 ;; esac
+    PAIRS_JSON="${PAIRS_JSON:+$PAIRS_JSON, }\"$RUN/pairs_$p\""
+done
+budgets ddpm_hq "$HQ_STEPS" --config cpu -o "$RUN/ddpm_hq" --set pair_source=pairs_dir \
+    --set "pairs_dirs=[$PAIRS_JSON]" "${HQ[@]}" &
 H1=$!
-budgets ddpm_hq_bicubic --config cpu -o "$RUN/ddpm_hq_bicubic" --hq-dir "$NIH" "${HQ[@]}" &
+budgets ddpm_hq_bicubic "$BASELINE_STEPS" --config cpu -o "$RUN/ddpm_hq_bicubic" --hq-dir "$NIH" "${HQ[@]}" &
 H2=$!
 join "$H1" "$H2"
 
