@@ -311,3 +311,20 @@ def test_configure_sampler_in_place_and_inferred_config(pipe_dir, tmp_path):
     # built by hand: space_to_depth and prediction_type default to what the UNet and scheduler say
     direct = DDPMHQPipeline(pipe.unet, pipe.scheduler, lq_size=16, residual_scale=4.0)
     assert direct.config.space_to_depth == 4 and direct.config.prediction_type == "sample"
+
+
+def test_shipped_opt_in_model_loads_and_restores_deterministically() -> None:
+    """The trained restorer shipped in the package (opt-in, restoration/pretrained/ddpm-hq-v0) loads with local files
+    only, carries its scale, and gives the same output for the same generator."""
+    from pathlib import Path
+
+    import restoration.pretrained as pretrained
+
+    folder = Path(pretrained.__file__).resolve().parent / "ddpm-hq-v0"
+    pipe = load_pipeline(folder)
+    assert pipe.config.lq_size == 512 and pipe.config.scale == 2
+    img = toy_image(64, 48)
+    a = pipe(img, num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
+    b = pipe(img, num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
+    assert a.shape == pipe.output_size((64, 48)) and np.isfinite(a).all() and 0.0 <= a.min() and a.max() <= 1.0
+    assert np.array_equal(a, b)

@@ -56,8 +56,8 @@ def test_tiny_chain_resumes_and_installs(tmp_path: Path) -> None:
     for name in ("ddpm_hq", "ddpm_hq_bicubic"):  # 2 steps, then continued to 4 (resumed at 3)
         steps = [json.loads(line)["step"] for line in (run / name / "metrics.jsonl").read_text().splitlines()]
         assert steps[0] == 2 and steps[-1] == 4 and (run / name / "checkpoint-4").is_dir()  # logged every 10 and last
-    split = json.loads((run / "ddpm_hq" / "split.json").read_text())
-    assert set(split["sources"]) == {"pairs_ddpm_lq"}  # HQ_PAIRS default: DDPM-LQ pairs only (see the script)
+    shipped_cfg = json.loads((run / "ddpm_hq" / "train_config.json").read_text())
+    assert [Path(d).name for d in shipped_cfg["pairs_dirs"]] == ["pairs_ddpm_lq"]  # HQ_PAIRS default (see the script)
     baseline = json.loads((run / "ddpm_hq_bicubic" / "split.json").read_text())
     assert {Path(s).name for s in baseline["train"]["sources"]} == {p.name for p in train_part}
     for name in ("ddpm_hq", "ddpm_hq_bicubic"):
