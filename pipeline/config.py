@@ -245,8 +245,9 @@ def pick_enhancement(
             return None, None  # the file's run wrote raw DRRs (or the field is checked as wrong below)
         return {k: saved[k] for k in ("model_dir", "steps", "scheduler", "strength", "weights_sha256") if k in saved}, None
     if packaged_model() is None:
-        note = ("no packaged restoration model in this install: writing raw DRRs (--enhance PATH "
-                "restores them with a trained DDPM-HQ; --no-enhance silences this note)")  # fmt: skip
+        note = ("no packaged restoration model is the default in this install: writing raw DRRs (--enhance PATH "
+                "restores them with a trained DDPM-HQ, e.g. the opt-in one shipped in restoration/pretrained/"
+                "ddpm-hq-v0; --no-enhance silences this note)")  # fmt: skip
         return None, note
     return {"model_dir": PACKAGED_MODEL}, None
 
