@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_chest_phantom
 
 from ct_projection.geometry import ProjectionGeometry
@@ -135,7 +136,14 @@ def test_enhanced_run_on_ray_equals_serial(local_ray: None, tmp_path: Path) -> N
     cts = [str(write_chest_phantom(tmp_path / f"ct{i}.nii.gz", seed=i)) for i in range(2)]
     enhancer = Enhancer(EnhanceConfig(PACKAGED_MODEL, steps=2), model_path=model)  # as the CLI resolves it
     config = GenerateConfig(images_per_ct=2, seed=2, geometry=ProjectionGeometry(size_px=32), enhance=enhancer.config)
-    serial = generate(cts, tmp_path / "serial", config, device="cpu", progress=False, enhancer=enhancer)
+    # Ray workers run torch on 1 thread; CPU convolutions sum in a thread-count-dependent order, so restored bytes
+    # are compared at the same thread count (docs/SCALING.md)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = generate(cts, tmp_path / "serial", config, device="cpu", progress=False, enhancer=enhancer)
+    finally:
+        torch.set_num_threads(threads)
     distributed = generate_ray(
         cts, tmp_path / "ray", config, device="cpu", progress=False, num_workers=2, enhance_dir=model
     )
