@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pathlib import Path
 
 import nibabel as nib
@@ -52,3 +54,14 @@ def no_packaged_model(monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.enhancer
 
     monkeypatch.setattr(pipeline.enhancer, "packaged_model", lambda: None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core box run far faster on one torch thread (no OpenMP spin-waits); restored after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -23,13 +23,7 @@ from restoration.pipeline_ddpm_hq import DDPMHQPipeline, load_pipeline, save_pip
 from restoration.pretrained import packaged_model_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box run far faster single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 def tiny_cfg(**kw) -> DDPMHQConfig:

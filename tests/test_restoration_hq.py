@@ -41,13 +41,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MHH = SHARED_DATA / "cxr" / "mhh-covid-19"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box run far faster single-threaded (no spin-waiting threads)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny models, one thread
 
 
 def tiny_cfg(**kw) -> DDPMHQConfig:
