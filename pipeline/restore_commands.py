@@ -74,7 +74,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         steps: Optional[int] = typer.Option(None, "--steps", help="max_train_steps"),
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="munit/ddpm-lq: side of the random training crops."),
         stage: int = typer.Option(1, "--stage", help="ddpm-lq only: 1 (all images) or 2 (LQ fine-tune)."),
-        init_from: Optional[Path] = typer.Option(None, "--init-from", help="ddpm-lq stage 2: the stage-1 model."),
+        init_from: Optional[Path] = typer.Option(None, "--init-from", help="ddpm-lq stage 2: the stage-1 model; ddpm-hq: a model folder to fine-tune from."),
         overrides: list[str] = typer.Option([], "--set", help="Any config field: --set lq_size=128 --set use_ema=true"),
     ) -> None:
         """Train a restoration model from scratch (accelerate; checkpoint-N, resume, save_pretrained at the end)."""
@@ -100,6 +100,8 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
                     base[key] = str(dirs[0]) if len(dirs) == 1 else [str(d) for d in dirs]
             if crop_size is not None:
                 base["crop_size"] = crop_size
+            if init_from is not None and model == "ddpm-hq":
+                base["init_from"] = str(init_from)
             if output_dir is not None:
                 base["output_dir"] = str(output_dir)
             if steps is not None:

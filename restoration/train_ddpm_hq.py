@@ -91,7 +91,11 @@ class TrainConfig:
             (precomputed LQ images in ``lq_dir`` with the same relative names/stems as the HQ files, or the
             pairs folders ``pairs_dirs``).
         pairs_dirs: pairs folders (``hq/``, ``lq/``, ``pairs.json`` from ``make-pairs``) mixed item by item, an
-            equal share of every batch from each (e.g. MUNIT-LQ and DDPM-LQ pairs, 50/50).
+            equal share of every batch from each (e.g. MUNIT-LQ and DDPM-LQ pairs, 50/50) unless ``pairs_weights``.
+        pairs_weights: items per mixing cycle from each of ``pairs_dirs`` (e.g. 3, 1: three MUNIT-LQ pairs for
+            every DDPM-LQ pair); empty = one each.
+        init_from: a ``DDPMHQPipeline`` folder whose UNet weights start the run (fine-tuning; the architecture
+            must be the one configured). A checkpoint to resume from wins over it.
         exclude_held_out: never train on the held-out patients of ``restoration.splits`` (validate on them).
         crop_size: train on aligned random crops of this LQ side (HQ side ``crop_size * scale``) of whole images
             at ``lq_size``; None, or a crop as large as the image, trains on whole images.
@@ -119,6 +123,8 @@ class TrainConfig:
     pair_source: str = "bicubic"
     lq_dir: str | None = None
     pairs_dirs: tuple[str, ...] = ()
+    pairs_weights: tuple[int, ...] = ()
+    init_from: str | None = None
     exclude_held_out: bool = True
     crop_size: Annotated[int, Field(ge=1)] | None = 64
     val_crop_size: Annotated[int, Field(ge=1)] | None = None
@@ -186,6 +192,11 @@ class TrainConfig:
         if self.pair_source == "pairs_dir" and not (self.lq_dir or self.pairs_dirs):
             raise ValueError(
                 "pair_source 'pairs_dir' needs pairs_dirs (pairs folders) or lq_dir (LQ images named like the HQ files)"
+            )
+        self.pairs_weights = tuple(int(w) for w in self.pairs_weights)
+        if self.pairs_weights and (len(self.pairs_weights) != len(self.pairs_dirs) or min(self.pairs_weights) < 1):
+            raise ValueError(
+                f"pairs_weights {list(self.pairs_weights)}: need one integer >= 1 per pairs_dirs folder ({len(self.pairs_dirs)})"
             )
         if self.pairs_dirs and self.pair_source != "pairs_dir":
             raise ValueError(f"pairs_dirs is set but pair_source is {self.pair_source!r}: set pair_source=pairs_dir")
@@ -293,6 +304,23 @@ def save_final(out_dir: Path, unet: torch.nn.Module, cfg: TrainConfig, ema: Any 
     )  # fmt: skip
 
 
+def load_init_weights(unet: torch.nn.Module, folder: str | Path) -> None:
+    """Copy the UNet weights of a ``DDPMHQPipeline`` folder (or its ``unet/``) into ``unet``; one line when they do
+    not fit the configured architecture."""
+    from diffusers import UNet2DModel
+
+    root = Path(folder)
+    sub = root / "unet" if (root / "unet").is_dir() else root
+    if not (sub / "config.json").is_file():
+        raise FileNotFoundError(f"init_from {folder}: not a DDPM-HQ model folder (no unet/config.json)")
+    src = UNet2DModel.from_pretrained(str(sub))
+    try:
+        unet.load_state_dict(src.state_dict(), strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"init_from {folder}: its UNet does not match the configured one ({first})") from None
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train DDPM-HQ; returns ``cfg.output_dir``, a ``DDPMHQPipeline`` folder of the EMA weights (``save_final``)."""
     from accelerate import Accelerator
@@ -326,6 +354,8 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     mcfg = cfg.model_config()
     unet = build_unet(mcfg)
+    if cfg.init_from:
+        load_init_weights(unet, cfg.init_from)
     noise_scheduler = make_scheduler("ddpm", mcfg)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(
@@ -390,7 +420,9 @@ def train(cfg: TrainConfig) -> Path:
     unet.train()
     while global_step < cfg.max_train_steps:
         position = micro * per_step + accelerator.process_index * cfg.batch_size
-        items = mixed_indices([len(src) for src in data.sources], cfg.batch_size, position, cfg.seed)
+        items = mixed_indices(
+            [len(src) for src in data.sources], cfg.batch_size, position, cfg.seed, list(cfg.pairs_weights) or None
+        )
         hq, lq = mixed_batch(data.sources, items, gen, cfg.augment, cfg.crop())
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
         with accelerator.accumulate(unet):

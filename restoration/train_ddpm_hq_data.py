@@ -7,10 +7,10 @@ training part). Pairs come from one or several sources:
 - ``bicubic``: LQ = antialiased bicubic downsampling of the HQ image (the paper's baseline);
 - ``classical``: LQ = a Real-ESRGAN-style degradation chain drawn per crop;
 - ``pairs_dir``: precomputed (LQ, HQ) pairs folders written by ``make-pairs`` (MUNIT-LQ, DDPM-LQ). Several folders
-  are mixed item by item: item ``k`` of the run's stream comes from source ``k mod n_sources``, so every batch whose
-  size is a multiple of the number of sources holds the same number of pairs from each (e.g. 4 MUNIT-LQ + 4 DDPM-LQ
-  in a batch of 8). Each source walks through its own seeded permutation, epoch by epoch: the sources weigh the
-  same whatever their sizes.
+  are mixed item by item in a fixed cycle of ``pairs_weights`` items from each (default one each: item ``k`` comes
+  from source ``k mod n_sources``), so every batch whose size is a multiple of the cycle holds the same share from
+  each (weights 3, 1 and a batch of 8: 6 MUNIT-LQ + 2 DDPM-LQ). Each source walks through its own seeded
+  permutation, epoch by epoch: a source's share does not depend on its size.
 
 With ``crop_size`` set, whole images are loaded once (HQ at ``lq_size * scale``, LQ at ``lq_size``, cached) and
 every item is a random aligned crop (LQ ``crop_size``, HQ ``crop_size * scale``): the cost of a step does not depend on
@@ -52,17 +52,27 @@ def batch_indices(n: int, batch: int, position: int, seed: int) -> list[int]:
     return [i for _, i in mixed_indices([n], batch, position, seed)]
 
 
-def mixed_indices(sizes: list[int], batch: int, position: int, seed: int) -> list[tuple[int, int]]:
-    """(source, index) of items ``position .. position+batch`` of a stream that alternates between sources.
+def mixed_indices(
+    sizes: list[int], batch: int, position: int, seed: int, weights: list[int] | None = None
+) -> list[tuple[int, int]]:
+    """(source, index) of items ``position .. position+batch`` of a stream that interleaves the sources.
 
-    Item k comes from source ``k % len(sizes)``, at place ``k // len(sizes)`` of that source's endless stream of
-    per-epoch seeded permutations (one source: the permutations of ``batch_indices``).
+    The stream repeats a cycle of ``sum(weights)`` items: ``weights[s]`` from source ``s``, sources in order (default:
+    one each, so item k comes from source ``k % len(sizes)``). The i-th item a source gets is place i of its own
+    endless stream of per-epoch seeded permutations (one source: the permutations of ``batch_indices``).
     """
     n_src = len(sizes)
+    w = [1] * n_src if weights is None else [int(x) for x in weights]
+    if len(w) != n_src or min(w) < 1:
+        raise ValueError(f"mix weights {weights}: need one integer >= 1 per source ({n_src} sources)")
+    cycle = [s for s in range(n_src) for _ in range(w[s])]
+    rank = [sum(1 for t in cycle[:c] if t == cycle[c]) for c in range(len(cycle))]  # place within its source
     out: list[tuple[int, int]] = []
     perms: dict[tuple[int, int], list[int]] = {}
     for k in range(position, position + batch):
-        s, j = k % n_src, k // n_src
+        turn, c = divmod(k, len(cycle))
+        s = cycle[c]
+        j = turn * w[s] + rank[c]
         epoch, r = divmod(j, sizes[s])
         if (s, epoch) not in perms:
             sub = (epoch,) if n_src == 1 else (epoch, s)  # one source keeps the stream of earlier runs

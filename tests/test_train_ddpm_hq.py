@@ -97,6 +97,41 @@ def test_two_pairs_folders_share_every_batch_equally() -> None:
     assert mixed_indices([5, 11], 8, 16, seed=3) == mixed_indices([5, 11], 8, 16, seed=3)
 
 
+def test_weighted_mix_gives_each_pairs_folder_its_share() -> None:
+    from restoration.train_ddpm_hq import TrainConfig, mixed_indices
+
+    for position in range(0, 64, 8):
+        items = mixed_indices([5, 11], 8, position, seed=3, weights=[3, 1])
+        assert Counter(s for s, _ in items) == {0: 6, 1: 2}
+    # every source still walks through whole epochs of its own permutation
+    first = [i for s, i in mixed_indices([5, 11], 40, 0, seed=3, weights=[3, 1]) if s == 0][:10]
+    assert sorted(first[:5]) == list(range(5)) and sorted(first[5:]) == list(range(5))
+    assert mixed_indices([5, 11], 8, 8, seed=3, weights=[1, 1]) == mixed_indices([5, 11], 8, 8, seed=3)
+    with pytest.raises(ValueError, match="one integer >= 1 per source"):
+        mixed_indices([5, 11], 8, 0, seed=3, weights=[1])
+    with pytest.raises(ValueError, match="pairs_weights"):
+        TrainConfig(pair_source="pairs_dir", pairs_dirs=("a", "b"), pairs_weights=(3,))
+
+
+def test_init_from_copies_weights_and_refuses_another_architecture(tmp_path: Path) -> None:
+    from restoration.ddpm_hq import DDPMHQConfig, build_unet
+    from restoration.train_ddpm_hq import load_init_weights
+
+    cfg = DDPMHQConfig(lq_size=32, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
+    torch.manual_seed(1)
+    src = build_unet(cfg)
+    src.save_pretrained(tmp_path / "model" / "unet")
+    torch.manual_seed(2)
+    dst = build_unet(cfg)
+    load_init_weights(dst, tmp_path / "model")
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    other = build_unet(DDPMHQConfig(lq_size=32, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8))
+    with pytest.raises(ValueError, match="does not match"):
+        load_init_weights(other, tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match="not a DDPM-HQ model folder"):
+        load_init_weights(dst, tmp_path)
+
+
 def test_held_out_patients_never_train(real: Path, tmp_path: Path) -> None:
     from restoration.train_ddpm_hq import TrainConfig, training_data
 
