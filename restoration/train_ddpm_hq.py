@@ -32,6 +32,7 @@ from restoration.preprocess import PreprocessConfig
 from restoration.train_ddpm_hq_data import (  # noqa: F401  (re-exported: the trainer's data side)
     PairSource,
     SplitGroups,
+    add_lq_noise,
     batch_indices,
     group_function,
     match_lq_paths,
@@ -96,6 +97,8 @@ class TrainConfig:
             every DDPM-LQ pair); empty = one each.
         init_from: a ``DDPMHQPipeline`` folder whose UNet weights start the run (fine-tuning; the architecture
             must be the one configured). A checkpoint to resume from wins over it.
+        lq_noise_std: with ``augment``, white Gaussian noise of std U(0, this) ([-1, 1] units) is added to every
+            training LQ crop (DRRs are noisy, the degraders' outputs are not: 0.03 covers the DRRs' 0.021).
         exclude_held_out: never train on the held-out patients of ``restoration.splits`` (validate on them).
         crop_size: train on aligned random crops of this LQ side (HQ side ``crop_size * scale``) of whole images
             at ``lq_size``; None, or a crop as large as the image, trains on whole images.
@@ -138,6 +141,7 @@ class TrainConfig:
     low_pct: float = 0.5
     high_pct: float = 99.5
     augment: bool = True
+    lq_noise_std: Annotated[float, Field(ge=0)] = 0.0
     # model
     space_to_depth: Annotated[int, Field(ge=1)] = 4
     block_out_channels: tuple[int, ...] = (64, 96, 128, 128)
@@ -424,6 +428,8 @@ def train(cfg: TrainConfig) -> Path:
             [len(src) for src in data.sources], cfg.batch_size, position, cfg.seed, list(cfg.pairs_weights) or None
         )
         hq, lq = mixed_batch(data.sources, items, gen, cfg.augment, cfg.crop())
+        if cfg.augment:
+            lq = add_lq_noise(lq, cfg.lq_noise_std, gen)
         hq, lq = hq.to(accelerator.device), lq.to(accelerator.device)
         with accelerator.accumulate(unet):
             loss = training_loss(

@@ -273,6 +273,18 @@ class PairSource:
         return hq, lq
 
 
+def add_lq_noise(lq: torch.Tensor, max_std: float, gen: torch.Generator) -> torch.Tensor:
+    """LQ crops plus white Gaussian noise, its std drawn per item from U(0, ``max_std``) ([-1, 1] units).
+
+    Our DRRs carry quantum noise that the degraders' outputs lack (measured: robust high-pass std 0.021 for the
+    DRRs, 0.011 for MUNIT-LQ images); without it the restorer reads DRR noise as structure to sharpen.
+    """
+    if max_std <= 0:
+        return lq
+    std = torch.rand(lq.shape[0], generator=gen) * max_std
+    return lq + std.view(-1, 1, 1, 1) * torch.randn(lq.shape, generator=gen)
+
+
 def mixed_batch(
     sources: list[PairSource], items: list[tuple[int, int]], gen: torch.Generator, augment: bool, crop: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,6 +113,18 @@ def test_weighted_mix_gives_each_pairs_folder_its_share() -> None:
         TrainConfig(pair_source="pairs_dir", pairs_dirs=("a", "b"), pairs_weights=(3,))
 
 
+def test_lq_noise_augmentation_has_the_drawn_strength() -> None:
+    from restoration.train_ddpm_hq import add_lq_noise
+
+    lq = torch.zeros(64, 1, 32, 32)
+    assert add_lq_noise(lq, 0.0, torch.Generator().manual_seed(0)) is lq
+    noisy = add_lq_noise(lq, 0.03, torch.Generator().manual_seed(0))
+    stds = noisy.flatten(1).std(dim=1)
+    assert stds.max() <= 0.03 * 1.1 and stds.min() < 0.005  # per-item std drawn from U(0, 0.03)
+    assert abs(float(stds.mean()) - 0.015) < 0.004
+    assert torch.equal(noisy, add_lq_noise(lq, 0.03, torch.Generator().manual_seed(0)))
+
+
 def test_init_from_copies_weights_and_refuses_another_architecture(tmp_path: Path) -> None:
     from restoration.ddpm_hq import DDPMHQConfig, build_unet
     from restoration.train_ddpm_hq import load_init_weights
