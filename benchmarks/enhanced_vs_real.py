@@ -21,18 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from look_vs_real import gray
 from restorer_bench import NIH_DIR, add_dataset_args, enhanced_records, ensure_datasets, held_out_real
-
-
-def gray(path: Path) -> np.ndarray:
-    """A PNG as float in [0, 1] (16-bit over 65535, 8-bit over 255)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img)
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(-1)
-    return arr.astype(np.float64) / (65535.0 if arr.dtype == np.uint16 else 255.0)
 
 
 def first_held_out_pa(nih: Path) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _gray(path: Path) -> np.ndarray:
+def gray(path: Path) -> np.ndarray:
     """A PNG as float in [0, 1] (16-bit over 65535, 8-bit over 255)."""
     from PIL import Image
 
@@ -47,13 +47,13 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    old = _gray(args.old)
+    old = gray(args.old)
     old = (old - old.min()) / max(float(np.ptp(old)), 1e-9)  # the old files used a small part of the 16-bit range
     coco = json.loads((args.dataset / "annotations" / "coco.json").read_text(encoding="utf-8"))
     first = coco["images"][0]
-    new = _gray(args.dataset / first["file_name"])
+    new = gray(args.dataset / first["file_name"])
     boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"]]
-    real = _gray(args.real)
+    real = gray(args.real)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     panels = [
         (old, "before: line-integral DRR (CT box, no noise)"),
