@@ -290,6 +290,9 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         out: Path = typer.Option(Path("realism"), "--out", "-o", help="Writes realism.json and realism.png here."),
         size: int = typer.Option(512, "--size", help="Analysis side in px (common field-of-view scale)."),
         epochs: int = typer.Option(8, "--epochs", help="Classifier training epochs (fixed small budget)."),
+        repeats: int = typer.Option(
+            4, "--repeats", help="Independently seeded classifier runs whose AUCs are averaged (few CTs: ±0.15 each)."
+        ),
         max_images: int = typer.Option(200, "--max-images", help="At most this many images per set (seeded choice)."),
         seed: int = typer.Option(0, "--seed"),
         field: str = typer.Option(
@@ -311,7 +314,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         try:
             check_options(RealismOptions, seed=seed)
             cfg = RealismConfig(
-                size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs),
+                size=size, max_images=max_images, seed=seed, classifier=TwoSampleConfig(epochs=epochs, repeats=repeats),
                 field=field.lower(), real_part=real_part.lower(),
             )  # fmt: skip
             report = run(candidates, real, cfg, figure=out / "realism.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,6 +78,18 @@ def test_classifier_separates_noise_from_smooth_but_not_same_distribution() -> N
     assert abs(same["auc"] - 0.5) < 0.25
     again = classifier_two_sample_test(_smooth(16, 32, 2), _smooth(16, 32, 3), cfg=SMALL, seed=0)
     assert again["auc"] == same["auc"]  # seeded: same seed, same answer
+
+
+def test_classifier_repeats_average_independent_runs() -> None:
+    tiny = dataclasses.replace(SMALL, epochs=1, crops_per_image=2)
+    a, b = _smooth(6, 32, 2), _smooth(6, 32, 3)
+    single = classifier_two_sample_test(a, b, cfg=tiny, seed=5)
+    three = classifier_two_sample_test(a, b, cfg=dataclasses.replace(tiny, repeats=3), seed=5)
+    assert three["auc_runs"][0] == single["auc"]  # repeat 0 is the single-run test of the seed
+    assert three["auc"] == pytest.approx(np.mean(three["auc_runs"]))
+    assert len(set(three["auc_runs"])) > 1  # the further repeats are seeded apart
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        TwoSampleConfig(repeats=0)
 
 
 def test_classifier_keeps_groups_in_one_fold() -> None:
