@@ -61,6 +61,7 @@ def main() -> None:
     from restoration.preprocess import list_images
     from restoration.realism import RealismConfig, compare_sets, find_patient_table, load_set, prepare
     from restoration.splits import split_real
+    from restoration.two_sample import TwoSampleConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("datasets", nargs="+", type=Path, help="generate output folders (with images_physical/)")
@@ -84,7 +85,7 @@ def main() -> None:
         shown = present_all(samples, settings)
         rows = []
         for seed in args.seeds:
-            rcfg = RealismConfig(seed=seed)
+            rcfg = RealismConfig(seed=seed, classifier=TwoSampleConfig(repeats=1))  # one run per seed
             prepared = [prepare(im, rcfg.size, rcfg.field) for im in shown]
             cand, masks = np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
             r = compare_sets(cand, ref, groups, real_groups, rcfg, masks, ref_masks)
