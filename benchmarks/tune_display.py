@@ -27,8 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FIGURES = ("classifier_auc", "spectrum_distance", "fine_detail_ratio", "lung_histogram_distance", "background_share")
 
 
-def load_physical(folders: list[Path]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
-    """(CT id, physical L, exposed mask, pixel mm) of every sample recorded in the folders' manifests."""
+Sample = tuple[str, np.ndarray, np.ndarray, np.ndarray, float]
+
+
+def load_physical(folders: list[Path]) -> list[Sample]:
+    """(CT id, physical L, L the window is fitted on, exposed mask, pixel mm) of every recorded sample.
+
+    As ``generate`` does, the display window comes from the nodule-free twin when the dataset kept one.
+    """
     from PIL import Image
 
     from ct_projection.framing import Field
@@ -41,19 +47,22 @@ def load_physical(folders: list[Path]) -> list[tuple[str, np.ndarray, np.ndarray
             if "physical_file" not in attrs:
                 raise SystemExit(f"{folder}: no physical images (rendered with --display raw?)")
             pixels = np.asarray(Image.open(folder / attrs["physical_file"]), dtype=np.float64)
+            twin_file = attrs.get("physical_nodule_free_file")
+            twin = pixels if twin_file is None else np.asarray(Image.open(folder / twin_file), dtype=np.float64)
             x, y, w, h = attrs["collimation"]["field_xywh"]
             field = Field(top=y, bottom=y + h, left=x, right=x + w, sigma_px=attrs["collimation"]["penumbra_sigma_px"])
             exposed = field.weight(pixels.shape[0]) >= 0.5  # as pipeline.sample: the collimated field
-            out.append((attrs["ct"], pixels / 65535.0 * l_max, exposed, float(attrs["pixel_spacing_mm"])))
+            scale = l_max / 65535.0
+            out.append((attrs["ct"], pixels * scale, twin * scale, exposed, float(attrs["pixel_spacing_mm"])))
     return out
 
 
-def present_all(samples: list[tuple[str, np.ndarray, np.ndarray, float]], settings: dict[str, Any]) -> list[np.ndarray]:
+def present_all(samples: list[Sample], settings: dict[str, Any]) -> list[np.ndarray]:
     """Every sample in clinical presentation with ``DisplayConfig(**settings)``."""
     from ct_projection.display import DisplayConfig, fit_window, present
 
     cfg = replace(DisplayConfig(), **settings)
-    return [present(L, cfg, fit_window(L, cfg, exp), px, exp) for _, L, exp, px in samples]
+    return [present(L, cfg, fit_window(W, cfg, exp), px, exp) for _, L, W, exp, px in samples]
 
 
 def main() -> None:

@@ -132,3 +132,22 @@ def test_bad_physics_options_are_one_line_errors(tmp_path: Path, args: list[str]
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_display_is_reproducible_from_the_stored_physical_image(dataset: Path) -> None:
+    """benchmarks/tune_display.py re-presents stored physical images: with the default settings, byte for byte."""
+    import sys
+
+    from data.images import read_png16
+    from ct_projection.display import to_uint16
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from tune_display import load_physical, present_all
+
+    records = _records(dataset)
+    samples = load_physical([dataset])
+    assert [s[0] for s in samples] == [rec.attributes["ct"] for rec in records]
+    for rec, again in zip(records, present_all(samples, {})):
+        assert np.array_equal(to_uint16(again), read_png16(dataset / rec.file_name))
+    darker = present_all(samples, {"latitude": 0.2})  # another setting: another image from the same physics
+    assert not np.array_equal(to_uint16(darker[0]), read_png16(dataset / records[0].file_name))
