@@ -138,8 +138,8 @@ def test_display_is_reproducible_from_the_stored_physical_image(dataset: Path) -
     """benchmarks/tune_display.py re-presents stored physical images: with the default settings, byte for byte."""
     import sys
 
-    from data.images import read_png16
     from ct_projection.display import to_uint16
+    from data.images import read_png16
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from tune_display import load_physical, present_all
