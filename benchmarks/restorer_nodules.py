@@ -37,8 +37,8 @@ from restorer_bench import (
 TARGET_MEDIAN = 0.9
 
 
-def measure_all(datasets: list[Path]) -> tuple[list[Any], dict[Path, tuple[Any, int]]]:
-    """Per-nodule contrasts of every dataset (tagged with their dataset), and each dataset's (preprocess, scale)."""
+def measure_all(datasets: list[Path]) -> tuple[list[Any], dict[Path, tuple[Any, int, bool]]]:
+    """Per-nodule contrasts of every dataset (tagged with it), and each dataset's (preprocess, scale, windowed)."""
     from pipeline.nodule_preservation import measure, model_of
 
     rows, models = [], {}
@@ -48,13 +48,13 @@ def measure_all(datasets: list[Path]) -> tuple[list[Any], dict[Path, tuple[Any, 
             models[ds] = model_of(ds)
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(str(err)) from None
-        rows += [(ds, r) for r in measure(ds, models[ds][0], scale=models[ds][1])]
+        rows += [(ds, r) for r in measure(ds, models[ds][0], scale=models[ds][1], windowed=models[ds][2])]
     if not rows:
         raise SystemExit("no nodule footprints in " + ", ".join(map(str, datasets)))
     return rows, models
 
 
-def figure(rows: list[Any], models: dict[Path, tuple[Any, int]], path: Path, n: int) -> Path:
+def figure(rows: list[Any], models: dict[Path, tuple[Any, int, bool]], path: Path, n: int) -> Path:
     """Crops before | after (box drawn) of ``n`` nodules spread over the sorted ratios; written atomically."""
     import io
 
@@ -85,9 +85,9 @@ def figure(rows: list[Any], models: dict[Path, tuple[Any, int]], path: Path, n: 
         recs = cache.setdefault(ds, {rec.file_name: rec for rec in read_coco(ds / "annotations" / "coco.json")})
         rec = recs[r.file_name]
         nod = next(x for x in rec.nodules if x.nodule_id == r.nodule_id)
-        pcfg, scale = models[ds]
+        pcfg, scale, windowed = models[ds]
         lq_size = (rec.attributes.get("enhanced") or {}).get("input_size") or None
-        before = drr_in_model_space(read_png16(ds / rec.attributes["drr_file"]) / 65535.0, pcfg, lq_size, scale)
+        before = drr_in_model_space(read_png16(ds / rec.attributes["drr_file"]) / 65535.0, pcfg, lq_size, scale, windowed)
         after = read_png16(ds / rec.file_name) / 65535.0
         x, y, w, h = nod.bbox_xywh
         side = int(max(96, 3 * max(w, h)))

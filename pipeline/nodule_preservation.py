@@ -63,12 +63,15 @@ def _ring(footprint: np.ndarray, width: int) -> np.ndarray:
     return ndimage.binary_dilation(footprint, iterations=width) & ~footprint
 
 
-def drr_in_model_space(drr01: np.ndarray, preprocess: Any, lq_size: int | None, scale: int) -> np.ndarray:
+def drr_in_model_space(
+    drr01: np.ndarray, preprocess: Any, lq_size: int | None, scale: int, windowed: bool = True
+) -> np.ndarray:
     """The raw DRR as the restorer sees it, at the restored size: windowed, resized to the model's input size,
-    bicubic-upsampled by ``scale``, back to [0, 1]."""
+    bicubic-upsampled by ``scale``, back to [0, 1] (``windowed=False``: un-windowed again, the output scale of an
+    anchored restorer)."""
     from restoration.pipeline_ddpm_hq import conditioning_image
 
-    return conditioning_image(drr01.astype(np.float32), preprocess, lq_size, scale)
+    return conditioning_image(drr01.astype(np.float32), preprocess, lq_size, scale, windowed=windowed)
 
 
 def _read01(path: Path) -> np.ndarray:
@@ -77,7 +80,9 @@ def _read01(path: Path) -> np.ndarray:
     return read_png16(path).astype(np.float64) / 65535.0
 
 
-def measure(dataset_dir: str | Path, preprocess: Any, ring: int = 4, scale: int = 2) -> list[NoduleContrast]:
+def measure(
+    dataset_dir: str | Path, preprocess: Any, ring: int = 4, scale: int = 2, windowed: bool = True
+) -> list[NoduleContrast]:
     """Per-nodule contrast before/after restoration for every image of an enhanced dataset.
 
     Args:
@@ -85,6 +90,7 @@ def measure(dataset_dir: str | Path, preprocess: Any, ring: int = 4, scale: int 
         preprocess: the restorer's ``PreprocessConfig`` (its percentile window).
         scale: the restorer's super-resolution factor.
         ring: width in restored pixels of the background ring around each footprint.
+        windowed: the restorer's outputs are in its windowed space (False: anchored, in the DRR's scale).
     """
     from data.coco import read_coco
     from restoration.evaluate import nodule_contrast
@@ -102,7 +108,7 @@ def measure(dataset_dir: str | Path, preprocess: Any, ring: int = 4, scale: int 
         lq_size = enhanced.get("input_size") or None
 
         def before_after(drr_file: str, image_file: str) -> tuple[np.ndarray, np.ndarray]:
-            return drr_in_model_space(_read01(root / drr_file), preprocess, lq_size, scale), _read01(root / image_file)
+            return drr_in_model_space(_read01(root / drr_file), preprocess, lq_size, scale, windowed), _read01(root / image_file)
 
         before, after = before_after(drr_name, rec.file_name)
         if before.shape != after.shape:
@@ -167,8 +173,10 @@ def summarize(rows: list[NoduleContrast]) -> dict[str, Any]:
     return out
 
 
-def model_of(dataset_dir: str | Path, model_dir: str | Path | None = None) -> tuple[Any, int]:
-    """(preprocess, scale) of the restorer a dataset was enhanced with (or of ``model_dir``).
+def model_of(dataset_dir: str | Path, model_dir: str | Path | None = None) -> tuple[Any, int, bool]:
+    """(preprocess, scale, windowed) of the restorer a dataset was enhanced with (or of ``model_dir``).
+
+    ``windowed`` is False for a restorer with low-frequency anchoring (outputs in the DRR's intensity scale).
 
     Raises:
         ValueError: the dataset was not enhanced (one line).
@@ -188,4 +196,4 @@ def model_of(dataset_dir: str | Path, model_dir: str | Path | None = None) -> tu
             raise ValueError(f"{root}: not enhanced (no restored images to compare)")
         model_dir = next(u for u in used if u)
     pipe = load_pipeline(resolve_model_dir(model_dir))
-    return pipe.preprocess_config, int(pipe.config.scale)
+    return pipe.preprocess_config, int(pipe.config.scale), not float(pipe.config.anchor_sigma) > 0

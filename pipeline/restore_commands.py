@@ -339,8 +339,8 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         from restoration.ddpm_hq import ModelNotFoundError
 
         try:
-            preprocess, scale = model_of(dataset, model_dir)  # the packaged model is recorded by name, not path
-            result = summarize(measure(dataset, preprocess, scale=scale))
+            preprocess, scale, windowed = model_of(dataset, model_dir)  # the packaged model: recorded by name
+            result = summarize(measure(dataset, preprocess, scale=scale, windowed=windowed))
         except (ModelNotFoundError, FileNotFoundError, ValueError) as err:
             fail(str(err))
         if result["nodules"] == 0:

@@ -36,6 +36,7 @@ from restoration.ddpm_hq import (
     upsample_condition,
 )
 from restoration.ddpm_hq_sampling import restore
+from restoration.low_frequency_anchor import anchored_output, unwindow
 from restoration.preprocess import PreprocessConfig, model_scale_size, normalize, resize_image
 
 MODEL_INDEX = "model_index.json"
@@ -68,13 +69,29 @@ def model_input(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None) 
     return resize_image(lq, model_scale_size(*lq.shape, lq_size))
 
 
-def conditioning_image(img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None, scale: int) -> np.ndarray:
+def conditioning_image(
+    img01: np.ndarray, pcfg: PreprocessConfig, lq_size: int | None, scale: int, windowed: bool = True
+) -> np.ndarray:
     """The image as the restorer sees it, at output size, in [0, 1]: ``model_input`` bicubic-upsampled by ``scale``.
 
     Compare restored outputs with this (e.g. nodule contrast before vs after restoration).
+
+    Args:
+        windowed: True: in the model's windowed space (outputs of an unanchored pipeline); False: back in the
+            input's intensity scale (outputs of a pipeline with ``anchor_sigma`` > 0).
     """
     lq = torch.from_numpy(model_input(img01, pcfg, lq_size))[None, None]
-    return ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+    up = ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
+    if windowed:
+        return up
+    lo, hi = window_of(img01, pcfg)
+    return unwindow(up, lo, hi)
+
+
+def window_of(img01: np.ndarray, pcfg: PreprocessConfig) -> tuple[float, float]:
+    """(lo, hi) of the percentile window ``normalize`` gives this image (hi == lo: flat image)."""
+    lo, hi = np.percentile(np.asarray(img01, dtype=np.float32), [pcfg.low_pct, pcfg.high_pct])
+    return float(lo), float(hi)
 
 
 def _as_images(images: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
@@ -112,6 +129,10 @@ class DDPMHQPipeline(DiffusionPipeline):
         preprocess: ``PreprocessConfig.to_dict()`` of the training data (percentile window).
         num_inference_steps, strength: default sampler schedule (``restore``): UNet evaluations per image =
             ``max(1, round(num_inference_steps * strength))``.
+        anchor_sigma: > 0: outputs come back in the input's intensity scale with their structure coarser than a
+            Gaussian of this many output px taken from the bicubic-upsampled input (``low_frequency_anchor``):
+            the restorer adds detail and leaves the rendered exposure, tone and nodule contrast. 0: outputs in
+            the model's windowed space, as sampled.
     """
 
     model_cpu_offload_seq = "unet"
@@ -129,8 +150,11 @@ class DDPMHQPipeline(DiffusionPipeline):
         preprocess: dict[str, Any] | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
         strength: float = DEFAULT_STRENGTH,
+        anchor_sigma: float = 0.0,
     ) -> None:
         super().__init__()
+        if not (isinstance(anchor_sigma, (int, float)) and not isinstance(anchor_sigma, bool) and anchor_sigma >= 0):
+            raise ModelFolderError(f"anchor_sigma must be a number >= 0 (0: off), got {anchor_sigma!r}")
         self.register_modules(unet=unet, scheduler=scheduler)
         s = space_to_depth_of(unet)
         if space_to_depth is None:  # not given: what the UNet was built for
@@ -158,6 +182,7 @@ class DDPMHQPipeline(DiffusionPipeline):
         sampler: str = DEFAULT_SAMPLER,
         num_inference_steps: int = DEFAULT_STEPS,
         strength: float = DEFAULT_STRENGTH,
+        anchor_sigma: float = 0.0,
     ) -> DDPMHQPipeline:
         """A pipeline around a trained UNet and its ``DDPMHQConfig`` with sampler ``sampler`` (ddpm, ddim, dpmsolver++)."""
         return cls(
@@ -171,6 +196,7 @@ class DDPMHQPipeline(DiffusionPipeline):
             preprocess=dict(cfg.preprocess),
             num_inference_steps=num_inference_steps,
             strength=strength,
+            anchor_sigma=anchor_sigma,
         )
 
     def model_config(self) -> DDPMHQConfig:
@@ -215,6 +241,7 @@ class DDPMHQPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         input_size: int | str | None = "model",
+        anchor_sigma: float | None = None,
     ) -> DDPMHQPipelineOutput | tuple[list[Any]]:
         """Restore LQ images in [0, 1] ((H, W), (N, H, W) or a list of (H, W)), one at a time.
 
@@ -228,6 +255,7 @@ class DDPMHQPipeline(DiffusionPipeline):
             output_type: "np" (float32 arrays in [0, 1]) or "pt" (float32 tensors on the CPU).
             input_size: longer side inputs are resized to: "model" (``lq_size``, the scale the model learned
                 anatomy at), an int, or None for the native size.
+            anchor_sigma: low-frequency anchoring in output px (None: the pipeline's configured value; 0: off).
         """
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type {output_type!r}: expected one of np, pt")
@@ -237,6 +265,9 @@ class DDPMHQPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        sigma = float(self.config.anchor_sigma if anchor_sigma is None else anchor_sigma)
+        if not sigma >= 0.0:
+            raise ValueError(f"anchor_sigma must be >= 0 (0: off), got {anchor_sigma}")
         size = int(self.config.lq_size) if input_size == "model" else input_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"input_size must be 'model', a positive int or None, got {input_size!r}")
@@ -256,6 +287,9 @@ class DDPMHQPipeline(DiffusionPipeline):
                 residual_scale=float(self.config.residual_scale),
             )  # fmt: skip
             hq = ((x[0, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+            if sigma > 0:
+                lo, hi = window_of(img, self.preprocess_config)
+                hq = torch.from_numpy(anchored_output(hq.numpy(), img, lo, hi, sigma))
             outs.append(hq.numpy() if output_type == "np" else hq)
         self.maybe_free_model_hooks()
         return DDPMHQPipelineOutput(images=outs) if return_dict else (outs,)
@@ -351,8 +385,9 @@ def configure_sampler(
     sampler: str | None = None,
     num_inference_steps: int | None = None,
     strength: float | None = None,
+    anchor_sigma: float | None = None,
 ) -> DDPMHQPipeline:
-    """Set a pipeline folder's default sampler, steps and/or strength in place (weights untouched).
+    """Set a pipeline folder's default sampler, steps, strength and/or anchoring in place (weights untouched).
 
     Only ``model_index.json`` and ``scheduler/scheduler_config.json`` are rewritten (atomically), e.g. to ship the
     setting measured best on held-out pairs. Returns the reloaded pipeline.
@@ -367,6 +402,8 @@ def configure_sampler(
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     if strength is not None and not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if anchor_sigma is not None and not anchor_sigma >= 0.0:
+        raise ValueError(f"anchor_sigma must be >= 0 (0: off), got {anchor_sigma}")
     if sampler is not None:
         pipe.set_sampler(sampler)
     index = json.loads((folder / MODEL_INDEX).read_text(encoding="utf-8"))
@@ -375,6 +412,8 @@ def configure_sampler(
         index["num_inference_steps"] = int(num_inference_steps)
     if strength is not None:
         index["strength"] = float(strength)
+    if anchor_sigma is not None:
+        index["anchor_sigma"] = float(anchor_sigma)
     atomic_write_json(folder / "scheduler" / "scheduler_config.json", json.loads(pipe.scheduler.to_json_string()))
     atomic_write_json(folder / MODEL_INDEX, index)
     return load_pipeline(folder)

@@ -8,23 +8,20 @@
 #   (b) MUNIT-LQ and DDPM-LQ (stage 1, then stage 2), real CXRs (NIH + MHH, train patients only) vs those DRRs;
 #   (c) (LQ, HQ) pairs from the NIH train patients with both degraders (HQ 1024, LQ 512), and from the held-out
 #       patients for measuring (never trained on);
-#   (d) DDPM-HQ on the pairs named by HQ_PAIRS (default DDPM-LQ pairs; RUN/ddpm_hq1: the shipped model, v0) and
-#       the same network on bicubic pairs with the same budget (the paper's baseline: RUN/ddpm_hq_bicubic1). With
-#       HQ2_STEPS > 0 a stage 2 fine-tunes both (--init-from): the restorer on HQ2_PAIRS="munit ddpm_lq" mixed
-#       HQ2_WEIGHTS="3 1" with Gaussian noise of std U(0, LQ_NOISE=0.03) on the LQ crops (RUN/ddpm_hq), the
-#       baseline on bicubic pairs with the same noise (RUN/ddpm_hq_bicubic); measured, not shipped (TRAINING.md);
+#   (d) DDPM-HQ: the paper's baseline on bicubic pairs (RUN/ddpm_hq_bicubic1), then the shipped model, that network
+#       fine-tuned on light-touch DDPM-LQ pairs (strength LIGHT_STRENGTH=0.1, LIGHT_STEPS=50 grid) and tone-anchored
+#       MUNIT-LQ pairs mixed SHIP_WEIGHTS="3 1" (RUN/ddpm_hq), and the baseline given the same steps on bicubic
+#       pairs (RUN/ddpm_hq_bicubic); both set to sample DDIM 8 steps at strength 0.5 with low-frequency anchoring
+#       (ANCHOR_SIGMA=3 output px);
 #   (e) with --install only: copy the shipped model (model_index.json, unet/, scheduler/) into
 #       restoration/pretrained/ddpm-hq/ (its README.md model card is left as it is).
 #
 # Resumable step by step: a stage whose output is complete is skipped (RUN/.done/STAGE), and an interrupted training
 # continues from its last checkpoint-N when the script is run again. Two jobs run at a time, one core each.
-# Budgets (optimizer steps; the defaults fit <= 3 h on 2 CPU cores, docs/TRAINING.md):
-#   MUNIT_STEPS=2266 DDPM_LQ1_STEPS=2000 DDPM_LQ2_STEPS=1000 HQ_STEPS=1400 BASELINE_STEPS="700 1400" HQ2_STEPS=0
+# Budgets (optimizer steps; the defaults fit about 3 h on 2 CPU cores, docs/TRAINING.md):
+#   MUNIT_STEPS=2266 DDPM_LQ1_STEPS=2000 DDPM_LQ2_STEPS=1000 BASELINE_STEPS="700 1400" SHIP_STEPS=2000 (SHIP_LR=1e-4)
 #   (a list of budgets runs one after the other, each continuing the last with the cosine learning-rate schedule
-#   restarting over the new total: stage 1 of the shipped model had one 1400-step run, its bicubic baseline 700
-#   steps continued to 1400.) Stage 2 (HQ2_STEPS=2800 in the measured run) learns at HQ2_LR=1e-4. Stage 1 is on
-#   DDPM-LQ pairs only because the first MUNIT-LQ had inverted the lungs (LQ vs HQ/2 correlation -0.38; MUNIT-LQ
-#   has since gained a low-pass consistency loss); docs/TRAINING.md says how each model was trained.
+#   restarting over the new total: the shipped model's baseline had 700 steps continued to 1400.)
 # Data: NIH=../shared/data/cxr/nih-chestxray14 (HQ, 1024²) MHH=../shared/data/cxr/mhh-covid-19 (extra real data for
 # the degraders; MHH= to leave it out) CTS=../shared/data/ct/lung-pet-ct-dx (CTS= for the embedded CT only).
 # --tiny: 64 px DRRs of the embedded CT, 2-step trainings at LQ 64: a smoke test of the whole chain in minutes.
@@ -37,7 +34,7 @@ for arg in "$@"; do
     case "$arg" in
         --tiny) TINY=1 ;;
         --install) INSTALL=1 ;;
-        -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         -*) echo "train_restorer.sh: unknown option $arg (expected --tiny, --install, RUN_DIR)" >&2; exit 2 ;;
         *) [ -z "$RUN" ] || { echo "train_restorer.sh: one RUN_DIR only (got $RUN and $arg)" >&2; exit 2; }; RUN="$arg" ;;
     esac
@@ -53,7 +50,8 @@ CTS="${CTS-../shared/data/ct/lung-pet-ct-dx}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 if [ "$TINY" = 1 ]; then
-    : "${MUNIT_STEPS:=2}" "${DDPM_LQ1_STEPS:=2}" "${DDPM_LQ2_STEPS:=2}" "${HQ_STEPS:=2 4}" "${BASELINE_STEPS:=2 4}" "${HQ2_STEPS:=2}"
+    : "${MUNIT_STEPS:=2}" "${DDPM_LQ1_STEPS:=2}" "${DDPM_LQ2_STEPS:=2}" "${BASELINE_STEPS:=2 4}" "${SHIP_STEPS:=2}"
+    : "${LIGHT_STRENGTH:=0.5}" "${LIGHT_STEPS:=4}"
     SIZE=64 N_PA=2 N_AP=1
     PRE='preprocess={"size": 64}'                     # degraders work at LQ 64 -> pairs HQ 128 / LQ 64
     LQ=(--crop-size 32 --set "$PRE" --set checkpointing_steps=1 --set batch_size=2)
@@ -62,7 +60,8 @@ if [ "$TINY" = 1 ]; then
         --set num_val_images=2)
     SDEDIT=(--steps 2)
 else
-    : "${MUNIT_STEPS:=2266}" "${DDPM_LQ1_STEPS:=2000}" "${DDPM_LQ2_STEPS:=1000}" "${HQ_STEPS:=1400}" "${BASELINE_STEPS:=700 1400}" "${HQ2_STEPS:=0}"
+    : "${MUNIT_STEPS:=2266}" "${DDPM_LQ1_STEPS:=2000}" "${DDPM_LQ2_STEPS:=1000}" "${BASELINE_STEPS:=700 1400}" "${SHIP_STEPS:=2000}"
+    : "${LIGHT_STRENGTH:=0.1}" "${LIGHT_STEPS:=50}"
     SIZE=512 N_PA=8 N_AP=4
     LQ=(--set batch_size=16 --set checkpointing_steps=200 --set checkpoints_total_limit=2)
     MUNIT=(--set checkpointing_steps=100 --set checkpoints_total_limit=2)
@@ -141,44 +140,43 @@ stage pairs_ddpm_lq_heldout "${DXR[@]}" make-pairs ddpm-lq --model "$RUN/ddpm_lq
 P2=$!
 join "$P1" "$P2"
 
-# (d) DDPM-HQ, two stages each: the shipped model (stage 1 on HQ_PAIRS, stage 2 fine-tunes it on HQ2_PAIRS mixed
-# HQ2_WEIGHTS, with LQ noise) and the bicubic baseline given the same two stages on bicubic pairs (same budget)
+# (c') the shipped model's training pairs: DDPM-LQ at a light touch (SDEdit strength LIGHT_STRENGTH on a LIGHT_STEPS
+# grid: its LQ is then closest to our DRRs' fine detail), and the MUNIT-LQ pairs with their coarse tone anchored to
+# the HQ (MUNIT-LQ's misalignment is mostly tone; benchmarks/anchor_pairs.py, σ 8 LQ px)
+stage pairs_ddpm_lq_light "${DXR[@]}" make-pairs ddpm-lq --model "$RUN/ddpm_lq2/model" --hq-dir "$NIH" --split train \
+    --out "$RUN/pairs_ddpm_lq_light" --strength "$LIGHT_STRENGTH" --steps "$LIGHT_STEPS" --no-progress &
+P1=$!
+stage pairs_munit_anchored "$PY" benchmarks/anchor_pairs.py "$RUN/pairs_munit" "$RUN/pairs_munit_anchored" --sigma 8 &
+P2=$!
+join "$P1" "$P2"
+
+# (d) DDPM-HQ. First the paper's baseline, the network on bicubic pairs (BASELINE_STEPS: RUN/ddpm_hq_bicubic1).
+# The shipped model fine-tunes it (--init-from) for SHIP_STEPS on the light DDPM-LQ and anchored MUNIT-LQ pairs
+# mixed SHIP_WEIGHTS (RUN/ddpm_hq); the baseline gets the same SHIP_STEPS on bicubic pairs (RUN/ddpm_hq_bicubic,
+# same budget). Both then sample with DDIM, 8 steps at strength 0.5 (4 UNet passes), anchored (ANCHOR_SIGMA
+# output px: the restorer adds detail, the DRR keeps its exposure and tone; restoration/low_frequency_anchor.py).
 # budgets NAME "STEPS..." ARGS...: `train ddpm-hq ARGS` to each budget in turn (each run resumes the last)
 budgets() {
     local name=$1 list=$2 steps; shift 2
     for steps in $list; do stage "${name}_$steps" "${DXR[@]}" train ddpm-hq --steps "$steps" "$@" || return 1; done
 }
-# pairs_json "munit ddpm_lq": the JSON list of those pairs folders
-pairs_json() {
-    local p out=""
-    for p in $1; do
-        case "$p" in munit | ddpm_lq) ;; *) echo "train_restorer.sh: pairs '$1': expected munit and/or ddpm_lq" >&2; return 2 ;; esac
-        out="${out:+$out, }\"$RUN/pairs_$p\""
-    done
-    echo "[$out]"
-}
-: "${HQ_PAIRS:=ddpm_lq}" "${HQ2_PAIRS:=munit ddpm_lq}" "${HQ2_WEIGHTS:=3 1}" "${LQ_NOISE:=0.03}" "${HQ2_LR:=1e-4}"
-PAIRS1="$(pairs_json "$HQ_PAIRS")"
-PAIRS2="$(pairs_json "$HQ2_PAIRS")"
-WEIGHTS2="[$(echo $HQ2_WEIGHTS | tr ' ' ',')]"
-STAGE2=(--set "lq_noise_std=$LQ_NOISE" --set "lr=$HQ2_LR" --set validation_steps=700)
-# HQ2_STEPS=0 (the default): no stage 2; the shipped model is stage 1
-if [ "$HQ2_STEPS" = 0 ]; then SHIPPED="$RUN/ddpm_hq1" BASELINE="$RUN/ddpm_hq_bicubic1"; else SHIPPED="$RUN/ddpm_hq" BASELINE="$RUN/ddpm_hq_bicubic"; fi
-{
-    budgets ddpm_hq1 "$HQ_STEPS" --config cpu -o "$RUN/ddpm_hq1" --set pair_source=pairs_dir \
-        --set "pairs_dirs=$PAIRS1" "${HQ[@]}" || exit 1
-    [ "$HQ2_STEPS" = 0 ] || budgets ddpm_hq "$HQ2_STEPS" --config cpu -o "$RUN/ddpm_hq" --init-from "$RUN/ddpm_hq1" \
-        --set pair_source=pairs_dir --set "pairs_dirs=$PAIRS2" --set "pairs_weights=$WEIGHTS2" "${STAGE2[@]}" "${HQ[@]}"
-} &
+: "${SHIP_WEIGHTS:=3 1}" "${SHIP_LR:=1e-4}" "${ANCHOR_SIGMA:=3}"
+WEIGHTS="[$(echo $SHIP_WEIGHTS | tr ' ' ',')]"
+FINE=(--set lq_noise_std=0 --set "lr=$SHIP_LR" --set validation_steps=100000)
+SHIPPED="$RUN/ddpm_hq" BASELINE="$RUN/ddpm_hq_bicubic"
+budgets ddpm_hq_bicubic1 "$BASELINE_STEPS" --config cpu -o "$RUN/ddpm_hq_bicubic1" --hq-dir "$NIH" "${HQ[@]}"
+budgets ddpm_hq "$SHIP_STEPS" --config cpu -o "$SHIPPED" --init-from "$RUN/ddpm_hq_bicubic1" \
+    --set pair_source=pairs_dir --set "pairs_dirs=[\"$RUN/pairs_ddpm_lq_light\", \"$RUN/pairs_munit_anchored\"]" \
+    --set "pairs_weights=$WEIGHTS" "${FINE[@]}" "${HQ[@]}" &
 H1=$!
-{
-    budgets ddpm_hq_bicubic1 "$BASELINE_STEPS" --config cpu -o "$RUN/ddpm_hq_bicubic1" --hq-dir "$NIH" \
-        "${HQ[@]}" || exit 1
-    [ "$HQ2_STEPS" = 0 ] || budgets ddpm_hq_bicubic "$HQ2_STEPS" --config cpu -o "$RUN/ddpm_hq_bicubic" \
-        --init-from "$RUN/ddpm_hq_bicubic1" --hq-dir "$NIH" "${STAGE2[@]}" "${HQ[@]}"
-} &
+budgets ddpm_hq_bicubic "$SHIP_STEPS" --config cpu -o "$BASELINE" --init-from "$RUN/ddpm_hq_bicubic1" \
+    --hq-dir "$NIH" "${FINE[@]}" "${HQ[@]}" &
 H2=$!
 join "$H1" "$H2"
+for model in "$SHIPPED" "$BASELINE"; do
+    "$PY" -c "import sys; from restoration.pipeline_ddpm_hq import configure_sampler as c
+c(sys.argv[1], 'ddim', num_inference_steps=8, strength=0.5, anchor_sigma=float(sys.argv[2]))" "$model" "$ANCHOR_SIGMA"
+done
 
 # (e) ship it (only when asked)
 if [ "$INSTALL" = 1 ]; then

@@ -17,7 +17,7 @@ from restoration.preprocess import PreprocessConfig
 PCFG = PreprocessConfig(size=32)
 
 
-def make_dataset(root: Path, restorer, faint: bool = False) -> None:
+def make_dataset(root: Path, restorer, faint: bool = False, windowed: bool = True) -> None:
     """One 32 px 'DRR' with a bright disk and its nodule-free twin, their 64 px 'restorations' by ``restorer``,
     and the 2x footprint."""
     yy, xx = np.mgrid[:32, :32]
@@ -28,7 +28,7 @@ def make_dataset(root: Path, restorer, faint: bool = False) -> None:
     drr[disk] += 0.08
     for folder, img in (("images_drr", drr), ("images_drr_nodule_free", free)):
         write_png16(root / folder / "a.png", np.rint(img.clip(0, 1) * 65535).astype(np.uint16))
-        restored = restorer(drr_in_model_space(img, PCFG, None, 2))
+        restored = restorer(drr_in_model_space(img, PCFG, None, 2, windowed))
         out = "images" if folder == "images_drr" else "images_nodule_free"
         write_png16(root / out / "a.png", np.rint(restored.clip(0, 1) * 65535).astype(np.uint16))
     footprint = np.kron(disk, np.ones((2, 2), bool))
@@ -53,6 +53,16 @@ def test_identity_keeps_and_smoothing_erases(tmp_path: Path) -> None:
     assert erased["median_contrast_ratio"] < ERASED_BELOW and erased["erased_fraction"] == 1.0
     assert erased["twin"]["median_contrast_ratio"] < ERASED_BELOW
     assert erased["twin"]["non_faint_erased"] == 1 and erased["twin"]["non_faint_min_ratio"] < ERASED_BELOW
+
+
+def test_anchored_restorers_are_compared_in_the_drr_intensity_scale(tmp_path: Path) -> None:
+    """An anchored restorer returns the DRR's own intensities (un-windowed); compared in that scale an identity
+    keeps contrast exactly, compared in the windowed scale it would seem to lose some (the window's gain)."""
+    make_dataset(tmp_path, lambda img: img, windowed=False)
+    (same_scale,) = measure(tmp_path, PCFG, windowed=False)
+    assert same_scale.ratio == pytest.approx(1.0, abs=1e-3) and same_scale.twin_ratio == pytest.approx(1.0, abs=1e-3)
+    (wrong_scale,) = measure(tmp_path, PCFG)
+    assert abs(wrong_scale.ratio - 1.0) > 0.1
 
 
 def test_faint_nodules_do_not_count_against_the_target(tmp_path: Path) -> None:

@@ -322,3 +322,63 @@ def test_shipped_opt_in_model_loads_and_restores_deterministically() -> None:
     b = pipe(img, num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
     assert a.shape == pipe.output_size((64, 48)) and np.isfinite(a).all() and 0.0 <= a.min() and a.max() <= 1.0
     assert np.array_equal(a, b)
+
+
+def test_anchor_low_frequencies_swaps_only_the_coarse_part() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from restoration.low_frequency_anchor import anchor_low_frequencies
+
+    rng = np.random.default_rng(0)
+    ref = gaussian_filter(rng.random((64, 48)), 6) * 0.6 + 0.2  # the input's tone, smooth
+    detail = gaussian_filter(rng.normal(0, 0.05, (64, 48)), 0.7)  # what a restorer adds
+    detail -= gaussian_filter(detail, 3.0)
+    restored = 1.2 * ref - 0.15 + detail  # re-exposed (gain and offset), with new fine detail
+    out = anchor_low_frequencies(restored, ref, 3.0)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    coarse = lambda x: gaussian_filter(x.astype(np.float64), 3.0)  # noqa: E731
+    assert np.abs(coarse(out) - coarse(ref)).max() < 0.02 < np.abs(coarse(restored) - coarse(ref)).max()
+    fine = lambda x: x - gaussian_filter(x.astype(np.float64), 1.0)  # noqa: E731
+    assert np.corrcoef(fine(out).ravel(), fine(detail).ravel())[0, 1] > 0.95  # the added detail is kept
+    with pytest.raises(ValueError, match="sigma"):
+        anchor_low_frequencies(restored, ref, 0.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        anchor_low_frequencies(restored, ref[:10], 3.0)
+
+
+def test_anchored_pipeline_keeps_the_input_tone_and_the_restored_detail(pipe_dir, tmp_path):
+    import shutil
+
+    from scipy.ndimage import gaussian_filter
+
+    from restoration.low_frequency_anchor import unwindow
+    from restoration.pipeline_ddpm_hq import configure_sampler, window_of
+    from restoration.preprocess import PreprocessConfig, resize_image
+
+    pipe = load_pipeline(pipe_dir)
+    assert pipe.config.anchor_sigma == 0.0  # off unless a model folder says otherwise
+    img = toy_image(64, 48)
+    plain = pipe(img, generator=torch.Generator().manual_seed(0)).images[0]
+    anchored = pipe(img, generator=torch.Generator().manual_seed(0), anchor_sigma=2.0).images[0]
+    assert anchored.shape == plain.shape and anchored.dtype == np.float32
+    ref = resize_image(img, anchored.shape)  # the input, bicubic-upsampled, in its own intensity scale
+    lo, hi = window_of(img, PreprocessConfig(**pipe.config.preprocess))
+    plain_in_input_scale = unwindow(plain, lo, hi)
+    coarse = lambda x: gaussian_filter(np.asarray(x, np.float64), 2.0)  # noqa: E731
+    inner = (slice(6, -6), slice(6, -6))
+    assert np.abs(coarse(anchored) - coarse(ref))[inner].max() < 0.02
+    assert np.abs(coarse(plain) - coarse(ref))[inner].max() > 0.05  # windowed + re-toned without the anchor
+    fine = lambda x: np.asarray(x, np.float64) - coarse(x)  # noqa: E731
+    np.testing.assert_allclose(fine(anchored)[inner], fine(plain_in_input_scale)[inner], atol=0.02)
+    # the folder carries the setting: configure it once, callers pass nothing
+    folder = shutil.copytree(pipe_dir, tmp_path / "anchored")
+    configured = configure_sampler(folder, anchor_sigma=2.0)
+    assert json.loads((folder / "model_index.json").read_text())["anchor_sigma"] == 2.0
+    again = configured(img, generator=torch.Generator().manual_seed(0)).images[0]
+    np.testing.assert_array_equal(again, anchored)
+    with pytest.raises(ValueError, match="anchor_sigma"):
+        configured(img, anchor_sigma=-1.0)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "anchor_sigma": -2}))
+    with pytest.raises(ModelFolderError, match="anchor_sigma must be a number >= 0"):
+        load_pipeline(folder)

@@ -43,9 +43,9 @@ def test_tiny_chain_resumes_and_installs(tmp_path: Path) -> None:
     first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     stages = {"drr_example_pa", "drr_example_ap", "munit", "ddpm_lq1", "ddpm_lq2", "pairs_munit", "pairs_ddpm_lq",
-              "pairs_munit_heldout", "pairs_ddpm_lq_heldout", "ddpm_hq1_2", "ddpm_hq1_4", "ddpm_hq_bicubic1_2",
-              "ddpm_hq_bicubic1_4", "ddpm_hq_2", "ddpm_hq_bicubic_2"}  # fmt: skip
-    # (tiny HQ_STEPS="2 4": a second budget continues the first; stage 2 (HQ2_STEPS=2) fine-tunes stage 1)
+              "pairs_munit_heldout", "pairs_ddpm_lq_heldout", "pairs_ddpm_lq_light", "pairs_munit_anchored",
+              "ddpm_hq_bicubic1_2", "ddpm_hq_bicubic1_4", "ddpm_hq_2", "ddpm_hq_bicubic_2"}  # fmt: skip
+    # (tiny BASELINE_STEPS="2 4": a second budget continues the first; SHIP_STEPS=2 fine-tunes the baseline)
     assert {p.name for p in (run / ".done").iterdir()} == stages
     train_part, held = split_real(sorted((nih / "images").glob("*.png")))
     assert train_part and held
@@ -54,20 +54,20 @@ def test_tiny_chain_resumes_and_installs(tmp_path: Path) -> None:
         assert {Path(s).name for s in sources} == {p.name for p in train_part}
         sources = {r["hq_source"] for r in json.loads((run / f"{name}_heldout" / "pairs.json").read_text())["pairs"]}
         assert {Path(s).name for s in sources} == {p.name for p in held}
-    for name in ("ddpm_hq1", "ddpm_hq_bicubic1"):  # 2 steps, then continued to 4 (resumed at 3)
-        steps = [json.loads(line)["step"] for line in (run / name / "metrics.jsonl").read_text().splitlines()]
-        assert steps[0] == 2 and steps[-1] == 4 and (run / name / "checkpoint-4").is_dir()  # logged every 10 and last
-    stage1 = json.loads((run / "ddpm_hq1" / "train_config.json").read_text())
-    assert [Path(d).name for d in stage1["pairs_dirs"]] == ["pairs_ddpm_lq"]  # HQ_PAIRS default (see the script)
+    light = json.loads((run / "pairs_ddpm_lq_light" / "pairs.json").read_text())["pairs"]
+    assert {Path(r["hq_source"]).name for r in light} == {p.name for p in train_part}
+    steps = [json.loads(line)["step"] for line in (run / "ddpm_hq_bicubic1" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 2 and steps[-1] == 4 and (run / "ddpm_hq_bicubic1" / "checkpoint-4").is_dir()  # resumed at 3
     shipped_cfg = json.loads((run / "ddpm_hq" / "train_config.json").read_text())
-    assert [Path(d).name for d in shipped_cfg["pairs_dirs"]] == ["pairs_munit", "pairs_ddpm_lq"]  # HQ2_PAIRS
-    assert shipped_cfg["pairs_weights"] == [3, 1] and shipped_cfg["lq_noise_std"] == 0.03
-    assert Path(shipped_cfg["init_from"]).name == "ddpm_hq1"
-    assert Path(json.loads((run / "ddpm_hq_bicubic" / "train_config.json").read_text())["init_from"]).name == "ddpm_hq_bicubic1"
+    assert [Path(d).name for d in shipped_cfg["pairs_dirs"]] == ["pairs_ddpm_lq_light", "pairs_munit_anchored"]
+    assert shipped_cfg["pairs_weights"] == [3, 1] and shipped_cfg["lq_noise_std"] == 0.0
+    for name in ("ddpm_hq", "ddpm_hq_bicubic"):  # both fine-tune the baseline with the same budget
+        assert Path(json.loads((run / name / "train_config.json").read_text())["init_from"]).name == "ddpm_hq_bicubic1"
+        pipe = load_pipeline(run / name)
+        assert pipe.config.lq_size == 64 and pipe.config.anchor_sigma == 3.0 and pipe.sampler_name == "ddim"
+        assert (pipe.config.num_inference_steps, pipe.config.strength) == (8, 0.5)
     baseline = json.loads((run / "ddpm_hq_bicubic" / "split.json").read_text())
     assert {Path(s).name for s in baseline["train"]["sources"]} == {p.name for p in train_part}
-    for name in ("ddpm_hq", "ddpm_hq_bicubic"):
-        assert load_pipeline(run / name).config.lq_size == 64
     # a second run finds every stage done, and --install copies the shipped pipeline where it was asked to
     again = subprocess.run([*script[:2], "--install", *script[2:]], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
