@@ -1,4 +1,4 @@
-"""README figure: raw DRR | enhanced (DDPM-HQ) | a real held-out chest radiograph, nodule boxes drawn.
+"""README figure: raw DRR | enhanced (DDPM-HQ) | a real held-out chest radiograph, nodule boxes drawn, and zooms.
 
 Usage:
     python benchmarks/enhanced_vs_real.py --out docs/images/enhanced_vs_real.png
@@ -9,7 +9,9 @@ same options (generate resumes). The raw DRR is drawn with its own boxes (``drr_
 with the dataset's boxes; faint nodules (COCO ignore) dashed. The real image is a held-out NIH ChestX-ray14 CXR
 (NIH Clinical Center; Wang et al., CVPR 2017; attribution required), PA view, the first held-out one by name unless
 ``--real`` names another; NIH gives it no nodule boxes. Each panel is shown as stored (16-bit files over their full
-range, 8-bit as is); nothing is tuned per panel.
+range, 8-bit as is); nothing is tuned per panel. The second row zooms into the same region of each (the first
+non-faint nodule, else the right mid-lung; the real image at the same relative place), drawn pixel for pixel
+(nearest neighbour), so what the 2x super-resolution adds is visible.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import numpy as np
 
 from look_vs_real import gray
 from restorer_bench import NIH_DIR, add_dataset_args, enhanced_records, ensure_datasets, held_out_real
+
+
+ZOOM = 0.16  # zoom crops: this share of the image side
 
 
 def first_held_out_pa(nih: Path) -> Path:
@@ -62,7 +67,20 @@ def draw(dataset: Path, index: int, real: Path, out: Path) -> Path:
         (enh, [n.bbox_xywh for n in rec.nodules], f"enhanced, DDPM-HQ ({enh.shape[1]}²)"),
         (ref, [], f"real CXR, held-out NIH ({ref.shape[1]}²)"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
+    fig, grid = plt.subplots(2, 3, figsize=(12, 8.6), gridspec_kw={"height_ratios": [1.0, 0.9]})
+    axes = grid[0]
+    # zoom: ZOOM of the image side around the first non-faint nodule (else the right mid-lung), same place in each
+    target = next((n.bbox_xywh for n, f in zip(rec.nodules, faint) if not f), None)
+    cx, cy = (0.3, 0.45) if target is None else (
+        (target[0] + target[2] / 2) / enh.shape[1], (target[1] + target[3] / 2) / enh.shape[0])
+    for ax, (img, _, title) in zip(grid[1], panels):
+        h, w = img.shape
+        side = max(8, int(round(ZOOM * w)))
+        x0 = int(np.clip(round(cx * w - side / 2), 0, w - side))
+        y0 = int(np.clip(round(cy * h - side / 2), 0, h - side))
+        ax.imshow(img[y0 : y0 + side, x0 : x0 + side], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"zoom: {side}x{side} px of the {title.split(' (')[0]}", fontsize=9)
+        ax.axis("off")
     for ax, (img, boxes, title) in zip(axes, panels):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="lanczos")
         for (x, y, w, h), f in zip(boxes, faint):

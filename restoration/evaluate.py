@@ -20,6 +20,7 @@ from PIL import Image
 from restoration.ddpm_hq import SCHEDULERS, make_scheduler, unet_forward, upsample_condition
 from restoration.ddpm_hq_sampling import restore
 from restoration.degrade import bicubic_degrade
+from restoration.low_frequency_anchor import anchor_low_frequencies
 from restoration.pairs import in_pairs_folder
 from restoration.preprocess import ImageFolderDataset, PreprocessConfig
 
@@ -219,6 +220,7 @@ def evaluate_samplers(
         raise ValueError("evaluate_samplers needs at least one sampler (e.g. SamplerSpec('ddim', 20))")
     pipe = load_pipeline(model_dir, device=device)
     unet, cfg = pipe.unet, pipe.model_config()
+    anchor = float(pipe.config.anchor_sigma)  # part of the model's output: applied under every sampler
     default = SamplerSpec(pipe.sampler_name, int(pipe.config.num_inference_steps), float(pipe.config.strength))
     samplers = [default if sp.scheduler == "default" else sp for sp in samplers]
     hq_paths = [Path(p) for p in hq_paths]
@@ -268,19 +270,24 @@ def evaluate_samplers(
             ).cpu()  # fmt: skip
             dt = time.perf_counter() - t0
             restore_s += dt
+            restored = [to01(out[j, 0]) for j in range(len(idx))]
+            if anchor > 0:  # pairs are in the model's windowed space already: anchor to the bicubic-upsampled LQ
+                up = upsample_condition(lq, cfg.scale)
+                restored = [anchor_low_frequencies(r, to01(up[j, 0]), anchor) for j, r in enumerate(restored)]
             for j, i in enumerate(idx):
-                mp, ms = psnr_ssim(to01(out[j, 0]), refs[i])
+                mp, ms = psnr_ssim(restored[j], refs[i])
                 bp, bs = base[i]
                 per_image.append({
                     "path": str(hq_ds.paths[i]), "psnr": mp, "ssim": ms, "bicubic_psnr": bp, "bicubic_ssim": bs,
                     "seconds": dt / len(idx),
                 })  # fmt: skip
             if k == 0 and figure_path is not None and idx.start == 0:
-                figure(lq[:4], out[:4], hq[:4], figure_path, zoom=max(1, 256 // hq.shape[-1]))
+                shown = torch.from_numpy(np.stack(restored[:4]).astype(np.float32))[:, None] * 2.0 - 1.0
+                figure(lq[:4], shown, hq[:4], figure_path, zoom=max(1, 256 // hq.shape[-1]))
         runs.append(_summary(spec, per_image, restore_s))
     if whole_image_timing:
         _time_whole_images(unet, cfg, whole_lq.to(device), samplers, runs, seed, device, max_timed_evals)
-    return {"n": len(refs), "crop": crop, "bicubic": runs[0]["bicubic"], "runs": runs}
+    return {"n": len(refs), "crop": crop, "anchor_sigma": anchor, "bicubic": runs[0]["bicubic"], "runs": runs}
 
 
 def _crop_batch(

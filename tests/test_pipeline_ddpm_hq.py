@@ -243,11 +243,16 @@ def test_packaged_model_dir(tmp_path, pipe_dir):
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     assert packaged_model_dir(tmp_path) is None  # a folder without weights ships nothing
     shipped = packaged_model_dir()
-    if shipped is None:
-        pytest.skip("no packaged DDPM-HQ model in this checkout")
+    assert shipped is not None, "the package ships its default restorer (restoration/pretrained/ddpm-hq)"
+    weights = shipped / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.stat().st_size <= 50 * 2**20 and "## Held-out metrics" in (shipped / "README.md").read_text()
     pipe = load_pipeline(shipped)  # the shipped model loads with local files only and restores a small image
-    out = pipe(toy_image(64, 48), num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0))
-    assert out.images[0].shape == pipe.output_size((64, 48)) and np.isfinite(out.images[0]).all()
+    assert (pipe.config.lq_size, pipe.config.scale) == (512, 2) and pipe.config.anchor_sigma > 0
+    assert max(1, round(pipe.config.num_inference_steps * pipe.config.strength)) <= 4  # few-step default sampler
+    img = toy_image(64, 48)
+    out = pipe(img, num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
+    again = pipe(img, num_inference_steps=2, strength=0.5, generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.shape == pipe.output_size((64, 48)) and np.isfinite(out).all() and np.array_equal(out, again)
 
 
 def test_enhance_folder_and_sampler_table_on_crops(pipe_dir, tmp_path):
@@ -282,6 +287,17 @@ def test_enhance_folder_and_sampler_table_on_crops(pipe_dir, tmp_path):
     with pytest.raises(ValueError, match="crop 12: must be a multiple of 8"):
         evaluate_samplers(pipe_dir, hq, specs[:1], crop=12)
     assert SAMPLER_TABLE[0] == "ddpm:1000" and "default" in SAMPLER_TABLE
+    # an anchored model is measured as it restores: its output anchored to the bicubic-upsampled LQ
+    import shutil
+
+    from restoration.pipeline_ddpm_hq import configure_sampler
+
+    anchored = configure_sampler(shutil.copytree(pipe_dir, tmp_path / "anchored"), anchor_sigma=2.0)
+    a = evaluate_samplers(tmp_path / "anchored", hq, specs[:1], crop=16)
+    assert a["anchor_sigma"] == 2.0 and r["anchor_sigma"] == 0.0 and anchored.config.anchor_sigma == 2.0
+    # the random tiny UNet's residual is far off; keeping the input's coarse part brings it near the bicubic input
+    gap = lambda res: abs(res["runs"][0]["model"]["psnr"] - res["bicubic"]["psnr"])  # noqa: E731
+    assert gap(a) < gap(again)
 
 
 def test_configure_sampler_in_place_and_inferred_config(pipe_dir, tmp_path):
