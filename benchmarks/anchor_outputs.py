@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     """Write one anchored 16-bit PNG per enhanced image."""
     from data.images import write_png16
     from restoration.low_frequency_anchor import anchored_output
-    from restoration.pipeline_ddpm_hq import window_of
-    from restoration.preprocess import PreprocessConfig, list_images, load_grayscale
+    from restoration.preprocess import PreprocessConfig, list_images, load_grayscale, percentile_window
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("enhanced", type=Path, help="an unanchored restorer's outputs (enhance)")
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if src is None:
             raise SystemExit(f"{path}: no input DRR of that name in {', '.join(map(str, args.raw))}")
         drr = load_grayscale(src)
-        lo, hi = window_of(drr, pcfg)
+        lo, hi = percentile_window(drr, pcfg)
         out = anchored_output(load_grayscale(path), drr, lo, hi, args.sigma)
         write_png16(args.out / path.name, np.rint(out.astype(np.float64) * 65535.0).astype(np.uint16))
         done += 1

@@ -108,7 +108,8 @@ def measure(
         lq_size = enhanced.get("input_size") or None
 
         def before_after(drr_file: str, image_file: str) -> tuple[np.ndarray, np.ndarray]:
-            return drr_in_model_space(_read01(root / drr_file), preprocess, lq_size, scale, windowed), _read01(root / image_file)
+            before = drr_in_model_space(_read01(root / drr_file), preprocess, lq_size, scale, windowed)
+            return before, _read01(root / image_file)
 
         before, after = before_after(drr_name, rec.file_name)
         if before.shape != after.shape:

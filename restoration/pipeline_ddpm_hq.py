@@ -37,7 +37,7 @@ from restoration.ddpm_hq import (
 )
 from restoration.ddpm_hq_sampling import restore
 from restoration.low_frequency_anchor import anchored_output, unwindow
-from restoration.preprocess import PreprocessConfig, model_scale_size, normalize, resize_image
+from restoration.preprocess import PreprocessConfig, model_scale_size, normalize, percentile_window, resize_image
 
 MODEL_INDEX = "model_index.json"
 DEFAULT_SAMPLER = "ddim"
@@ -84,14 +84,8 @@ def conditioning_image(
     up = ((upsample_condition(lq, scale)[0, 0].numpy().astype(np.float64) + 1.0) / 2.0).clip(0.0, 1.0)
     if windowed:
         return up
-    lo, hi = window_of(img01, pcfg)
+    lo, hi = percentile_window(img01, pcfg)
     return unwindow(up, lo, hi)
-
-
-def window_of(img01: np.ndarray, pcfg: PreprocessConfig) -> tuple[float, float]:
-    """(lo, hi) of the percentile window ``normalize`` gives this image (hi == lo: flat image)."""
-    lo, hi = np.percentile(np.asarray(img01, dtype=np.float32), [pcfg.low_pct, pcfg.high_pct])
-    return float(lo), float(hi)
 
 
 def _as_images(images: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
@@ -288,7 +282,7 @@ class DDPMHQPipeline(DiffusionPipeline):
             )  # fmt: skip
             hq = ((x[0, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
             if sigma > 0:
-                lo, hi = window_of(img, self.preprocess_config)
+                lo, hi = percentile_window(img, self.preprocess_config)
                 hq = torch.from_numpy(anchored_output(hq.numpy(), img, lo, hi, sigma))
             outs.append(hq.numpy() if output_type == "np" else hq)
         self.maybe_free_model_hooks()

@@ -147,11 +147,17 @@ def load_grayscale(path: str | Path) -> np.ndarray:
 # ------------------------------------------------------------------------------------ intensity / geometry
 
 
+def percentile_window(img: np.ndarray, cfg: PreprocessConfig | None = None) -> tuple[float, float]:
+    """(lo, hi): the image's cfg.low_pct and cfg.high_pct percentiles, the window ``normalize`` maps to -1..1."""
+    cfg = cfg or PreprocessConfig()
+    lo, hi = np.percentile(np.asarray(img, dtype=np.float32), [cfg.low_pct, cfg.high_pct])
+    return float(lo), float(hi)
+
+
 def normalize(img: np.ndarray, cfg: PreprocessConfig | None = None) -> np.ndarray:
     """Robust percentile window (cfg.low_pct..cfg.high_pct -> 0..1, clipped), then to [-1, 1] float32."""
-    cfg = cfg or PreprocessConfig()
     x = np.asarray(img, dtype=np.float32)
-    lo, hi = np.percentile(x, [cfg.low_pct, cfg.high_pct])
+    lo, hi = percentile_window(x, cfg)
     if not hi > lo:  # flat image: no contrast to stretch
         return np.zeros_like(x, dtype=np.float32)
     out = np.clip((x - lo) / (hi - lo), 0.0, 1.0)

@@ -368,8 +368,8 @@ def test_anchored_pipeline_keeps_the_input_tone_and_the_restored_detail(pipe_dir
     from scipy.ndimage import gaussian_filter
 
     from restoration.low_frequency_anchor import unwindow
-    from restoration.pipeline_ddpm_hq import configure_sampler, window_of
-    from restoration.preprocess import PreprocessConfig, resize_image
+    from restoration.pipeline_ddpm_hq import configure_sampler
+    from restoration.preprocess import PreprocessConfig, percentile_window, resize_image
 
     pipe = load_pipeline(pipe_dir)
     assert pipe.config.anchor_sigma == 0.0  # off unless a model folder says otherwise
@@ -378,7 +378,7 @@ def test_anchored_pipeline_keeps_the_input_tone_and_the_restored_detail(pipe_dir
     anchored = pipe(img, generator=torch.Generator().manual_seed(0), anchor_sigma=2.0).images[0]
     assert anchored.shape == plain.shape and anchored.dtype == np.float32
     ref = resize_image(img, anchored.shape)  # the input, bicubic-upsampled, in its own intensity scale
-    lo, hi = window_of(img, PreprocessConfig(**pipe.config.preprocess))
+    lo, hi = percentile_window(img, PreprocessConfig(**pipe.config.preprocess))
     plain_in_input_scale = unwindow(plain, lo, hi)
     coarse = lambda x: gaussian_filter(np.asarray(x, np.float64), 2.0)  # noqa: E731
     inner = (slice(6, -6), slice(6, -6))
